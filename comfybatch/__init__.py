@@ -1,0 +1,1 @@
+"""comfybatch: a batch image factory over ComfyUI servers, on Prefect."""

@@ -1,0 +1,1 @@
+"""Async ComfyUI client and workflow formats (no Prefect, no FastAPI)."""

@@ -1,0 +1,157 @@
+"""Every error comfybatch raises, with two flags that drive recovery.
+
+`failover`: another server may succeed now.  `retryable`: trying again later may succeed.
+
+    ComfyBatchError
+    ├── ConfigError                    bad settings or missing configuration
+    ├── WorkflowError                  the workflow itself is wrong (no server will run it)
+    │   ├── WorkflowFormatError        not JSON, not a graph, cannot be converted
+    │   ├── BindingError               unknown or unbindable parameter
+    │   └── WorkflowRejected           ComfyUI (or preflight) rejected nodes or inputs
+    ├── ServerError                    one server could not do the work        failover, retryable
+    │   ├── ServerUnavailable          refused, timed out, 5xx, socket closed  failover, retryable
+    │   ├── ServerIncompatible         lacks a model / node class              failover
+    │   ├── ServerProtocolError        unexpected answer                       failover
+    │   ├── JobLost                    in neither /queue nor /history          failover, retryable
+    │   └── JobTimeout                 never started, or silent too long       failover, retryable
+    ├── JobFailed                      execution_error: the graph raised at run time
+    ├── JobInterrupted                 execution_interrupted
+    └── DownloadError                  GET /view failed                        retryable
+"""
+
+from dataclasses import dataclass
+
+
+class ComfyBatchError(Exception):
+    """Base of every comfybatch error."""
+
+    failover: bool = False
+    retryable: bool = False
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """The one retry rule. Unknown exceptions are bugs and are never retried."""
+    return isinstance(exc, ComfyBatchError) and exc.retryable
+
+
+class ConfigError(ComfyBatchError):
+    """Raised when settings, a server URL or another piece of configuration is unusable."""
+
+
+@dataclass(frozen=True)
+class NodeProblem:
+    """One thing wrong with one node (and, where known, one input) of a workflow."""
+
+    node_id: str
+    message: str
+    class_type: str | None = None
+    input_name: str | None = None
+    kind: str = "invalid"  # ComfyUI's error type, e.g. value_not_in_list
+
+    def __str__(self) -> str:
+        where = f"node {self.node_id}"
+        if self.class_type:
+            where += f" ({self.class_type})"
+        if self.input_name:
+            where += f" input '{self.input_name}'"
+        return f"{where}: {self.message}"
+
+
+class WorkflowError(ComfyBatchError):
+    """Raised when the workflow is wrong in a way no server or retry can fix."""
+
+    def __init__(self, message: str, *, problems: tuple[NodeProblem, ...] = ()) -> None:
+        detail = "".join(f"\n  - {problem}" for problem in problems)
+        super().__init__(message + detail)
+        self.summary = message
+        self.problems = problems
+
+
+class WorkflowFormatError(WorkflowError):
+    """Raised when a workflow is not JSON, not a graph, or cannot be converted to API format."""
+
+
+class BindingError(WorkflowError):
+    """Raised when a parameter name is unknown or cannot be bound onto the graph."""
+
+
+class WorkflowRejected(WorkflowError):
+    """Raised when ComfyUI's validation (or our preflight) rejects nodes or inputs."""
+
+
+class ServerError(ComfyBatchError):
+    """A single ComfyUI server could not do the work; another one might."""
+
+    failover = True
+    retryable = True
+
+    def __init__(self, message: str, *, server: str, prompt_id: str | None = None) -> None:
+        super().__init__(f"[{server}] {message}")
+        self.server = server
+        self.prompt_id = prompt_id
+
+
+class ServerUnavailable(ServerError):
+    """Raised when a server refuses, times out, answers 5xx or drops its socket."""
+
+
+class ServerIncompatible(ServerError):
+    """Raised when a server lacks a model, LoRA or node class that the workflow uses."""
+
+    retryable = False  # waiting will not install the model
+
+    def __init__(self, message: str, *, server: str, problems: tuple[NodeProblem, ...] = ()) -> None:
+        super().__init__(message + "".join(f"\n  - {p}" for p in problems), server=server)
+        self.problems = problems
+
+
+class ServerProtocolError(ServerError):
+    """Raised when a server answers something this client does not understand."""
+
+    retryable = False
+
+
+class JobLost(ServerError):
+    """Raised when a submitted prompt is in neither `/queue` nor `/history` (server restarted)."""
+
+
+class JobTimeout(ServerError):
+    """Raised when a prompt never starts within the start timeout, or goes silent too long."""
+
+
+class JobFailed(ComfyBatchError):
+    """Raised when the graph raised at run time (`execution_error`)."""
+
+    def __init__(
+        self, message: str, *, server: str, prompt_id: str, node_id: str | None = None,
+        node_type: str | None = None, exception_type: str | None = None,
+    ) -> None:  # fmt: skip
+        where = f" in node {node_id} ({node_type})" if node_id else ""
+        super().__init__(f"[{server}] prompt {prompt_id} failed{where}: {exception_type}: {message}")
+        self.server = server
+        self.prompt_id = prompt_id
+        self.node_id = node_id
+        self.node_type = node_type
+        self.exception_type = exception_type
+        self.exception_message = message
+
+
+class JobInterrupted(ComfyBatchError):
+    """Raised when a prompt was interrupted (`execution_interrupted`)."""
+
+    def __init__(self, *, server: str, prompt_id: str, node_id: str | None = None) -> None:
+        where = f" at node {node_id}" if node_id else ""
+        super().__init__(f"[{server}] prompt {prompt_id} was interrupted{where}")
+        self.server = server
+        self.prompt_id = prompt_id
+        self.node_id = node_id
+
+
+class DownloadError(ComfyBatchError):
+    """Raised when an output could not be fetched (`GET /view`)."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, server: str) -> None:
+        super().__init__(f"[{server}] {message}")
+        self.server = server

@@ -1,0 +1,1 @@
+"""Real local ComfyUI servers for tests, benchmarks and the demo fleet."""

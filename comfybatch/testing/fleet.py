@@ -1,0 +1,211 @@
+"""Start and stop real local ComfyUI servers (CPU) for tests, benchmarks and the demo fleet.
+
+Each server gets its own `--base-directory` (models, custom_nodes, input, output, user), so runs
+never write into the cached ComfyUI tree. Processes are stopped by the pid we started, and die
+with the process that started them (PR_SET_PDEATHSIG), even if it is killed.
+"""
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import httpx
+
+from comfybatch.testing.checkpoint import ensure_tiny_checkpoint
+from comfybatch.testing.install import ComfyInstall, ensure_comfyui
+
+TEST_NODES_PACKAGE = Path(__file__).parent / "comfy_nodes" / "comfybatch_test_nodes"
+TEST_NODE_CLASSES = ("ComfybatchDelay", "ComfybatchFail", "ComfybatchFlaky", "ComfybatchHang", "ComfybatchCrash")
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class ServerStartError(RuntimeError):
+    """A local ComfyUI did not become ready; the message carries its log tail."""
+
+
+@dataclass
+class LocalComfyServer:
+    """One ComfyUI process this harness started."""
+
+    name: str
+    base_dir: Path
+    install: ComfyInstall
+    port: int = field(default_factory=free_port)
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.base_dir / "output"
+
+    @property
+    def input_dir(self) -> Path:
+        return self.base_dir / "input"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base_dir / "server.log"
+
+    @property
+    def journal_path(self) -> Path:
+        """Where the test nodes record each execution (one JSON line each)."""
+        return self.base_dir / "node-journal.jsonl"
+
+    def start(self) -> None:
+        """Spawn the process (use `wait_ready` before talking to it)."""
+        for sub in ("models/checkpoints", "custom_nodes", "input", "output", "user"):
+            (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "COMFYBATCH_TEST_NODE_LOG": str(self.journal_path), **self.env}
+        command = [
+            str(self.install.python), str(self.install.main_py), "--cpu", "--listen", "127.0.0.1",
+            "--port", str(self.port), "--disable-auto-launch", "--base-directory", str(self.base_dir),
+            "--database-url", "sqlite:///:memory:", "--disable-api-nodes", "--dont-print-server",
+        ]  # fmt: skip
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            command, cwd=self.base_dir, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
+        log.close()
+
+    def wait_ready(self, *, timeout_s: float = 120.0) -> None:
+        """Block until `GET /system_stats` answers 200 and the test nodes are loaded.
+
+        Raises:
+            ServerStartError with the server's log tail.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise ServerStartError(f"ComfyUI {self.name} exited during start-up\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/system_stats", timeout=2.0).status_code == 200:
+                    self._check_test_nodes()
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.15)
+        raise ServerStartError(f"ComfyUI {self.name} not ready after {timeout_s:g} s\n{self.log_tail()}")
+
+    def _check_test_nodes(self) -> None:
+        if not (self.base_dir / "custom_nodes" / TEST_NODES_PACKAGE.name).exists():
+            return
+        info = httpx.get(f"{self.url}/object_info/{TEST_NODE_CLASSES[0]}", timeout=10.0).json()
+        if not info:
+            raise ServerStartError(f"test nodes failed to load on {self.name}\n{self.log_tail()}")
+
+    def stop(self, *, timeout_s: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout_s`; only our own pid."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies the way a crashed GPU box does (queue and history lost)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def restart(self, *, timeout_s: float = 120.0) -> None:
+        """Stop if running, then start again on the same port with the same folders."""
+        self.stop()
+        self.start()
+        self.wait_ready(timeout_s=timeout_s)
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class LocalFleet:
+    """N local servers with the test nodes and the tiny checkpoint, started in parallel.
+
+    Example:
+        with LocalFleet(Path("/tmp/run"), count=2) as fleet:
+            urls = [server.url for server in fleet.servers]
+    """
+
+    def __init__(
+        self, root: Path, *, count: int = 2, test_nodes: bool = True, checkpoint: bool = True,
+        names: Sequence[str] | None = None, install: ComfyInstall | None = None,
+    ) -> None:  # fmt: skip
+        self.root = root
+        self.install = install or ensure_comfyui()
+        self.test_nodes = test_nodes
+        self.checkpoint = ensure_tiny_checkpoint(self.install) if checkpoint else None
+        names = list(names or [f"local-{index}" for index in range(count)])
+        self.servers = [self.add_server(name, start=False) for name in names]
+
+    def add_server(self, name: str, *, start: bool = True) -> LocalComfyServer:
+        """A further server laid out like the others (started and ready when `start`)."""
+        server = LocalComfyServer(name=name, base_dir=self.root / name, install=self.install)
+        _link(TEST_NODES_PACKAGE if self.test_nodes else None, server.base_dir / "custom_nodes")
+        _link(self.checkpoint, server.base_dir / "models" / "checkpoints")
+        if start:
+            server.start()
+            server.wait_ready()
+        return server
+
+    def __enter__(self) -> Self:
+        try:
+            for server in self.servers:
+                server.start()
+            for server in self.servers:
+                server.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+def _link(source: Path | None, folder: Path) -> None:
+    if source is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / source.name
+    if target.is_symlink() or target.exists():
+        return
+    try:
+        target.symlink_to(source, target_is_directory=source.is_dir())
+    except OSError:  # filesystems without symlinks
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
+
+
+def _die_with_parent() -> None:
+    # Runs in the child: if the test run is killed, its servers go with it (Linux only).
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
