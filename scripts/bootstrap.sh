@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Idempotent set-up: the project venv (.venv) and the real test ComfyUI (cached per machine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${COMFYBATCH_PYTHON:-$(command -v python3.11 || command -v python3)}"
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "comfybatch needs Python >= 3.11 (found $("$PYTHON" --version)); set COMFYBATCH_PYTHON" >&2
+  exit 1
+fi
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+stamp=".venv/.comfybatch-installed"
+want="$(sha256sum pyproject.toml | cut -c1-16)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[bootstrap] installing comfybatch and its dependencies into .venv" >&2
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+  echo "$want" > "$stamp"
+fi
+
+# ComfyUI 0.3.75 + CPU torch in their own venv under ~/.cache/comfybatch (once per machine).
+.venv/bin/python -m comfybatch.testing.install >/dev/null
