@@ -21,9 +21,7 @@ DEMO_WORKFLOW = Path(__file__).parent / "templates" / "txt2img-tiny.json"
 
 async def _object_info(server: str | None, object_info: Path | None) -> ObjectInfo:
     if object_info is not None:
-        if not object_info.is_file():
-            raise ConfigError(f"--object-info {object_info}: no such file")
-        return ObjectInfo.from_file(object_info)
+        return ObjectInfo.from_json(_read(object_info))
     if server is None:
         raise ConfigError("give --server URL (a running ComfyUI) or --object-info FILE (a saved /object_info)")
     async with ComfyClient(server) as comfy:

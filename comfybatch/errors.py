@@ -4,6 +4,7 @@
 
     ComfyBatchError
     ├── ConfigError                    bad settings or missing configuration
+    ├── BatchRequestError              a batch request / sheet is wrong (names row and column)
     ├── WorkflowError                  the workflow itself is wrong (no server will run it)
     │   ├── WorkflowFormatError        not JSON, not a graph, cannot be converted
     │   ├── BindingError               unknown or unbindable parameter
@@ -16,7 +17,9 @@
     │   └── JobTimeout                 never started, or silent too long       failover, retryable
     ├── JobFailed                      execution_error: the graph raised at run time
     ├── JobInterrupted                 execution_interrupted
-    └── DownloadError                  GET /view failed                        retryable
+    ├── DownloadError                  GET /view failed                        retryable
+    └── StorageError                   output storage failed                   retryable
+        └── UnsafePath                 a relative path escapes or is malformed
 """
 
 from dataclasses import dataclass
@@ -36,6 +39,32 @@ def is_retryable(exc: BaseException) -> bool:
 
 class ConfigError(ComfyBatchError):
     """Raised when settings, a server URL or another piece of configuration is unusable."""
+
+
+@dataclass(frozen=True)
+class RequestProblem:
+    """One thing wrong with a batch request: which field, sheet row and column."""
+
+    message: str
+    field: str | None = None  # request field, e.g. "sweep.axes.width"
+    row: int | None = None  # spreadsheet row number as a user sees it (header = row 1)
+    column: str | None = None
+
+    def __str__(self) -> str:
+        where = [f"row {self.row}" if self.row is not None else "", f"column '{self.column}'" if self.column else "",
+                 f"field '{self.field}'" if self.field else ""]  # fmt: skip
+        place = ", ".join(part for part in where if part)
+        return f"{place}: {self.message}" if place else self.message
+
+
+class BatchRequestError(ComfyBatchError):
+    """Raised when a batch request, sheet or sweep is invalid, before any GPU time is spent."""
+
+    def __init__(self, message: str, *, problems: tuple[RequestProblem, ...] = ()) -> None:
+        detail = "".join(f"\n  - {problem}" for problem in problems)
+        super().__init__(message + detail)
+        self.summary = message
+        self.problems = problems
 
 
 @dataclass(frozen=True)
@@ -155,3 +184,15 @@ class DownloadError(ComfyBatchError):
     def __init__(self, message: str, *, server: str) -> None:
         super().__init__(f"[{server}] {message}")
         self.server = server
+
+
+class StorageError(ComfyBatchError):
+    """Raised when the output store cannot read or write a file (disk, permissions, network)."""
+
+    retryable = True
+
+
+class UnsafePath(StorageError):
+    """Raised when a store-relative path is absolute, has `..`, backslashes or control characters."""
+
+    retryable = False  # the same path is rejected every time

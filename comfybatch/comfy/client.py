@@ -4,6 +4,7 @@ Every foreign exception becomes a `comfybatch.errors` error here; nothing above 
 catches httpx or websockets errors.
 """
 
+import asyncio
 import hashlib
 import os
 import time
@@ -84,7 +85,9 @@ class ComfyClient:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+    async def __aexit__(
+        self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+    ) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -111,7 +114,10 @@ class ComfyClient:
         if cached and not refresh and time.monotonic() - cached[0] < _OBJECT_INFO_TTL_S:
             return cached[1]
         response = await self._get("/object_info")
-        info = ObjectInfo(self._json(response))
+        try:
+            info = ObjectInfo(self._json(response))
+        except ValueError as exc:
+            raise ServerProtocolError(f"unreadable /object_info: {exc}", server=self.name) from exc
         _object_info_cache[self.base_url] = (time.monotonic(), info)
         return info
 
@@ -137,7 +143,11 @@ class ComfyClient:
         response = await self._send("POST", "/prompt", json=payload, accept=(200, 400))
         body = self._json(response)
         missing: dict[str, str] = {}
-        if response.status_code == 400 and isinstance(body, dict) and (body.get("error") or {}).get("type") == "invalid_prompt":
+        if (
+            response.status_code == 400
+            and isinstance(body, dict)
+            and (body.get("error") or {}).get("type") == "invalid_prompt"
+        ):
             missing = await self._missing_nodes(workflow)
         if rejection := classify_rejection(body, server=self.name, missing_nodes=missing):
             if response.status_code == 200:
@@ -191,7 +201,7 @@ class ComfyClient:
         """Upload an input image; use the returned `ref` in the graph (clashes get renamed)."""
         if isinstance(data, Path):
             filename = filename or data.name
-            data = data.read_bytes()
+            data = await asyncio.to_thread(data.read_bytes)
         if not filename:
             raise ConfigError("upload_image needs a filename for raw bytes")
         form = {"type": "input", "subfolder": subfolder, "overwrite": "true" if overwrite else "false"}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from comfybatch.comfy.object_info import CONTROL_AFTER_GENERATE_VALUES, InputSpec, ObjectInfo
-from comfybatch.comfy.workflow import ApiWorkflow, literal, node_sort_key
+from comfybatch.comfy.workflow import ApiWorkflow, node_sort_key
 from comfybatch.errors import NodeProblem, WorkflowFormatError
 
 _MUTED, _BYPASSED = 2, 4
@@ -18,7 +18,7 @@ _NOTES = frozenset({"Note", "MarkdownNote"})
 _UI_ONLY = _NOTES | {"PrimitiveNode", "Reroute", "GetNode", "SetNode"}
 _UPLOAD_BUTTON_VALUES = frozenset({"image", "video", "audio", "upload"})
 _MAX_DEPTH = 10  # subgraph nesting
-_MAX_HOPS = 1000  # link resolution steps, against cycles
+_MAX_HOPS = 200  # reroute/bypass/boundary hops per link, against cycles (recursion stays well under 1000)
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ class _Converter:
 
     def _api_node(self, ref: _Ref, class_type: str) -> dict[str, Any]:
         cls = self.info.node_class(class_type)
-        inputs = {name: literal(value) for name, value in _map_widgets(cls.widget_inputs, ref.node).items()}
+        inputs = {name: _wrap(value) for name, value in _map_widgets(cls.widget_inputs, ref.node).items()}
         for index, slot in enumerate(ref.slots):
             if slot.get("link") is None:
                 continue
@@ -134,7 +134,7 @@ class _Converter:
             name = widget.get("name") if isinstance(widget, dict) and widget.get("name") else slot.get("name")
             resolved = self._input(ref, index, slot.get("type"), 0)
             if isinstance(resolved, _Value):
-                inputs[str(name)] = literal(resolved.value)
+                inputs[str(name)] = _wrap(resolved.value)
             elif resolved is not None:
                 inputs[str(name)] = [resolved[0], resolved[1]]
             # unresolved (muted source, nothing connected upstream): a widget keeps its stale value
@@ -341,6 +341,11 @@ def _sibling_id(ref: _Ref, local_id: str) -> str:
 def _first_value(node: Mapping[str, Any]) -> Any:
     values = node.get("widgets_values")
     return values[0] if isinstance(values, list) and values else None
+
+
+def _wrap(value: Any) -> Any:
+    """graphToPrompt: a list widget value is sent as `{"__value__": [...]}` (a bare list is a link)."""
+    return {"__value__": value} if isinstance(value, list) else value
 
 
 def _is_link(value: Any) -> bool:

@@ -7,11 +7,11 @@ so preflight never rejects what the server would accept.
 from typing import Any, NamedTuple
 
 from comfybatch.comfy.object_info import InputSpec, ObjectInfo
+from comfybatch.comfy.rejection import server_lacks
 from comfybatch.comfy.workflow import ApiWorkflow, node_sort_key
 from comfybatch.errors import NodeProblem
 
 GRAPH = "-"  # node_id of problems about the whole prompt (as in comfy/rejection.py)
-SERVER_LACKS_KINDS = frozenset({"missing_node_type", "value_not_in_list"})
 # Inputs whose node validates them itself (VALIDATE_INPUTS), so the server skips its range/combo check.
 _SELF_VALIDATED = frozenset(
     {("LoadImage", "image"), ("LoadImageMask", "image"), ("LoadLatent", "latent"), ("LoadVideo", "file"),
@@ -54,8 +54,9 @@ def check_workflow(workflow: ApiWorkflow, object_info: ObjectInfo) -> list[NodeP
 def split_problems(problems: list[NodeProblem] | tuple[NodeProblem, ...]) -> ProblemSplit:
     """Split into "this server lacks something" (missing node class, combo value such as a model
     file not in its list) and "the workflow is wrong" (everything else)."""
-    lacks = tuple(p for p in problems if p.kind in SERVER_LACKS_KINDS)
-    return ProblemSplit(lacks, tuple(p for p in problems if p.kind not in SERVER_LACKS_KINDS))
+    return ProblemSplit(
+        tuple(p for p in problems if server_lacks(p)), tuple(p for p in problems if not server_lacks(p))
+    )
 
 
 def _check_node(node_id: str, nodes: dict[str, dict[str, Any]], info: ObjectInfo) -> list[NodeProblem]:

@@ -4,7 +4,6 @@ Classified on `error.type` and `node_errors[*].errors[*].type`, never on message
 (comfyui-protocol.md §1.3).
 """
 
-from pathlib import PurePosixPath
 from typing import Any
 
 from comfybatch.errors import ComfyBatchError, NodeProblem, ServerIncompatible, WorkflowRejected
@@ -46,8 +45,8 @@ def server_lacks(problem: NodeProblem) -> bool:
         return False
     if problem.input_name in _FILE_INPUTS:
         return True
-    received = problem.message.rsplit("(got ", 1)[-1].strip("')\" ")
-    return PurePosixPath(received).suffix.lower() in _MODEL_SUFFIXES
+    # Our messages quote the received value; a model-file suffix there marks a file combo.
+    return any(f"{suffix}'" in problem.message.lower() for suffix in _MODEL_SUFFIXES)
 
 
 def classify_rejection(
@@ -61,7 +60,8 @@ def classify_rejection(
     if not isinstance(body, dict):
         return WorkflowRejected("ComfyUI answered /prompt with a body that is not an object")
     error = body.get("error")
-    node_errors = body.get("node_errors") if isinstance(body.get("node_errors"), dict) else {}
+    raw_errors = body.get("node_errors")
+    node_errors: dict[str, Any] = raw_errors if isinstance(raw_errors, dict) else {}
     if not error and not node_errors:
         return None
     if missing_nodes:

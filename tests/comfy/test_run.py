@@ -69,7 +69,8 @@ async def test_resume_of_unknown_prompt_is_job_lost(comfy_server: FleetServer) -
         with pytest.raises(JobLost) as caught:
             await comfy.resume(new_prompt_id())
 
-    assert caught.value.failover and caught.value.retryable
+    assert caught.value.failover
+    assert caught.value.retryable
 
 
 async def test_queue_state_shows_running_and_pending(comfy_server: FleetServer) -> None:

@@ -19,7 +19,10 @@ def unique(label: str) -> str:
 def solid(prefix: str, *, width: int = 32, height: int = 24, color: int = 0x3366CC) -> Graph:
     """EmptyImage -> ImageInvert -> SaveImage."""
     return {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": width, "height": height, "batch_size": 1, "color": color}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": width, "height": height, "batch_size": 1, "color": color},
+        },
         "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
     }

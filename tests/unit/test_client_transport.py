@@ -25,7 +25,8 @@ async def test_queue_prompt_proxy_502_is_server_unavailable() -> None:
         with pytest.raises(ServerUnavailable) as caught:
             await comfy.queue_prompt(WORKFLOW, prompt_id=new_prompt_id(), client_id="c")
 
-    assert caught.value.failover and caught.value.retryable
+    assert caught.value.failover
+    assert caught.value.retryable
 
 
 async def test_queue_prompt_non_json_200_is_protocol_error() -> None:

@@ -10,21 +10,28 @@ def test_parse_frame_executing_null_is_terminal() -> None:
     """`executing` with node null ends the prompt."""
     event = parse_frame(json.dumps({"type": "executing", "data": {"node": None, "prompt_id": "p"}}))
 
-    assert event is not None and event.is_terminal and event.prompt_id == "p"
+    assert event is not None
+    assert event.is_terminal
+    assert event.prompt_id == "p"
 
 
 def test_parse_frame_executing_a_node_is_not_terminal() -> None:
     """`executing` of a node marks the prompt started but not ended."""
     event = parse_frame(json.dumps({"type": "executing", "data": {"node": "3", "prompt_id": "p"}}))
 
-    assert event is not None and not event.is_terminal and event.shows_start and event.node == "3"
+    assert event is not None
+    assert not event.is_terminal
+    assert event.shows_start
+    assert event.node == "3"
 
 
 def test_parse_frame_tolerates_unknown_types_and_keys() -> None:
     """Unknown message types and extra keys parse into events instead of failing."""
     event = parse_frame(json.dumps({"type": "crystools.monitor", "data": {"cpu": 3}, "extra": 1}))
 
-    assert event is not None and event.type == "crystools.monitor" and not event.is_terminal
+    assert event is not None
+    assert event.type == "crystools.monitor"
+    assert not event.is_terminal
 
 
 def test_parse_frame_garbage_is_none() -> None:
@@ -36,8 +43,10 @@ def test_parse_frame_binary_preview_image() -> None:
     """Event type 1: uint32 format (2 = PNG) then the image bytes."""
     event = parse_frame(struct.pack(">II", 1, 2) + b"\x89PNG...")
 
-    assert event is not None and event.type == PREVIEW_TYPE
-    assert event.image == b"\x89PNG..." and event.data["mime"] == "image/png"
+    assert event is not None
+    assert event.type == PREVIEW_TYPE
+    assert event.image == b"\x89PNG..."
+    assert event.data["mime"] == "image/png"
 
 
 def test_parse_frame_binary_preview_with_metadata_carries_prompt_id() -> None:
@@ -45,7 +54,9 @@ def test_parse_frame_binary_preview_with_metadata_carries_prompt_id() -> None:
     metadata = json.dumps({"node_id": "5", "prompt_id": "p1", "image_type": "image/jpeg"}).encode()
     event = parse_frame(struct.pack(">II", 4, len(metadata)) + metadata + b"JPEGDATA")
 
-    assert event is not None and event.prompt_id == "p1" and event.image == b"JPEGDATA"
+    assert event is not None
+    assert event.prompt_id == "p1"
+    assert event.image == b"JPEGDATA"
 
 
 def test_parse_frame_executed_lists_output_files() -> None:
@@ -56,4 +67,7 @@ def test_parse_frame_executed_lists_output_files() -> None:
     event = parse_frame(json.dumps(frame))
 
     assert event is not None
-    assert [(f.node_id, f.media, f.filename) for f in event.output_files()] == [("9", "images", "a.png"), ("9", "gifs", "b.gif")]
+    assert [(f.node_id, f.media, f.filename) for f in event.output_files()] == [
+        ("9", "images", "a.png"),
+        ("9", "gifs", "b.gif"),
+    ]

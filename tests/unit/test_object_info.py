@@ -70,7 +70,10 @@ def test_object_info_combo_options_none_for_non_combo(info: ObjectInfo) -> None:
 
 def test_object_info_control_after_generate_from_spec_flag(info: ObjectInfo) -> None:
     """The spec's `control_after_generate` flag marks KSampler.seed, but not steps."""
-    assert (info.has_control_after_generate("KSampler", "seed"), info.has_control_after_generate("KSampler", "steps")) == (
+    assert (
+        info.has_control_after_generate("KSampler", "seed"),
+        info.has_control_after_generate("KSampler", "steps"),
+    ) == (
         True,
         False,
     )
@@ -111,7 +114,8 @@ def test_object_info_upload_flag_on_load_image(info: ObjectInfo) -> None:
     """LoadImage's image combo carries the upload flag."""
     spec = info.input_spec("LoadImage", "image")
 
-    assert spec is not None and spec.has_upload
+    assert spec is not None
+    assert spec.has_upload
 
 
 def test_object_info_rejects_non_object() -> None:

@@ -17,18 +17,23 @@ def test_classify_accepted_answer_is_none() -> None:
 
 def test_classify_missing_lora_is_server_incompatible() -> None:
     """A file combo (lora_name) not in list means the server lacks the file."""
-    body = {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation"},
-            "node_errors": _node_error("4", "LoraLoader", "value_not_in_list", "lora_name", "style.safetensors")}
+    body = {
+        "error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation"},
+        "node_errors": _node_error("4", "LoraLoader", "value_not_in_list", "lora_name", "style.safetensors"),
+    }
 
     error = classify_rejection(body, server="gpu-a")
 
-    assert isinstance(error, ServerIncompatible) and error.server == "gpu-a"
+    assert isinstance(error, ServerIncompatible)
+    assert error.server == "gpu-a"
 
 
 def test_classify_bad_sampler_name_is_workflow_rejected() -> None:
     """A non-file combo (sampler_name) not in list is the workflow's fault on every server."""
-    body = {"error": {"type": "prompt_outputs_failed_validation", "message": "failed"},
-            "node_errors": _node_error("3", "KSampler", "value_not_in_list", "sampler_name", "eulr")}
+    body = {
+        "error": {"type": "prompt_outputs_failed_validation", "message": "failed"},
+        "node_errors": _node_error("3", "KSampler", "value_not_in_list", "sampler_name", "eulr"),
+    }
 
     error = classify_rejection(body, server="gpu-a")
 
@@ -38,8 +43,10 @@ def test_classify_bad_sampler_name_is_workflow_rejected() -> None:
 
 def test_classify_mixed_problems_is_workflow_rejected() -> None:
     """One workflow mistake among missing files is still the workflow's fault."""
-    node_errors = {**_node_error("3", "KSampler", "value_not_in_list", "sampler_name", "eulr"),
-                   **_node_error("4", "LoraLoader", "value_not_in_list", "lora_name", "x.safetensors")}
+    node_errors = {
+        **_node_error("3", "KSampler", "value_not_in_list", "sampler_name", "eulr"),
+        **_node_error("4", "LoraLoader", "value_not_in_list", "lora_name", "x.safetensors"),
+    }
     body = {"error": {"type": "prompt_outputs_failed_validation", "message": "failed"}, "node_errors": node_errors}
 
     assert isinstance(classify_rejection(body, server="a"), WorkflowRejected)
@@ -47,8 +54,10 @@ def test_classify_mixed_problems_is_workflow_rejected() -> None:
 
 def test_classify_invalid_prompt_with_missing_nodes_is_server_incompatible() -> None:
     """invalid_prompt plus classes absent from /object_info is a server that lacks custom nodes."""
-    body = {"error": {"type": "invalid_prompt", "message": "Cannot execute because node X does not exist."},
-            "node_errors": {}}
+    body = {
+        "error": {"type": "invalid_prompt", "message": "Cannot execute because node X does not exist."},
+        "node_errors": {},
+    }
 
     error = classify_rejection(body, server="a", missing_nodes={"12": "X"})
 
@@ -63,4 +72,5 @@ def test_classify_malformed_invalid_prompt_is_workflow_rejected_with_details() -
 
     error = classify_rejection(body, server="a")
 
-    assert isinstance(error, WorkflowRejected) and "Node ID '#5'" in str(error)
+    assert isinstance(error, WorkflowRejected)
+    assert "Node ID '#5'" in str(error)

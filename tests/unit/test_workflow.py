@@ -1,6 +1,7 @@
 """ApiWorkflow: parsing errors, immutability, hashing and parameter binding."""
 
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -196,7 +197,7 @@ def test_parameters_shared_encoder_is_only_the_prompt(txt2img: ApiWorkflow) -> N
 
     found = ApiWorkflow(nodes).parameters()
 
-    assert "negative_prompt" not in found and found["prompt"] == [InputPath("2", "text")]
+    assert (found["prompt"], found.get("negative_prompt")) == ([InputPath("2", "text")], None)
 
 
 def test_parameters_skip_linked_inputs(txt2img: ApiWorkflow) -> None:
@@ -250,7 +251,7 @@ def test_bind_unknown_name_lists_offered_names(txt2img: ApiWorkflow) -> None:
 
 def test_bind_onto_a_link_names_node_and_input(txt2img: ApiWorkflow) -> None:
     """Binding onto an input that is a link is an error naming node and input."""
-    with pytest.raises(BindingError, match=r"node 5 \(KSampler\) input 'model': it is a link from node '1'"):
+    with pytest.raises(BindingError, match=r"node 5 \(KSampler\) input 'model': it is a link \['1', 0\]"):
         txt2img.bind({"model": "x"}, {"model": "5.inputs.model"})
 
 
@@ -270,7 +271,7 @@ def test_bind_rejects_non_json_values(txt2img: ApiWorkflow) -> None:
 @pytest.mark.parametrize(
     "prompt",
     [
-        'say "hi" and \'bye\'',
+        "say \"hi\" and 'bye'",
         "{red|blue} hat, {{double}} braces, ${HOME} %date:yyyy%",
         "line one\nline two\r\n\ttabbed\\backslash",
         "</script><script>alert(1)</script>",
@@ -285,3 +286,38 @@ def test_bind_hostile_prompt_survives_json_round_trip(txt2img: ApiWorkflow, prom
     reloaded = ApiWorkflow.from_json(bound.to_json())
 
     assert (reloaded.get_input("2", "text"), len(reloaded)) == (prompt, 7)
+
+
+def test_load_workflow_json_string_says_what_was_found() -> None:
+    """A JSON string is described as such."""
+    with pytest.raises(WorkflowFormatError, match="found a JSON string"):
+        load_workflow('"just text"')
+
+
+def test_api_workflow_node_that_is_not_an_object_is_named() -> None:
+    """A node value that is not an object names the node and what it is."""
+    with pytest.raises(WorkflowFormatError, match="node '2' is not an object but a JSON number"):
+        ApiWorkflow({"1": {"class_type": "X", "inputs": {}}, "2": 5})
+
+
+def test_api_workflow_inputs_that_are_not_an_object_are_named() -> None:
+    """Inputs must be an object; the node and class are named."""
+    with pytest.raises(WorkflowFormatError, match=r"node '1' \(X\) has inputs that are a JSON array"):
+        ApiWorkflow({"1": {"class_type": "X", "inputs": [1, 2]}})
+
+
+def test_api_workflow_rejects_values_that_are_not_json() -> None:
+    """NaN cannot be sent as JSON, so it is refused up front."""
+    with pytest.raises(WorkflowFormatError, match="not JSON data"):
+        ApiWorkflow({"1": {"class_type": "X", "inputs": {"v": float("nan")}}})
+
+
+def test_load_workflow_missing_json_path_string_is_named() -> None:
+    """A `.json` path string that does not exist is reported as a file, not as bad JSON."""
+    with pytest.raises(WorkflowFormatError, match=r"cannot read workflow file 'nowhere/absent\.json'"):
+        load_workflow("nowhere/absent.json")
+
+
+def test_api_workflow_survives_pickle(txt2img: ApiWorkflow) -> None:
+    """Pickling (as task runners do with parameters) keeps the workflow equal."""
+    assert pickle.loads(pickle.dumps(txt2img)) == txt2img

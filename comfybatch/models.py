@@ -1,0 +1,117 @@
+"""Frozen models at the edges: the batch request (a Prefect UI form), its jobs and their results."""
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from comfybatch.comfy.workflow import ApiWorkflow
+
+BATCH_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+
+class SeedPolicy(StrEnum):
+    """How the seeds of an item's images are chosen."""
+
+    FIXED = "fixed"  # every image of the item uses the item's seed
+    INCREMENT = "increment"  # item seed, +1, +2, …
+    RANDOM = "random"  # drawn from a hash of batch, item and image: random-looking, reproducible, recorded
+
+
+class Sweep(BaseModel):
+    """Parameter axes multiplied with every item."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    axes: dict[str, list[JsonValue]] = Field(
+        default_factory=dict,
+        description="Cartesian product: every combination of these values, e.g. {'steps': [20, 30]}.",
+    )
+    zipped: list[dict[str, list[JsonValue]]] = Field(
+        default_factory=list,
+        description="Groups whose lists advance together (equal lengths), "
+        "e.g. [{'width': [1080, 1200], 'height': [1920, 630]}].",
+    )
+
+
+class BatchSpec(BaseModel):
+    """What to render: one workflow, many items. These fields are the Prefect UI's run form."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=BATCH_NAME_PATTERN, description="Batch name: lowercase letters, digits, dashes.")
+    workflow: str | dict[str, Any] = Field(description="A template name, or a UI- or API-format ComfyUI graph.")
+    bindings: dict[str, str] = Field(
+        default_factory=dict, description="Parameter name -> 'node.inputs.input' (detected for common txt2img graphs)."
+    )
+    prompts: list[str] = Field(default_factory=list, description="One item per prompt.")
+    sheet: str | None = Field(None, description="CSV, XLSX or Parquet (path or fsspec URL): one item per row.")
+    sweep: Sweep = Field(default_factory=Sweep, description="Axes multiplied with every item.")
+    defaults: dict[str, JsonValue] = Field(default_factory=dict, description="Values for parameters items leave out.")
+    images_per_item: int = Field(1, ge=1, le=1000)
+    seed_policy: SeedPolicy = SeedPolicy.INCREMENT
+    base_seed: int = Field(0, ge=0, le=2**53, description="Seed of items that set none.")
+    priority: int = Field(0, ge=-100, le=100, description="Higher runs first when batches share servers.")
+    output: str | None = Field(None, description="Folder or fsspec URL; the configured output root when empty.")
+    servers: list[str] = Field(default_factory=list, description="Only these servers (by name); all when empty.")
+    dry_run: bool = Field(False, description="Validate against the fleet and estimate; render nothing.")
+
+
+class JobSpec(BaseModel):
+    """One image job: one Prefect task run, one prompt on one server."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch: str
+    index: int = Field(description="Position in the batch, from 0.")
+    key: str = Field(description="Item key: hash of the bound graph; equal keys are the same image.")
+    item: int = Field(description="Which item (sheet row, prompt, sweep point) this image belongs to.")
+    image: int = Field(0, description="Which image of the item (images_per_item).")
+    row: int | None = Field(None, description="Sheet row as a spreadsheet shows it (header is row 1).")
+    values: dict[str, JsonValue] = Field(description="Every bound parameter, seed included.")
+    seed: int | None = None
+    label: str = Field("", description="Short slug for file names, from the prompt.")
+    workflow: ApiWorkflow
+
+    @property
+    def job_key(self) -> str:
+        return f"{self.batch}-{self.index:05d}"
+
+    @property
+    def file_stem(self) -> str:
+        """`<index>_<slug>_<seed>`; the output extension is added per file."""
+        parts = [f"{self.index:05d}", self.label or "item", str(self.seed) if self.seed is not None else "noseed"]
+        return "_".join(parts)
+
+
+class StoredFile(BaseModel):
+    """An output as stored, bytes exactly as ComfyUI wrote them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    uri: str
+    sha256: str
+    size_bytes: int
+    node_id: str
+    media: str = "images"
+
+
+JobStatus = Literal["done", "failed", "skipped"]
+
+
+class JobResult(BaseModel):
+    """What happened to one job; one manifest row."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job: JobSpec
+    status: JobStatus
+    server: str | None = None
+    prompt_id: str | None = None
+    attempts: int = 0
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    files: list[StoredFile] = Field(default_factory=list)
+    error: str | None = None
+    comfyui_version: str | None = None

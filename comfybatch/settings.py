@@ -1,0 +1,41 @@
+"""Process settings (env `COMFYBATCH_*`, `.env`); read through `get_settings()`, never at import."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Knobs of one comfybatch process. Fleet and secrets live in blocks; per-run intent in BatchSpec."""
+
+    model_config = SettingsConfigDict(env_prefix="COMFYBATCH_", env_file=".env", extra="ignore", frozen=True)
+
+    comfyui_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("COMFYUI_URLS", "COMFYBATCH_COMFYUI_URLS"),
+        description="Comma-separated ComfyUI URLs: the fleet, when no comfybatch.toml names it.",
+    )
+    config_file: Path = Field(Path("comfybatch.toml"), description="Optional fleet file ([[servers]] tables).")
+    output_root: str = Field("out", description="Folder or fsspec URL batches write into.")
+    default_slots: int = Field(2, ge=1, le=8, description="Prompts in flight per server (1 running + queued).")
+    start_timeout_s: float = Field(900.0, gt=0, description="A queued prompt must start within this.")
+    idle_timeout_s: float = Field(180.0, gt=0, description="A started prompt must send an event within this.")
+    max_task_workers: int = Field(64, ge=1, le=512, description="Thread pool size of the batch flow.")
+    job_retries: int = Field(2, ge=0, le=10, description="Prefect retries of a job after failover is exhausted.")
+    retry_backoff_s: float = Field(10.0, ge=0, description="Base of the exponential retry back-off.")
+
+    @field_validator("comfyui_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [url.strip().rstrip("/") for url in value.split(",") if url.strip()]
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings of this process (cached; tests build `Settings(...)` directly)."""
+    return Settings()
