@@ -196,3 +196,21 @@ class UnsafePath(StorageError):
     """Raised when a store-relative path is absolute, has `..`, backslashes or control characters."""
 
     retryable = False  # the same path is rejected every time
+
+
+class FleetExhausted(ComfyBatchError):
+    """Raised when every server that could run a job has failed it."""
+
+    def __init__(self, job: str, causes: list[ComfyBatchError]) -> None:
+        detail = "".join(f"\n  - {cause}" for cause in causes) or " (no server could take it)"
+        super().__init__(f"{job}: every eligible server failed{detail}")
+        self.causes = causes
+        self.retryable = any(cause.retryable for cause in causes) or not causes
+
+
+class BatchIncomplete(ComfyBatchError):
+    """Raised at the end of a batch run in which some jobs failed; everything produced is kept."""
+
+    def __init__(self, message: str, *, report: object) -> None:
+        super().__init__(message)
+        self.report = report

@@ -115,3 +115,26 @@ class JobResult(BaseModel):
     files: list[StoredFile] = Field(default_factory=list)
     error: str | None = None
     comfyui_version: str | None = None
+
+
+class BatchReport(BaseModel):
+    """How a batch run ended: counts, where things are, what failed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    dry_run: bool = False
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    skipped: int = Field(0, description="Done by an earlier run; outputs already in storage.")
+    duplicates: int = 0
+    output: str = ""
+    manifest: list[str] = Field(default_factory=list)
+    contact_sheets: list[str] = Field(default_factory=list)
+    failures: list[tuple[str, str]] = Field(default_factory=list, description="(job_key, error), first 50.")
+    plan: list[str] = Field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.dry_run and self.failed == 0 and self.done + self.skipped == self.total

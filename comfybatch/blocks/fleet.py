@@ -1,0 +1,105 @@
+"""The fleet: servers from configuration (`comfybatch.toml` or `COMFYUI_URLS`) plus saved blocks.
+
+Configured servers are written to blocks so they show in the Prefect UI; servers added there as
+blocks join the fleet too. Every server gets its `comfy:<name>` global concurrency limit.
+"""
+
+import os
+import tomllib
+from collections.abc import Sequence
+from typing import Any
+
+from prefect.client.orchestration import get_client
+from pydantic import SecretStr, ValidationError
+
+from comfybatch.blocks.server import ComfyUIServer, ServerConfig, name_from_url
+from comfybatch.errors import ConfigError
+from comfybatch.settings import Settings
+
+
+def configured_servers(settings: Settings) -> list[ServerConfig]:
+    """Servers named by `comfybatch.toml` (`[[servers]]` tables) or, failing that, `COMFYUI_URLS`.
+
+    Raises:
+        ConfigError naming the file and entry.
+    """
+    path = settings.config_file
+    if path.is_file():
+        try:
+            entries = tomllib.loads(path.read_text(encoding="utf-8")).get("servers", [])
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        return [_from_entry(entry, index, settings, path=str(path)) for index, entry in enumerate(entries, 1)]
+    return [
+        ServerConfig(name=name_from_url(url), url=url, slots=settings.default_slots) for url in settings.comfyui_urls
+    ]
+
+
+def _from_entry(entry: Any, index: int, settings: Settings, *, path: str) -> ServerConfig:
+    if not isinstance(entry, dict) or "url" not in entry:
+        raise ConfigError(f'{path}: [[servers]] entry {index} needs at least url = "http://…"')
+    token_env = entry.get("api_token_env")  # secrets come from the environment, never the file
+    token = os.environ.get(token_env) if token_env else None
+    try:
+        return ServerConfig(
+            name=entry.get("name") or name_from_url(entry["url"]), url=str(entry["url"]).rstrip("/"),
+            slots=entry.get("slots", settings.default_slots), labels=tuple(entry.get("labels", ())),
+            api_token=SecretStr(token) if token else None,
+        )  # fmt: skip
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: [[servers]] entry {index}: {problems}") from None
+
+
+async def sync_fleet(servers: Sequence[ServerConfig]) -> None:
+    """Save `servers` as blocks and create or update their concurrency limits."""
+    await ComfyUIServer.aregister_type_and_schema()
+    for server in servers:
+        block = ComfyUIServer(
+            url=server.url, api_token=server.api_token, slots=server.slots, labels=list(server.labels)
+        )
+        await block.asave(server.name, overwrite=True)
+    await sync_limits(servers)
+
+
+async def sync_limits(servers: Sequence[ServerConfig]) -> None:
+    """One global concurrency limit per server, `comfy:<name>`, sized to its slots."""
+    async with get_client() as client:
+        for server in servers:
+            await client.upsert_global_concurrency_limit_by_name(server.limit_name, server.slots)
+
+
+async def saved_servers() -> list[ServerConfig]:
+    """Enabled `ComfyUI Server` blocks, as configs."""
+    await ComfyUIServer.aregister_type_and_schema()  # idempotent; reading an unregistered type is a 404
+    async with get_client() as client:
+        documents = await client.read_block_documents_by_type(ComfyUIServer.get_block_type_slug())
+    servers = []
+    for document in documents:
+        block = ComfyUIServer.model_validate(document.data)
+        if block.enabled and document.name:
+            servers.append(block.config(document.name))
+    return servers
+
+
+async def load_fleet(settings: Settings, *, only: Sequence[str] = ()) -> list[ServerConfig]:
+    """Configured servers (synced to blocks first) plus any other enabled saved servers.
+
+    Raises:
+        ConfigError when the fleet is empty or `only` names an unknown server.
+    """
+    configured = configured_servers(settings)
+    if configured:
+        await sync_fleet(configured)
+    by_name = {server.name: server for server in await saved_servers()}
+    by_name.update({server.name: server for server in configured})
+    if unknown := sorted(set(only) - set(by_name)):
+        raise ConfigError(f"unknown server(s) {unknown}; the fleet has {sorted(by_name)}")
+    fleet = [by_name[name] for name in (only or sorted(by_name))]
+    if not fleet:
+        raise ConfigError(
+            "no ComfyUI servers configured: set COMFYUI_URLS=http://host:8188[,...], write comfybatch.toml, "
+            "add a 'ComfyUI Server' block in the Prefect UI, or start the demo fleet (comfybatch demo)"
+        )
+    await sync_limits(fleet)
+    return fleet

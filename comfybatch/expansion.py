@@ -1,0 +1,488 @@
+"""Expand a batch request into image jobs: items (sheet rows or prompts) x sweep x images per item.
+
+Pure and synchronous: every value is checked before any job exists, so a bad request costs no GPU time.
+"""
+
+import gc
+import hashlib
+import http.client
+import itertools
+import json
+import math
+import re
+import unicodedata
+import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any, Literal, NoReturn
+from urllib.parse import urlsplit
+
+import numpy as np
+import pandas as pd  # type: ignore[import-untyped]  # no stubs installed (pandas-stubs is not a dependency)
+
+from comfybatch.comfy.object_info import InputSpec, ObjectInfo
+from comfybatch.comfy.workflow import ApiWorkflow, InputPath
+from comfybatch.errors import BatchRequestError, BindingError, RequestProblem
+from comfybatch.models import BatchSpec, JobSpec, SeedPolicy
+
+MAX_JOBS = 100_000
+MAX_LISTED_PROBLEMS = 50
+SHEET_EXTENSIONS = (".csv", ".xlsx", ".parquet")
+LABEL_COLUMN = "label"
+RESERVED_PARAMETERS = frozenset({"filename_prefix"})  # "comfybatch/<batch>/<job_key>", set when a job is built
+_RANDOM_SEED_MODULUS = 2**48
+_UNSET: Any = object()  # an empty cell: "not set for this row"
+_TRUE, _FALSE = frozenset({"true", "yes", "1"}), frozenset({"false", "no", "0"})
+
+Kind = Literal["int", "float", "number", "bool", "str", "combo", "any"]
+Axis = list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """The jobs of a batch in order, and how many jobs equal to an earlier one were dropped."""
+
+    jobs: list[JobSpec]
+    duplicates: int = 0
+
+
+@dataclass(frozen=True)
+class _Rule:
+    kind: Kind
+    min: float | None = None
+    max: float | None = None
+    multiple_of: int | None = None
+    choices: tuple[Any, ...] = ()
+    non_empty: bool = False
+
+
+# Always applied to these names; a server's /object_info adds its own rules after them.
+_BUILTIN_RULES: dict[str, _Rule] = {
+    "width": _Rule("int", min=16, multiple_of=8),
+    "height": _Rule("int", min=16, multiple_of=8),
+    "steps": _Rule("int", min=1),
+    "cfg": _Rule("float"),
+    "seed": _Rule("int", min=0),
+    "denoise": _Rule("float", min=0, max=1),
+    "batch_size": _Rule("int", min=1),
+    "prompt": _Rule("str", non_empty=True),
+    **{name: _Rule("str") for name in ("negative_prompt", "sampler", "scheduler", "checkpoint")},
+}
+_SPEC_KINDS: dict[str, Kind] = {"INT": "int", "FLOAT": "float", "BOOLEAN": "bool", "STRING": "str"}
+
+
+class _Invalid(ValueError):
+    """One value broke one rule; the caller knows where the value came from."""
+
+
+@dataclass(frozen=True)
+class _Item:
+    values: dict[str, Any]
+    row: int | None = None
+    label: str = ""
+
+
+def read_sheet(source: str, *, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Read a CSV, XLSX (first worksheet) or Parquet sheet from a path or fsspec URL; row 1 names the columns.
+
+    CSV and XLSX cells are read as text and converted per parameter later, so a prompt typed as `007`
+    or `NA` stays as typed; only blank cells are empty.
+
+    Raises:
+        BatchRequestError: unknown extension, missing or unreadable file, no data rows, unnamed or duplicate columns.
+    """
+    shown = _display(source)
+    suffix = PurePosixPath(urlsplit(source).path if "://" in source else source).suffix.lower()
+    if suffix not in SHEET_EXTENSIONS:
+        _sheet_error(shown, f"unknown extension {suffix or '(none)'!r}; expected one of {', '.join(SHEET_EXTENSIONS)}")
+    try:
+        frame = _read_frame(source, suffix, storage_options)
+    except FileNotFoundError:
+        _sheet_error(shown, "file not found")
+    except pd.errors.EmptyDataError:
+        _sheet_error(shown, "the sheet is empty")
+    except ImportError as exc:  # fsspec: the package for this URL's protocol is missing, e.g. s3fs
+        _sheet_error(shown, f"cannot open this URL: {exc}")
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, http.client.HTTPException) as exc:  # corrupt, bad URL
+        _sheet_error(shown, f"cannot be read as {suffix[1:].upper()}: {exc}")
+    return _checked_frame(frame, shown)
+
+
+def expand_batch(
+    spec: BatchSpec, template: ApiWorkflow, *, object_info: ObjectInfo | None = None, sheet: pd.DataFrame | None = None
+) -> Expansion:
+    """Turn `spec` into image jobs: each item (sheet row, prompt, or one from defaults) x sweep x image.
+
+    Values are checked per parameter (built-in rules for well-known names, plus the server's input specs
+    when `object_info` is given), and every problem is collected before anything is bound. A given `sheet`
+    is numbered as a spreadsheet shows it: its first data row is row 2.
+
+    Raises:
+        BatchRequestError: the sheet cannot be read, or the problems found (row, column or field named).
+    """
+    if spec.sheet is not None and sheet is None:
+        sheet = read_sheet(spec.sheet)
+    expander = _Expander(spec, template, object_info)
+    defaults = {name: expander.value(name, value, field=f"defaults.{name}") for name, value in spec.defaults.items()}
+    axes = expander.sweep_axes()
+    items = expander.sheet_items(sheet) if sheet is not None else expander.prompt_items()
+    expander.check_request(_set_names(spec, sheet), jobs=len(items) * math.prod(map(len, axes)))
+    expander.raise_if_any()
+    return expander.build(items, axes, defaults)
+
+
+class _Expander:
+    """One batch's offered parameters, their rules, and the problems found so far."""
+
+    def __init__(self, spec: BatchSpec, template: ApiWorkflow, object_info: ObjectInfo | None) -> None:
+        self.spec = spec
+        self.template = template
+        try:
+            self.offered = template.parameters(spec.bindings)
+        except BindingError as exc:
+            problem = RequestProblem(exc.summary, field="bindings")
+            raise BatchRequestError("the bindings do not fit the workflow", problems=(problem,)) from exc
+        self.rules = {name: _rules(template, name, paths, object_info) for name, paths in self.offered.items()}
+        self.problems: list[RequestProblem] = []
+        self.problem_count = 0
+        swept = set(spec.sweep.axes).union(*spec.sweep.zipped)
+        self.need_prompt = "prompt" in self.offered and "prompt" not in spec.defaults and "prompt" not in swept
+
+    def problem(self, message: str, **where: Any) -> None:
+        self.problem_count += 1
+        if len(self.problems) < MAX_LISTED_PROBLEMS:
+            self.problems.append(RequestProblem(message, **where))
+
+    def raise_if_any(self) -> None:
+        if self.problem_count:
+            shown = f", the first {len(self.problems)} listed" if self.problem_count > len(self.problems) else ""
+            summary = f"batch '{self.spec.name}' is invalid: {self.problem_count} problem(s){shown}"
+            raise BatchRequestError(summary, problems=tuple(self.problems))
+
+    def usable(self, name: str, **where: Any) -> bool:
+        """Whether `name` may be set; if not, record why."""
+        if name in RESERVED_PARAMETERS:
+            self.problem(f"'{name}' is set by comfybatch on every job and cannot be set", **where)
+        elif name not in self.offered:
+            names = ", ".join(sorted(set(self.offered) - RESERVED_PARAMETERS)) or "none"
+            self.problem(f"unknown parameter '{name}'; this workflow offers: {names}", **where)
+        return name in self.offered and name not in RESERVED_PARAMETERS
+
+    def value(self, name: str, value: Any, *, check_name: bool = True, **where: Any) -> Any:
+        """`value` converted per `name`'s rules, or `_UNSET` after recording why it cannot be."""
+        if check_name and not self.usable(name, **where):
+            return _UNSET
+        try:
+            for rule in self.rules[name]:
+                value = _apply(rule, value)
+        except _Invalid as exc:
+            self.problem(str(exc), **where)
+            return _UNSET
+        return value
+
+    def sweep_axes(self) -> list[Axis]:
+        axes: list[Axis] = []
+        seen: set[str] = set()
+        for name, values in self.spec.sweep.axes.items():
+            axes.append([{name: value} for value in self._swept(name, values, seen, f"sweep.axes.{name}")])
+        for number, group in enumerate(self.spec.sweep.zipped):
+            where = f"sweep.zipped[{number}]"
+            lengths = {name: len(values) for name, values in group.items()}
+            if len(set(lengths.values())) != 1:
+                shown = ", ".join(f"{name}: {length}" for name, length in lengths.items()) or "an empty group"
+                self.problem(f"zipped lists advance together and must have equal lengths, got {shown}", field=where)
+                continue
+            columns = {name: self._swept(name, values, seen, f"{where}.{name}") for name, values in group.items()}
+            axes.append([dict(zip(columns, point, strict=True)) for point in zip(*columns.values(), strict=True)])
+        return axes
+
+    def _swept(self, name: str, values: Sequence[Any], seen: set[str], where: str) -> list[Any]:
+        if name in seen:
+            self.problem(f"'{name}' is swept more than once", field=where)
+        seen.add(name)
+        if not values:
+            self.problem("no values: the batch would be empty", field=where)
+        if not self.usable(name, field=where):
+            return list(values)
+        return [self.value(name, value, check_name=False, field=where) for value in values]
+
+    def prompt_items(self) -> list[_Item]:
+        if not self.spec.prompts:
+            return [_Item({})]
+        if not self.usable("prompt", field="prompts"):
+            return []
+        prompts = (
+            self.value("prompt", p, check_name=False, field=f"prompts[{n}]") for n, p in enumerate(self.spec.prompts)
+        )
+        return [_Item({"prompt": prompt}) for prompt in prompts]
+
+    def sheet_items(self, sheet: pd.DataFrame) -> list[_Item]:
+        if self.spec.prompts:
+            self.problem("give either a sheet or prompts, not both", field="prompts")
+        names = [str(column).strip() for column in sheet.columns]
+        for name in sorted({name for name in names if names.count(name) > 1}):
+            self.problem("the sheet has more than one column with this name", column=name)
+        params = {
+            position: name
+            for position, name in enumerate(names)
+            if not name.startswith(("#", "_")) and name != LABEL_COLUMN and self.usable(name, column=name)
+        }
+        label_at = names.index(LABEL_COLUMN) if LABEL_COLUMN in names else None
+        items: list[_Item] = []
+        for offset, raw in enumerate(zip(*(sheet.iloc[:, p].tolist() for p in range(len(names))), strict=True)):
+            cells = [_cell(value) for value in raw]
+            if all(cell is _UNSET for cell in cells):  # a blank row is a spacer, not an item
+                continue
+            row = offset + 2  # as a spreadsheet numbers it: the header is row 1
+            label = "" if label_at is None or cells[label_at] is _UNSET else _slug(str(cells[label_at]))
+            items.append(_Item(self._row_values(cells, row, params), row=row, label=label))
+        if not items:
+            self.problem("the sheet has no rows with values", field="sheet")
+        return items
+
+    def _row_values(self, cells: list[Any], row: int, params: Mapping[int, str]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for position, name in params.items():
+            if cells[position] is not _UNSET:
+                values[name] = self.value(name, cells[position], check_name=False, row=row, column=name)
+            elif name == "prompt" and self.need_prompt:
+                self.problem("the prompt is empty", row=row, column=name)
+        return values
+
+    def check_request(self, set_names: set[str], *, jobs: int) -> None:
+        spec, offered, ipi = self.spec, self.offered, self.spec.images_per_item
+        if "prompt" in offered and "prompt" not in set_names:  # else every image renders the template's prompt
+            self.problem("no prompt: set a 'prompt' column, prompts, a sweep axis or a default", field="prompts")
+        if "seed" not in offered and ipi > 1:
+            self.problem(
+                f"the workflow has no seed: its {ipi} images per item would be identical", field="images_per_item"
+            )
+        if "seed" in offered and "seed" in set_names and spec.seed_policy is SeedPolicy.RANDOM:
+            self.problem(
+                "seeds are set, but seed_policy 'random' ignores them; use 'fixed' or 'increment'", field="seed_policy"
+            )
+        if (total := jobs * ipi) > MAX_JOBS:
+            self.problem(f"the batch would have {total:,} jobs; at most {MAX_JOBS:,} are allowed")
+
+    def build(self, items: list[_Item], axes: list[Axis], defaults: dict[str, Any]) -> Expansion:
+        spec = self.spec
+        points = [{k: v for part in combo for k, v in part.items()} for combo in itertools.product(*axes)]
+        jobs: list[JobSpec] = []
+        keys: set[str] = set()
+        with _gc_paused():
+            for (number, item), (offset, point) in itertools.product(enumerate(items), enumerate(points)):
+                item_index = number * len(points) + offset
+                values = {**defaults, **item.values, **point}  # precedence: sweep > row or prompt > defaults
+                label = item.label or _slug(str(values.get("prompt", ""))) or "item"
+                for image in range(spec.images_per_item):
+                    seed = _seed(spec, item_index, image, values.get("seed")) if "seed" in self.offered else None
+                    job_values = values if seed is None else {**values, "seed": seed}
+                    workflow = self._bind(job_values)
+                    if (key := workflow.content_hash()[:16]) not in keys:
+                        keys.add(key)
+                        jobs.append(JobSpec(
+                            batch=spec.name, index=len(jobs), key=key, item=item_index, image=image, row=item.row,
+                            values=job_values, seed=seed, label=label, workflow=workflow,
+                        ))  # fmt: skip
+        return Expansion(jobs=jobs, duplicates=len(items) * len(points) * spec.images_per_item - len(jobs))
+
+    def _bind(self, values: dict[str, Any]) -> ApiWorkflow:
+        # Same as template.bind(values, spec.bindings), with the paths resolved once instead of per job.
+        try:
+            return self.template.bind(values, {name: self.offered[name] for name in values})
+        except BindingError as exc:
+            problem = RequestProblem(exc.summary, field="bindings")
+            raise BatchRequestError("a parameter cannot be bound onto the workflow", problems=(problem,)) from exc
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    # Cyclic GC would rescan every job graph built so far, again and again: half the time of a 10,000-job batch.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _rules(template: ApiWorkflow, name: str, paths: list[InputPath], object_info: ObjectInfo | None) -> list[_Rule]:
+    rules = [_BUILTIN_RULES[name]] if name in _BUILTIN_RULES else []
+    if object_info is not None:
+        rules += [rule for path in paths if (rule := _spec_rule(_input_spec(template, object_info, path)))]
+    if rules or not paths:
+        return rules
+    value = template.get_input(paths[0].node_id, paths[0].input_name)  # undeclared: go by the template's value
+    kind: Kind = "bool" if isinstance(value, bool) else "number" if isinstance(value, int | float) else "any"
+    return [_Rule("str" if isinstance(value, str) else kind)]
+
+
+def _input_spec(template: ApiWorkflow, object_info: ObjectInfo, path: InputPath) -> InputSpec | None:
+    class_type = template.class_type(path.node_id)
+    return object_info.input_spec(class_type, path.input_name) if object_info.has_class(class_type) else None
+
+
+def _spec_rule(spec: InputSpec | None) -> _Rule | None:
+    if spec is None or spec.is_combo:
+        return _Rule("combo", choices=spec.choices) if spec is not None and spec.choices else None
+    low, high = (v if isinstance(v, int | float) and not isinstance(v, bool) else None for v in (spec.min, spec.max))
+    return _Rule(kind, min=low, max=high) if (kind := _SPEC_KINDS.get(spec.type)) else None
+
+
+def _apply(rule: _Rule, value: Any) -> Any:
+    if value is None:
+        raise _Invalid("expected a value, got null")
+    if (convert := _CONVERTERS.get(rule.kind)) is not None:
+        return convert(value, rule)
+    number = _number(value)
+    if rule.kind == "int" and isinstance(number, float):  # pandas reads int columns with blanks as floats: 512.0
+        if not number.is_integer():
+            raise _Invalid(f"expected a whole number, got {number}")
+        number = int(number)
+    elif rule.kind == "float":
+        number = float(number)
+    if rule.min is not None and number < rule.min:
+        raise _Invalid(f"must be at least {_show(rule.min)}, got {_show(number)}")
+    if rule.max is not None and number > rule.max:
+        raise _Invalid(f"must be at most {_show(rule.max)}, got {_show(number)}")
+    if rule.multiple_of and number % rule.multiple_of:
+        raise _Invalid(f"must be a multiple of {rule.multiple_of}, got {_show(number)}")
+    return number
+
+
+def _number(value: Any) -> int | float:
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
+        except ValueError:
+            raise _Invalid(f"expected a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Invalid(f"expected a number, got {_show(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Invalid(f"expected a finite number, got {value}")
+    return value
+
+
+def _boolean(value: Any, rule: _Rule) -> bool:
+    word = str(value).strip().lower() if isinstance(value, str | int) else ""
+    if isinstance(value, bool) or word in _TRUE | _FALSE:
+        return value if isinstance(value, bool) else word in _TRUE
+    raise _Invalid(f"expected true or false, got {_show(value)}")
+
+
+def _text(value: Any, rule: _Rule) -> str:
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        text = _show(value)  # a Parquet or pandas number column: 1984.0 is the prompt "1984"
+    else:
+        raise _Invalid(f"expected text, got {_show(value)}")
+    if rule.non_empty and not text.strip():
+        raise _Invalid("must not be empty")
+    return text
+
+
+def _choice(value: Any, rule: _Rule) -> Any:
+    for choice in rule.choices:  # sheet cells are text: "1" matches an option 1
+        if (type(choice) is type(value) and choice == value) or str(choice) == str(value):
+            return choice
+    listed = ", ".join(str(choice) for choice in rule.choices[:10]) + (", …" if len(rule.choices) > 10 else "")
+    raise _Invalid(f"{_show(value)} is not one of the {len(rule.choices)} options: {listed}")
+
+
+def _json(value: Any, rule: _Rule) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        raise _Invalid(f"expected JSON data, got {_show(value)}") from None
+    return value
+
+
+_CONVERTERS: dict[Kind, Callable[[Any, _Rule], Any]] = {"any": _json, "combo": _choice, "bool": _boolean, "str": _text}
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return str(value) if isinstance(value, int | float) else type(value).__name__
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, np.generic | np.ndarray):  # Parquet and caller frames hold numpy scalars and arrays
+        value = value.tolist()
+    if value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
+        return _UNSET
+    return _UNSET if isinstance(value, str) and not value.strip() else value
+
+
+def _set_names(spec: BatchSpec, sheet: pd.DataFrame | None) -> set[str]:
+    names = set(spec.defaults) | set(spec.sweep.axes) | {name for group in spec.sweep.zipped for name in group}
+    names |= {"prompt"} if spec.prompts else set()
+    return names | ({str(column).strip() for column in sheet.columns} if sheet is not None else set())
+
+
+def _seed(spec: BatchSpec, item_index: int, image: int, explicit: int | None) -> int:
+    if spec.seed_policy is SeedPolicy.RANDOM:  # stable across reruns, so a resumed batch keeps its job keys
+        material = json.dumps([spec.name, item_index, image, spec.base_seed]).encode()
+        return int.from_bytes(hashlib.sha256(material).digest()[:8], "big") % _RANDOM_SEED_MODULUS
+    item_seed = explicit if explicit is not None else spec.base_seed + item_index * spec.images_per_item
+    return item_seed if spec.seed_policy is SeedPolicy.FIXED else item_seed + image
+
+
+def _slug(text: str, *, max_words: int = 6, max_chars: int = 40) -> str:
+    plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
+    words = re.findall(r"[a-z0-9]+", plain)[:max_words]
+    slug = words[0][:max_chars] if words else ""
+    for word in words[1:]:
+        if len(slug) + 1 + len(word) > max_chars:
+            break
+        slug += f"-{word}"
+    return slug
+
+
+def _read_frame(source: str, suffix: str, storage_options: dict[str, Any] | None) -> pd.DataFrame:
+    if suffix == ".parquet":
+        return pd.read_parquet(source, storage_options=storage_options)
+    as_text: dict[str, Any] = {"header": None, "dtype": str, "keep_default_na": False, "na_values": [""]}
+    if suffix == ".csv":  # utf-8-sig: Excel's CSV export starts with a byte order mark
+        raw = pd.read_csv(
+            source, encoding="utf-8-sig", skip_blank_lines=False, storage_options=storage_options, **as_text
+        )
+    else:
+        raw = pd.read_excel(source, sheet_name=0, storage_options=storage_options, **as_text)
+    frame = raw.iloc[1:].reset_index(drop=True)
+    frame.columns = ["" if (name := _cell(value)) is _UNSET else str(name) for value in raw.iloc[0].tolist()]
+    return frame
+
+
+def _checked_frame(frame: pd.DataFrame, shown: str) -> pd.DataFrame:
+    if frame.shape[0] == 0 or frame.shape[1] == 0:
+        _sheet_error(shown, "no data rows (row 1 holds the column names)")
+    names = [str(column).strip() for column in frame.columns]
+    for position, name in enumerate(names):
+        if not name and any(_cell(value) is not _UNSET for value in frame.iloc[:, position].tolist()):
+            _sheet_error(shown, f"column {position + 1} has values but no name in row 1")
+    if duplicates := sorted({name for name in names if name and names.count(name) > 1}):
+        _sheet_error(shown, f"more than one column named {', '.join(repr(name) for name in duplicates)}")
+    keep = [position for position, name in enumerate(names) if name]  # unnamed and empty: stray formatting
+    frame = frame.iloc[:, keep]
+    frame.columns = [names[position] for position in keep]
+    return frame
+
+
+def _sheet_error(shown: str, message: str) -> NoReturn:
+    raise BatchRequestError(f"sheet '{shown}' cannot be used", problems=(RequestProblem(message, field="sheet"),))
+
+
+def _display(source: str) -> str:
+    """The source without credentials or query string, fit for messages and logs."""
+    if "://" not in source:
+        return source
+    parts = urlsplit(source)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"

@@ -1,0 +1,201 @@
+"""`generate-batch`: the batch flow. One task run per image job, fed through per-server slots."""
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable
+from typing import cast
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    acreate_markdown_artifact,
+    acreate_progress_artifact,
+    acreate_table_artifact,
+    aupdate_progress_artifact,
+)
+from prefect.client.schemas.objects import State
+from prefect.tasks import exponential_backoff
+
+from comfybatch.blocks.fleet import load_fleet
+from comfybatch.comfy.follow import Timeouts
+from comfybatch.errors import BatchIncomplete, ConfigError
+from comfybatch.expansion import expand_batch
+from comfybatch.flows.plan import FleetPlan, plan_fleet, probe_fleet, resolve_workflow
+from comfybatch.models import BatchReport, BatchSpec, JobResult, JobSpec
+from comfybatch.outputs.contact_sheet import write_contact_sheets
+from comfybatch.outputs.manifest import write_manifest
+from comfybatch.outputs.storage import OutputStore
+from comfybatch.records import JobJournal, JobRecord
+from comfybatch.settings import get_settings
+from comfybatch.tasks.dispatch import SlotBroker
+from comfybatch.tasks.events import emit_batch_event, emit_item_event
+from comfybatch.tasks.job import JobContext, run_job
+
+_PROGRESS_EVERY_S = 1.0
+
+
+@flow(name="generate-batch", flow_run_name="{spec.name}", log_prints=False)
+async def generate_batch(spec: BatchSpec) -> BatchReport:
+    """Render every job of `spec` on the fleet; rerunning the same batch skips what is already stored.
+
+    Raises:
+        BatchRequestError / WorkflowError before any GPU time, ConfigError for an unusable fleet,
+        BatchIncomplete (after writing the manifest) when some jobs failed.
+    """
+    settings = get_settings()
+    servers = await load_fleet(settings, only=spec.servers)
+    probes, infos = await probe_fleet(servers)
+    if not infos:
+        raise ConfigError("no ComfyUI server is reachable: " + "; ".join(f"{p.name}: {p.error}" for p in probes))
+    template = resolve_workflow(spec.workflow, infos)
+    expansion = expand_batch(spec, template, object_info=next(iter(infos.values())))
+    store = OutputStore(spec.output or settings.output_root)
+    journal = JobJournal(store, spec.name)
+    records = await journal.load()
+    stored = await asyncio.to_thread(_still_stored, store, records)
+    slots = {server.name: server.slots for server in servers if server.name in infos}
+    plan = plan_fleet(expansion.jobs, probes, infos, history=list(stored.values()), slots=slots)
+    await _publish_plan(spec, plan, len(expansion.jobs), expansion.duplicates)
+    if spec.dry_run:
+        return BatchReport(name=spec.name, dry_run=True, total=len(expansion.jobs), duplicates=expansion.duplicates,
+                           output=store.uri(spec.name), plan=plan.summary_lines())  # fmt: skip
+    if expansion.jobs and plan.runnable == 0:
+        raise ConfigError("no server can run any job of this batch:\n" + "\n".join(plan.summary_lines()))
+
+    results = [stored[job.key] for job in expansion.jobs if job.key in stored]
+    for result in results:
+        emit_item_event(result.job, "skipped", files=[file.uri for file in result.files])
+    todo = [job for job in expansion.jobs if job.key not in stored]
+    results += [_failed(job, plan.invalid[job.key]) for job in todo if job.key in plan.invalid]
+    runnable = deque(job for job in todo if job.key not in plan.invalid)
+    context = JobContext(
+        broker=SlotBroker([server for server in servers if server.name in infos]), store=store, journal=journal,
+        batch_dir=spec.name, timeouts=Timeouts(start_timeout_s=settings.start_timeout_s,
+                                               idle_timeout_s=settings.idle_timeout_s),
+        eligible=plan.eligible, versions={p.name: p.comfyui_version or "" for p in probes},
+        recoverable={key: record for key, record in records.items() if record.state == "submitted"},
+    )  # fmt: skip
+    emit_batch_event(spec.name, "started", total=len(expansion.jobs), skipped=len(results))
+    results += await _drain(spec, runnable, context, total=len(expansion.jobs), already=len(results))
+    return await _finish(spec, store, expansion.jobs, results, skipped=len(stored), plan=plan,
+                         duplicates=expansion.duplicates)  # fmt: skip
+
+
+async def _drain(
+    spec: BatchSpec, queue: deque[JobSpec], context: JobContext, *, total: int, already: int
+) -> list[JobResult]:
+    """Run the queue with enough workers to keep every slot busy; each worker awaits one task at a time."""
+    settings = get_settings()
+    job_task = run_job.with_options(
+        retries=settings.job_retries, retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_backoff_s),
+        tags=[f"batch:{spec.name}"],
+    )  # fmt: skip
+    results: list[JobResult] = []
+    progress_id = await acreate_progress_artifact(progress=100.0 * already / max(total, 1),
+                                                  description=f"{spec.name}: images finished")  # fmt: skip
+    last_update = 0.0
+
+    async def worker() -> None:
+        nonlocal last_update
+        while queue:
+            job = queue.popleft()
+            # An async task called from an async flow returns an awaitable, whatever the overloads say.
+            state = await cast(Awaitable[State[JobResult]], job_task(job, context, return_state=True))
+            results.append(await _result_of(job, state))
+            if time.monotonic() - last_update >= _PROGRESS_EVERY_S or not queue:
+                last_update = time.monotonic()
+                await aupdate_progress_artifact(progress_id, 100.0 * (already + len(results)) / max(total, 1))
+
+    # Extra workers beyond the slot count wait in the broker, so a retry's back-off never idles a server.
+    workers = min(len(queue), sum(s.slots for s in context.broker.servers.values()) + len(context.broker.servers))
+    async with asyncio.TaskGroup() as group:
+        for _ in range(workers):
+            group.create_task(worker())
+    return results
+
+
+async def _result_of(job: JobSpec, state: State[JobResult]) -> JobResult:
+    if state.is_completed():
+        return await state.aresult()
+    outcome = await state.aresult(raise_on_failure=False)
+    message = str(outcome) if isinstance(outcome, BaseException) else (state.message or state.name or "failed")
+    result = _failed(job, message)
+    emit_item_event(job, "failed", error=message)
+    return result
+
+
+def _failed(job: JobSpec, error: str) -> JobResult:
+    return JobResult(job=job, status="failed", error=error, finished_at=time.time())
+
+
+def _still_stored(store: OutputStore, records: dict[str, JobRecord]) -> dict[str, JobResult]:
+    """Finished jobs whose every file is still in storage (deleted outputs are rendered again)."""
+    done: dict[str, JobResult] = {}
+    for key, record in records.items():
+        result = record.result
+        if record.state != "finished" or result is None or result.status != "done" or not result.files:
+            continue
+        relpaths = [store.relpath_of(file.uri) for file in result.files]
+        if all(relpath is not None and store.exists(relpath) for relpath in relpaths):
+            done[key] = result
+    return done
+
+
+async def _publish_plan(spec: BatchSpec, plan: FleetPlan, jobs: int, duplicates: int) -> None:
+    title = "Dry run" if spec.dry_run else "Plan"
+    lines = [
+        f"# {title}: {spec.name}",
+        "",
+        f"{jobs} job(s), {duplicates} duplicate(s) dropped.",
+        "",
+        *plan.summary_lines(),
+    ]
+    await acreate_markdown_artifact(
+        markdown="\n".join(lines), key=f"{spec.name}-plan", description=f"{title} of {spec.name}"
+    )
+    get_run_logger().info("%s: %s job(s); %s", spec.name, jobs, " ".join(plan.summary_lines()))
+
+
+async def _finish(
+    spec: BatchSpec, store: OutputStore, jobs: list[JobSpec], results: list[JobResult], *, skipped: int,
+    plan: FleetPlan, duplicates: int,
+) -> BatchReport:  # fmt: skip
+    results.sort(key=lambda result: result.job.index)
+    manifest = list(await asyncio.to_thread(write_manifest, store, spec.name, results))
+    axes = list(spec.sweep.axes) if len(spec.sweep.axes) == 2 and not spec.sweep.zipped else []
+    sheets = await asyncio.to_thread(write_contact_sheets, store, spec.name, results, sweep_axes=axes)
+    failures = [(r.job.job_key, r.error or "failed") for r in results if r.status == "failed"]
+    done = sum(1 for r in results if r.status == "done") - skipped
+    report = BatchReport(
+        name=spec.name, total=len(jobs), done=done, failed=len(failures), skipped=skipped, duplicates=duplicates,
+        output=store.uri(spec.name), manifest=manifest, contact_sheets=sheets, failures=failures[:50],
+        plan=plan.summary_lines(),
+    )  # fmt: skip
+    await _publish_results(spec, results, report)
+    emit_batch_event(spec.name, "finished", done=done, failed=len(failures), skipped=skipped)
+    if failures:
+        first_key, first_error = failures[0]
+        raise BatchIncomplete(
+            f"{spec.name}: {len(failures)} of {len(jobs)} job(s) failed; rerun to retry them (finished images are "
+            f"kept). First: {first_key}: {first_error}",
+            report=report,
+        )
+    return report
+
+
+def _table_row(r: JobResult) -> dict[str, object]:
+    return {"job": r.job.job_key, "status": r.status, "seed": r.job.seed, "server": r.server or "",
+            "file": r.files[0].uri if r.files else "", "error": (r.error or "")[:200]}  # fmt: skip
+
+
+async def _publish_results(spec: BatchSpec, results: list[JobResult], report: BatchReport) -> None:
+    rows = [_table_row(result) for result in results[:1000]]
+    await acreate_table_artifact(table=rows, key=f"{spec.name}-results", description=f"Jobs of {spec.name}")
+    lines = [
+        f"# {spec.name}", "", f"- done: {report.done}", f"- skipped (already stored): {report.skipped}",
+        f"- failed: {report.failed}", f"- output: `{report.output}`",
+        *(f"- manifest: `{uri}`" for uri in report.manifest), *(f"- sheet: `{uri}`" for uri in report.contact_sheets),
+    ]  # fmt: skip
+    if report.failures:
+        lines += ["", "## Failures", *(f"- `{key}`: {error}" for key, error in report.failures[:20])]
+    await acreate_markdown_artifact(markdown="\n".join(lines), key=f"{spec.name}-summary", description="Batch summary")

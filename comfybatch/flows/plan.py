@@ -1,0 +1,160 @@
+"""Before any GPU time: resolve the workflow, probe the fleet, and decide which server can run which job."""
+
+import asyncio
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from comfybatch.blocks.server import ServerConfig
+from comfybatch.comfy.object_info import ObjectInfo
+from comfybatch.comfy.preflight import check_workflow, split_problems
+from comfybatch.comfy.workflow import ApiWorkflow, load_workflow
+from comfybatch.errors import ComfyBatchError, ConfigError, NodeProblem
+from comfybatch.models import JobResult, JobSpec
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+
+
+class ServerProbe(BaseModel):
+    """What one server told us before the batch started."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    name: str
+    reachable: bool
+    comfyui_version: str | None = None
+    error: str | None = None
+
+
+class FleetPlan(BaseModel):
+    """Which servers may run which jobs, and what rules jobs out everywhere."""
+
+    model_config = ConfigDict(frozen=True)
+
+    servers: list[ServerProbe]
+    eligible: dict[str, tuple[str, ...]] = Field(description="job key -> servers that accept it")
+    invalid: dict[str, str] = Field(default_factory=dict, description="job key -> why no server can run it")
+
+    @property
+    def runnable(self) -> int:
+        return sum(1 for servers in self.eligible.values() if servers)
+
+    per_server: dict[str, int] = Field(default_factory=dict, description="server -> jobs it can run")
+    estimate_s: float | None = None
+
+    def summary_lines(self) -> list[str]:
+        lines = [
+            f"- {probe.name}: ComfyUI {probe.comfyui_version}, can run {self.per_server.get(probe.name, 0)} job(s)"
+            if probe.reachable
+            else f"- {probe.name}: unreachable ({probe.error})"
+            for probe in self.servers
+        ]
+        if self.invalid:
+            first = next(iter(self.invalid.values()))
+            lines.append(f"- {len(self.invalid)} job(s) no server can run, e.g.: {first}")
+        if self.estimate_s is not None:
+            lines.append(f"- estimated run time: {self.estimate_s / 60:.1f} min")
+        return lines
+
+
+def read_template(source: str | dict[str, Any]) -> Any:
+    """A template name (`comfybatch/templates/<name>.json`), a JSON file path, or an inline graph.
+
+    Raises:
+        ConfigError naming the templates on offer.
+    """
+    if isinstance(source, dict):
+        return source
+    candidate = TEMPLATES_DIR / f"{source}.json"
+    if candidate.is_file():
+        return json.loads(candidate.read_text(encoding="utf-8"))
+    path = Path(source)
+    if path.suffix == ".json" and path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    offered = sorted(p.stem for p in TEMPLATES_DIR.glob("*.json"))
+    raise ConfigError(f"workflow {source!r} is neither a template ({', '.join(offered)}) nor a JSON file")
+
+
+async def probe_fleet(servers: Sequence[ServerConfig]) -> tuple[list[ServerProbe], dict[str, ObjectInfo]]:
+    """Ask every server for its version and `/object_info`, in parallel; unreachable ones are noted."""
+
+    async def probe(server: ServerConfig) -> tuple[ServerProbe, ObjectInfo | None]:
+        try:
+            async with server.client() as comfy:
+                stats = await comfy.get_system_stats()
+                info = await comfy.get_object_info(refresh=True)
+        except ComfyBatchError as exc:
+            return ServerProbe(name=server.name, reachable=False, error=str(exc)), None
+        return ServerProbe(name=server.name, reachable=True, comfyui_version=stats.system.comfyui_version), info
+
+    answers = await asyncio.gather(*(probe(server) for server in servers))
+    return [probe for probe, _ in answers], {probe.name: info for probe, info in answers if info is not None}
+
+
+def resolve_workflow(source: str | dict[str, Any], infos: dict[str, ObjectInfo]) -> ApiWorkflow:
+    """The batch's API-format template; a UI-format graph is converted with a reachable server's `/object_info`."""
+    reference = next(iter(infos.values()), None)
+    return load_workflow(read_template(source), reference)
+
+
+def plan_fleet(
+    jobs: Sequence[JobSpec], probes: list[ServerProbe], infos: dict[str, ObjectInfo],
+    history: Sequence[JobResult] = (), slots: dict[str, int] | None = None,
+) -> FleetPlan:  # fmt: skip
+    """Check each distinct graph shape once per server against its `/object_info`."""
+    eligible: dict[str, list[str]] = defaultdict(list)
+    invalid: dict[str, str] = {}
+    for server, info in infos.items():
+        verdicts: dict[tuple[Any, ...], str | None] = {}
+        for job in jobs:
+            shape = _shape(job.workflow, info)
+            if shape not in verdicts:
+                verdicts[shape] = _verdict(check_workflow(job.workflow, info), server)
+            if (why := verdicts[shape]) is None:
+                eligible[job.key].append(server)
+            elif job.key not in invalid or why.startswith("workflow"):
+                invalid[job.key] = why
+    per_server = {server: sum(server in names for names in eligible.values()) for server in infos}
+    return FleetPlan(
+        servers=probes, eligible={job.key: tuple(eligible.get(job.key, ())) for job in jobs},
+        invalid={key: why for key, why in invalid.items() if not eligible.get(key)},
+        per_server=per_server, estimate_s=_estimate(len(jobs), history, slots or {}),
+    )  # fmt: skip
+
+
+def _shape(workflow: ApiWorkflow, info: ObjectInfo) -> tuple[Any, ...]:
+    # What decides eligibility: node classes and combo values (models, samplers). Prompts, seeds
+    # and sizes were already checked per job against the input specs by expansion.
+    shape: list[Any] = []
+    for node_id in workflow.node_ids:
+        class_type = workflow.class_type(node_id)
+        shape.append((node_id, class_type))
+        if not info.has_class(class_type):
+            continue
+        for name, value in workflow.nodes[node_id]["inputs"].items():
+            if isinstance(value, str) and info.combo_options(class_type, name) is not None:
+                shape.append((node_id, name, value))
+    return tuple(shape)
+
+
+def _verdict(problems: list[NodeProblem], server: str) -> str | None:
+    """None when the server accepts the graph, else why not (a wrong workflow is wrong everywhere)."""
+    if not problems:
+        return None
+    split = split_problems(problems)
+    if split.workflow_wrong:
+        return "workflow: " + "; ".join(str(problem) for problem in split.workflow_wrong[:3])
+    return f"{server} lacks: " + "; ".join(str(problem) for problem in split.server_lacks[:3])
+
+
+def _estimate(count: int, history: Sequence[JobResult], slots: dict[str, int]) -> float | None:
+    durations = [r.finished_at - r.started_at for r in history if r.finished_at and r.started_at]
+    if not durations or not slots:
+        return None
+    running_at_once = max(1, len(slots))  # one prompt executes per server at a time
+    return statistics.median(durations) * count / running_at_once

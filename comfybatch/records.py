@@ -1,0 +1,65 @@
+"""The per-job journal in the output store: what was submitted where, and what finished.
+
+Written before `POST /prompt` (server + prompt_id) and after the outputs are stored, so a rerun
+after any crash knows which jobs are done and which prompt to recover instead of regenerating.
+"""
+
+import asyncio
+import time
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from comfybatch.models import JobResult, JobSpec
+from comfybatch.outputs.storage import OutputStore
+
+
+class JobRecord(BaseModel):
+    """The durable state of one job (by item key)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    state: Literal["submitted", "finished"]
+    server: str | None = None
+    prompt_id: str | None = None
+    submitted_at: float | None = None
+    result: JobResult | None = None
+
+
+class JobJournal:
+    """Job records of one batch under `<batch_dir>/.jobs/<key>.json`."""
+
+    def __init__(self, store: OutputStore, batch_dir: str) -> None:
+        self.store = store
+        self.folder = f"{batch_dir}/.jobs"
+
+    def _path(self, key: str) -> str:
+        return f"{self.folder}/{key}.json"
+
+    async def submitted(self, job: JobSpec, *, server: str, prompt_id: str) -> None:
+        record = JobRecord(key=job.key, state="submitted", server=server, prompt_id=prompt_id, submitted_at=time.time())
+        await self._write(record)
+
+    async def finished(self, result: JobResult) -> None:
+        await self._write(JobRecord(key=result.job.key, state="finished", server=result.server,
+                                    prompt_id=result.prompt_id, result=result))  # fmt: skip
+
+    async def load(self) -> dict[str, JobRecord]:
+        """Every readable record; unreadable ones (a torn write on a crash) are ignored."""
+        return await asyncio.to_thread(self._load_sync)
+
+    def _load_sync(self) -> dict[str, JobRecord]:
+        records: dict[str, JobRecord] = {}
+        for relpath in self.store.list(self.folder):
+            if not relpath.endswith(".json"):
+                continue
+            try:
+                record = JobRecord.model_validate_json(self.store.read_bytes(relpath))
+            except ValidationError:
+                continue
+            records[record.key] = record
+        return records
+
+    async def _write(self, record: JobRecord) -> None:
+        await asyncio.to_thread(self.store.write_bytes, self._path(record.key), record.model_dump_json().encode())

@@ -1,0 +1,1 @@
+"""Prefect tasks: one task run per image job."""

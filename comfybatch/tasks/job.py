@@ -1,0 +1,116 @@
+"""`render-image`: one Prefect task run per image job, failing over between servers."""
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+from prefect.tasks import exponential_backoff
+
+from comfybatch.comfy.events import ComfyEvent
+from comfybatch.comfy.follow import EventHandler, Timeouts
+from comfybatch.errors import ComfyBatchError, FleetExhausted, JobLost, JobTimeout, ServerUnavailable
+from comfybatch.models import JobResult, JobSpec
+from comfybatch.outputs.storage import OutputStore
+from comfybatch.pipeline import execute_job
+from comfybatch.records import JobJournal, JobRecord
+from comfybatch.tasks.dispatch import NoServerAvailable, SlotBroker
+from comfybatch.tasks.events import ProgressThrottle, emit_item_event
+from comfybatch.tasks.retry import retry_if_retryable
+
+_DOWN_ERRORS = (ServerUnavailable, JobTimeout, JobLost)  # the server itself looks unhealthy
+
+
+class JobContext:
+    """What every job of one flow run shares. A plain class on purpose: Prefect walks dataclass and
+    model arguments looking for futures, and this holds loop-bound objects and large maps."""
+
+    def __init__(
+        self, *, broker: SlotBroker, store: OutputStore, journal: JobJournal, batch_dir: str, timeouts: Timeouts,
+        eligible: dict[str, tuple[str, ...]], recoverable: dict[str, JobRecord], versions: dict[str, str],
+    ) -> None:  # fmt: skip
+        self.broker = broker
+        self.store = store
+        self.journal = journal
+        self.batch_dir = batch_dir
+        self.timeouts = timeouts
+        self.eligible = eligible
+        self.recoverable = recoverable
+        self.versions = versions
+
+
+@task(
+    name="render-image", task_run_name="{job.job_key}", retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_jitter_factor=0.5,
+    retry_condition_fn=retry_if_retryable, cache_policy=NO_CACHE,
+)  # fmt: skip
+async def run_job(job: JobSpec, context: JobContext) -> JobResult:
+    """Build, run and download one job, failing over to the next eligible server."""
+    attempt = _attempt()
+    if attempt > 1:
+        emit_item_event(job, "retrying", attempt=attempt)
+    if (recovered := await _recover(job, context.recoverable.pop(job.key, None), context, attempt)) is not None:
+        return recovered
+    tried: dict[str, ComfyBatchError] = {}
+    while True:
+        try:
+            async with context.broker.slot(context.eligible[job.key], exclude=tried.keys(),
+                                           deadline_s=context.timeouts.start_timeout_s) as server:  # fmt: skip
+                try:
+                    return await _run_on(job, server.name, context, attempt)
+                except ComfyBatchError as exc:
+                    if not exc.failover:
+                        raise
+                    tried[server.name] = exc
+                    if isinstance(exc, _DOWN_ERRORS):
+                        context.broker.mark_down(server.name)
+                    get_run_logger().warning("%s failed on %s, failing over: %s", job.job_key, server.name, exc)
+        except NoServerAvailable:
+            raise FleetExhausted(job.job_key, list(tried.values())) from None
+
+
+async def _run_on(job: JobSpec, server_name: str, context: JobContext, attempt: int, *,
+                  resume_prompt_id: str | None = None) -> JobResult:  # fmt: skip
+    server = context.broker.servers[server_name]
+    emit_item_event(job, "submitted", server=server.name, attempt=attempt)
+    async with server.client() as comfy:
+        result = await execute_job(
+            comfy, job, store=context.store, journal=context.journal, batch_dir=context.batch_dir,
+            timeouts=context.timeouts, attempt=attempt, resume_prompt_id=resume_prompt_id,
+            comfyui_version=context.versions.get(server.name), on_event=_progress_reporter(job, server.name),
+        )  # fmt: skip
+    context.broker.mark_up(server.name)
+    emit_item_event(job, "done", server=server.name, prompt_id=result.prompt_id,
+                    files=[file.uri for file in result.files])  # fmt: skip
+    return result
+
+
+async def _recover(job: JobSpec, record: JobRecord | None, context: JobContext, attempt: int) -> JobResult | None:
+    """Finish the prompt a previous orchestrator submitted (found by its prompt_id) instead of re-rendering."""
+    if record is None or record.server not in context.broker.servers or record.prompt_id is None:
+        return None
+    server, prompt_id = record.server, record.prompt_id
+    try:
+        async with context.broker.slot([server], deadline_s=context.timeouts.start_timeout_s):
+            return await _run_on(job, server, context, attempt, resume_prompt_id=prompt_id)
+    except (NoServerAvailable, ComfyBatchError) as exc:
+        if isinstance(exc, ComfyBatchError) and not exc.failover:
+            raise
+        get_run_logger().warning("%s: could not recover prompt %s on %s (%s); rendering anew",
+                                 job.job_key, prompt_id, server, exc)  # fmt: skip
+        return None
+
+
+def _progress_reporter(job: JobSpec, server: str) -> EventHandler:
+    throttle = ProgressThrottle()
+
+    def report(event: ComfyEvent) -> None:
+        if event.type == "execution_start":
+            emit_item_event(job, "running", server=server)
+        elif (progress := event.progress) is not None and throttle.ready(final=progress[0] >= progress[1]):
+            emit_item_event(job, "progress", server=server, node=event.node, value=progress[0], max=progress[1])
+
+    return report
+
+
+def _attempt() -> int:
+    context = TaskRunContext.get()
+    return max(1, context.task_run.run_count) if context is not None else 1

@@ -1,0 +1,48 @@
+"""A real Prefect server for the session, and per-test comfybatch settings pointing at the test fleet."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from comfybatch.blocks.server import name_from_url
+from comfybatch.settings import Settings, get_settings
+from comfybatch.testing.prefect_server import LocalPrefectServer
+from tests.conftest import SuiteFleet
+
+# Prefect caches API clients per event loop; when a test's loop ends, their sockets are collected
+# unclosed. Those are Prefect's, to the Prefect server only; our own clients are checked elsewhere.
+PREFECT_SOCKETS = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
+)
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`prefect server start` on loopback with its own SQLite home; the whole suite shares it."""
+    server = LocalPrefectServer(tmp_path_factory.mktemp("prefect"))
+    server.start()
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def batch_settings(
+    prefect_api: str, comfy_fleet: SuiteFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
+    """Settings for one test: the shared servers as the fleet, outputs under tmp_path, quick retries."""
+    monkeypatch.setenv("COMFYUI_URLS", ",".join(server.url for server in comfy_fleet.servers))
+    monkeypatch.setenv("COMFYBATCH_OUTPUT_ROOT", str(tmp_path / "out"))
+    monkeypatch.setenv("COMFYBATCH_CONFIG_FILE", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("COMFYBATCH_RETRY_BACKOFF_S", "0.2")
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def server_names(fleet: SuiteFleet) -> list[str]:
+    return [name_from_url(server.url) for server in fleet.servers]
