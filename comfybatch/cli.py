@@ -7,16 +7,15 @@ from pathlib import Path
 from typing import Annotated
 
 from cyclopts import App, Parameter
+from pydantic import ValidationError
 
 from comfybatch.comfy.client import ComfyClient
 from comfybatch.comfy.object_info import ObjectInfo
 from comfybatch.comfy.preflight import check_workflow
-from comfybatch.comfy.workflow import ApiWorkflow, load_workflow
+from comfybatch.comfy.workflow import load_workflow
 from comfybatch.errors import ComfyBatchError, ConfigError, WorkflowRejected
 
 app = App(name="comfybatch", help="Turn ComfyUI servers into a batch image factory.")
-
-DEMO_WORKFLOW = Path(__file__).parent / "templates" / "txt2img-tiny.json"
 
 
 async def _object_info(server: str | None, object_info: Path | None) -> ObjectInfo:
@@ -79,41 +78,90 @@ async def validate(workflow: Path, *, server: str | None = None, object_info: Pa
 
 
 @app.command
-async def demo(
+async def run(
     *,
-    server: str | None = None,
-    prompt: str = "a lighthouse on a cliff at dawn, watercolor",
-    seed: int = 1,
-    out: Path = Path("out/demo"),
+    workflow: str,
+    sheet: str | None = None,
+    prompt: Annotated[list[str] | None, Parameter(name=["--prompt"], negative="")] = None,
+    set_: Annotated[list[str] | None, Parameter(name=["--set"], negative="")] = None,
+    server: Annotated[list[str] | None, Parameter(name=["--server"], negative="")] = None,
+    out: str | None = None,
+    name: str | None = None,
+    images_per_item: int = 1,
+    dry_run: bool = False,
 ) -> int:
-    """Render one image with the tiny demo checkpoint on a local CPU ComfyUI (or --server).
+    """Run a batch in this process: one image job per sheet row or prompt, on the fleet.
+
+    Exit 0 only when every job succeeded. Running the same command again skips finished images.
 
     Args:
-        server: An existing ComfyUI with the tiny checkpoint; a local demo server is started when omitted.
-        prompt: The positive prompt.
-        seed: The sampler seed.
-        out: Folder for the downloaded image.
+        workflow: Template name (see comfybatch/templates) or a UI-/API-format workflow JSON file.
+        sheet: CSV, XLSX or Parquet: one job per row, columns named after parameters.
+        prompt: A prompt; repeat for more jobs.
+        set_: name=value defaults for every job, e.g. --set steps=20 --set width=512.
+        server: ComfyUI URL; repeat for more (default: COMFYUI_URLS or comfybatch.toml).
+        out: Output folder or fsspec URL (default: COMFYBATCH_OUTPUT_ROOT, else ./out).
+        name: Batch name (default: from the workflow and sheet names, so reruns resume).
+        images_per_item: Images per row or prompt (seeds increment).
+        dry_run: Validate against every server and estimate; render nothing.
     """
-    if server is not None:
-        return await _render_demo(server, prompt, seed, out)
+    from comfybatch.models import BatchSpec
+    from comfybatch.runner import default_name, parse_sets, run_with_progress, use_servers
+
+    use_servers(server or [])
+    spec = BatchSpec(
+        name=name or default_name(workflow, sheet), workflow=workflow, sheet=sheet, prompts=prompt or [],
+        defaults=parse_sets(set_ or []), images_per_item=images_per_item, output=out, dry_run=dry_run,
+    )  # fmt: skip
+    _, code = await run_with_progress(spec)
+    return code
+
+
+DEMO_PROMPTS = (
+    "a lighthouse on a cliff at dawn, watercolor",
+    "a fox reading a book under a tree, picture-book style",
+    "a red bicycle in front of a bakery, morning light",
+    "a paper boat on a puddle after rain",
+    "an owl in a lantern-lit library",
+    "a snowy mountain village at night",
+)
+
+
+@app.command
+async def demo(*, servers: int = 2, out: str = "out", name: str = "demo") -> int:
+    """Run a demo batch on local CPU ComfyUI servers with a tiny model (no GPU needed).
+
+    Starts the servers and a Prefect server just for this run, renders six prompts, and leaves the
+    images, manifest and contact sheet under OUT/NAME. Running it again skips finished images.
+
+    Args:
+        servers: How many local ComfyUI servers to start (about 1 GB of RAM each).
+        out: Output folder.
+        name: Batch name.
+    """
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from comfybatch.models import BatchSpec
+    from comfybatch.runner import run_with_progress, use_servers
     from comfybatch.testing.fleet import LocalFleet  # heavy: only for the local demo
+    from comfybatch.testing.prefect_server import LocalPrefectServer
 
-    print("starting a local CPU ComfyUI (first run installs it, a few minutes)...", file=sys.stderr)
-    with tempfile.TemporaryDirectory(prefix="comfybatch-demo-") as root, LocalFleet(Path(root), count=1) as fleet:
-        return await _render_demo(fleet.servers[0].url, prompt, seed, out)
-
-
-async def _render_demo(server: str, prompt: str, seed: int, out: Path) -> int:
-    template = ApiWorkflow.from_json(DEMO_WORKFLOW.read_text(encoding="utf-8"))
-    workflow = template.bind({"prompt": prompt, "seed": seed, "filename_prefix": "comfybatch/demo/demo"})
-    async with ComfyClient(server) as comfy:
-        if problems := check_workflow(workflow, await comfy.get_object_info()):
-            raise WorkflowRejected(f"the demo workflow does not fit {server}", problems=tuple(problems))
-        result = await comfy.run(workflow)
-        for output in result.outputs:
-            saved = await comfy.download(output, out / output.filename)
-            print(f"{saved.path}  ({saved.size_bytes} bytes, prompt {result.prompt_id} on {comfy.name})")
-    return 0
+    print(f"starting {servers} local CPU ComfyUI server(s) and Prefect (first run installs ComfyUI: a few minutes)",
+          file=sys.stderr)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="comfybatch-demo-") as root, LocalFleet(Path(root), count=servers) as fleet:
+        prefect = LocalPrefectServer(Path(root) / "prefect")
+        prefect.start()
+        try:
+            use_servers([server.url for server in fleet.servers])
+            with temporary_settings(updates={PREFECT_API_URL: prefect.api_url}):
+                spec = BatchSpec(name=name, workflow="txt2img-tiny", prompts=list(DEMO_PROMPTS), output=out,
+                                 defaults={"steps": 2})  # fmt: skip
+                _, code = await run_with_progress(spec)
+                await APILogHandler.aflush()  # logs reach the server before it stops
+        finally:
+            prefect.stop()
+    return code
 
 
 def main() -> None:
@@ -122,6 +170,10 @@ def main() -> None:
         code = app(result_action="return_value")
     except ComfyBatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except ValidationError as exc:  # a request model refused its input
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+        print(f"error: {problems}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

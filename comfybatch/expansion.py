@@ -3,37 +3,31 @@
 Pure and synchronous: every value is checked before any job exists, so a bad request costs no GPU time.
 """
 
-import gc
 import hashlib
-import http.client
 import itertools
 import json
 import math
 import re
 import unicodedata
-import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
-from typing import Any, Literal, NoReturn
-from urllib.parse import urlsplit
+from typing import Any, Literal
 
-import numpy as np
 import pandas as pd  # type: ignore[import-untyped]  # no stubs installed (pandas-stubs is not a dependency)
 
 from comfybatch.comfy.object_info import InputSpec, ObjectInfo
-from comfybatch.comfy.workflow import ApiWorkflow, InputPath
+from comfybatch.comfy.parameters import InputPath
+from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.errors import BatchRequestError, BindingError, RequestProblem
 from comfybatch.models import BatchSpec, JobSpec, SeedPolicy
+from comfybatch.sheets import EMPTY, cell_value, read_sheet
 
 MAX_JOBS = 100_000
 MAX_LISTED_PROBLEMS = 50
-SHEET_EXTENSIONS = (".csv", ".xlsx", ".parquet")
 LABEL_COLUMN = "label"
 RESERVED_PARAMETERS = frozenset({"filename_prefix"})  # "comfybatch/<batch>/<job_key>", set when a job is built
 _RANDOM_SEED_MODULUS = 2**48
-_UNSET: Any = object()  # an empty cell: "not set for this row"
+_UNSET: Any = object()  # a value that broke a rule: recorded as a problem, never bound
 _TRUE, _FALSE = frozenset({"true", "yes", "1"}), frozenset({"false", "no", "0"})
 
 Kind = Literal["int", "float", "number", "bool", "str", "combo", "any"]
@@ -82,32 +76,6 @@ class _Item:
     values: dict[str, Any]
     row: int | None = None
     label: str = ""
-
-
-def read_sheet(source: str, *, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
-    """Read a CSV, XLSX (first worksheet) or Parquet sheet from a path or fsspec URL; row 1 names the columns.
-
-    CSV and XLSX cells are read as text and converted per parameter later, so a prompt typed as `007`
-    or `NA` stays as typed; only blank cells are empty.
-
-    Raises:
-        BatchRequestError: unknown extension, missing or unreadable file, no data rows, unnamed or duplicate columns.
-    """
-    shown = _display(source)
-    suffix = PurePosixPath(urlsplit(source).path if "://" in source else source).suffix.lower()
-    if suffix not in SHEET_EXTENSIONS:
-        _sheet_error(shown, f"unknown extension {suffix or '(none)'!r}; expected one of {', '.join(SHEET_EXTENSIONS)}")
-    try:
-        frame = _read_frame(source, suffix, storage_options)
-    except FileNotFoundError:
-        _sheet_error(shown, "file not found")
-    except pd.errors.EmptyDataError:
-        _sheet_error(shown, "the sheet is empty")
-    except ImportError as exc:  # fsspec: the package for this URL's protocol is missing, e.g. s3fs
-        _sheet_error(shown, f"cannot open this URL: {exc}")
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, http.client.HTTPException) as exc:  # corrupt, bad URL
-        _sheet_error(shown, f"cannot be read as {suffix[1:].upper()}: {exc}")
-    return _checked_frame(frame, shown)
 
 
 def expand_batch(
@@ -232,11 +200,11 @@ class _Expander:
         label_at = names.index(LABEL_COLUMN) if LABEL_COLUMN in names else None
         items: list[_Item] = []
         for offset, raw in enumerate(zip(*(sheet.iloc[:, p].tolist() for p in range(len(names))), strict=True)):
-            cells = [_cell(value) for value in raw]
-            if all(cell is _UNSET for cell in cells):  # a blank row is a spacer, not an item
+            cells = [cell_value(value) for value in raw]
+            if all(cell is EMPTY for cell in cells):  # a blank row is a spacer, not an item
                 continue
             row = offset + 2  # as a spreadsheet numbers it: the header is row 1
-            label = "" if label_at is None or cells[label_at] is _UNSET else _slug(str(cells[label_at]))
+            label = "" if label_at is None or cells[label_at] is EMPTY else _slug(str(cells[label_at]))
             items.append(_Item(self._row_values(cells, row, params), row=row, label=label))
         if not items:
             self.problem("the sheet has no rows with values", field="sheet")
@@ -245,7 +213,7 @@ class _Expander:
     def _row_values(self, cells: list[Any], row: int, params: Mapping[int, str]) -> dict[str, Any]:
         values: dict[str, Any] = {}
         for position, name in params.items():
-            if cells[position] is not _UNSET:
+            if cells[position] is not EMPTY:
                 values[name] = self.value(name, cells[position], check_name=False, row=row, column=name)
             elif name == "prompt" and self.need_prompt:
                 self.problem("the prompt is empty", row=row, column=name)
@@ -259,6 +227,12 @@ class _Expander:
             self.problem(
                 f"the workflow has no seed: its {ipi} images per item would be identical", field="images_per_item"
             )
+        elif spec.seed_policy is SeedPolicy.FIXED and ipi > 1:  # one seed per item: its images would be one image
+            self.problem(
+                f"seed_policy 'fixed' gives all {ipi} images of an item the same seed, so they would be identical; "
+                "use 'increment' or 'random', or 1 image per item",
+                field="images_per_item",
+            )
         if "seed" in offered and "seed" in set_names and spec.seed_policy is SeedPolicy.RANDOM:
             self.problem(
                 "seeds are set, but seed_policy 'random' ignores them; use 'fixed' or 'increment'", field="seed_policy"
@@ -271,21 +245,20 @@ class _Expander:
         points = [{k: v for part in combo for k, v in part.items()} for combo in itertools.product(*axes)]
         jobs: list[JobSpec] = []
         keys: set[str] = set()
-        with _gc_paused():
-            for (number, item), (offset, point) in itertools.product(enumerate(items), enumerate(points)):
-                item_index = number * len(points) + offset
-                values = {**defaults, **item.values, **point}  # precedence: sweep > row or prompt > defaults
-                label = item.label or _slug(str(values.get("prompt", ""))) or "item"
-                for image in range(spec.images_per_item):
-                    seed = _seed(spec, item_index, image, values.get("seed")) if "seed" in self.offered else None
-                    job_values = values if seed is None else {**values, "seed": seed}
-                    workflow = self._bind(job_values)
-                    if (key := workflow.content_hash()[:16]) not in keys:
-                        keys.add(key)
-                        jobs.append(JobSpec(
-                            batch=spec.name, index=len(jobs), key=key, item=item_index, image=image, row=item.row,
-                            values=job_values, seed=seed, label=label, workflow=workflow,
-                        ))  # fmt: skip
+        for (number, item), (offset, point) in itertools.product(enumerate(items), enumerate(points)):
+            item_index = number * len(points) + offset
+            values = {**defaults, **item.values, **point}  # precedence: sweep > row or prompt > defaults
+            label = item.label or _slug(str(values.get("prompt", ""))) or "item"
+            for image in range(spec.images_per_item):
+                seed = _seed(spec, item_index, image, values.get("seed")) if "seed" in self.offered else None
+                job_values = values if seed is None else {**values, "seed": seed}
+                workflow = self._bind(job_values)
+                if (key := workflow.content_hash()[:16]) not in keys:
+                    keys.add(key)
+                    jobs.append(JobSpec(
+                        batch=spec.name, index=len(jobs), key=key, item=item_index, image=image, row=item.row,
+                        values=job_values, seed=seed, label=label, workflow=workflow,
+                    ))  # fmt: skip
         return Expansion(jobs=jobs, duplicates=len(items) * len(points) * spec.images_per_item - len(jobs))
 
     def _bind(self, values: dict[str, Any]) -> ApiWorkflow:
@@ -295,18 +268,6 @@ class _Expander:
         except BindingError as exc:
             problem = RequestProblem(exc.summary, field="bindings")
             raise BatchRequestError("a parameter cannot be bound onto the workflow", problems=(problem,)) from exc
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    # Cyclic GC would rescan every job graph built so far, again and again: half the time of a 10,000-job batch.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _rules(template: ApiWorkflow, name: str, paths: list[InputPath], object_info: ObjectInfo | None) -> list[_Rule]:
@@ -413,14 +374,6 @@ def _show(value: Any) -> str:
     return str(value) if isinstance(value, int | float) else type(value).__name__
 
 
-def _cell(value: Any) -> Any:
-    if isinstance(value, np.generic | np.ndarray):  # Parquet and caller frames hold numpy scalars and arrays
-        value = value.tolist()
-    if value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
-        return _UNSET
-    return _UNSET if isinstance(value, str) and not value.strip() else value
-
-
 def _set_names(spec: BatchSpec, sheet: pd.DataFrame | None) -> set[str]:
     names = set(spec.defaults) | set(spec.sweep.axes) | {name for group in spec.sweep.zipped for name in group}
     names |= {"prompt"} if spec.prompts else set()
@@ -444,45 +397,3 @@ def _slug(text: str, *, max_words: int = 6, max_chars: int = 40) -> str:
             break
         slug += f"-{word}"
     return slug
-
-
-def _read_frame(source: str, suffix: str, storage_options: dict[str, Any] | None) -> pd.DataFrame:
-    if suffix == ".parquet":
-        return pd.read_parquet(source, storage_options=storage_options)
-    as_text: dict[str, Any] = {"header": None, "dtype": str, "keep_default_na": False, "na_values": [""]}
-    if suffix == ".csv":  # utf-8-sig: Excel's CSV export starts with a byte order mark
-        raw = pd.read_csv(
-            source, encoding="utf-8-sig", skip_blank_lines=False, storage_options=storage_options, **as_text
-        )
-    else:
-        raw = pd.read_excel(source, sheet_name=0, storage_options=storage_options, **as_text)
-    frame = raw.iloc[1:].reset_index(drop=True)
-    frame.columns = ["" if (name := _cell(value)) is _UNSET else str(name) for value in raw.iloc[0].tolist()]
-    return frame
-
-
-def _checked_frame(frame: pd.DataFrame, shown: str) -> pd.DataFrame:
-    if frame.shape[0] == 0 or frame.shape[1] == 0:
-        _sheet_error(shown, "no data rows (row 1 holds the column names)")
-    names = [str(column).strip() for column in frame.columns]
-    for position, name in enumerate(names):
-        if not name and any(_cell(value) is not _UNSET for value in frame.iloc[:, position].tolist()):
-            _sheet_error(shown, f"column {position + 1} has values but no name in row 1")
-    if duplicates := sorted({name for name in names if name and names.count(name) > 1}):
-        _sheet_error(shown, f"more than one column named {', '.join(repr(name) for name in duplicates)}")
-    keep = [position for position, name in enumerate(names) if name]  # unnamed and empty: stray formatting
-    frame = frame.iloc[:, keep]
-    frame.columns = [names[position] for position in keep]
-    return frame
-
-
-def _sheet_error(shown: str, message: str) -> NoReturn:
-    raise BatchRequestError(f"sheet '{shown}' cannot be used", problems=(RequestProblem(message, field="sheet"),))
-
-
-def _display(source: str) -> str:
-    """The source without credentials or query string, fit for messages and logs."""
-    if "://" not in source:
-        return source
-    parts = urlsplit(source)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"

@@ -25,7 +25,7 @@ def prepare_workflow(job: JobSpec) -> ApiWorkflow:
 
 async def execute_job(
     comfy: ComfyClient, job: JobSpec, *, store: OutputStore, journal: JobJournal, batch_dir: str,
-    timeouts: Timeouts, attempt: int = 1, resume_prompt_id: str | None = None,
+    timeouts: Timeouts, attempt: int = 1, resume_prompt_id: str | None = None, lease_id: str | None = None,
     comfyui_version: str | None = None, on_event: EventHandler | None = None,
 ) -> JobResult:  # fmt: skip
     """Run `job` on `comfy` (or finish `resume_prompt_id` there) and store its outputs.
@@ -41,7 +41,7 @@ async def execute_job(
             result = None  # the server restarted or forgot it: render it anew
     if result is None:
         prompt_id = new_prompt_id()
-        await journal.submitted(job, server=comfy.name, prompt_id=prompt_id)  # before POST: recoverable
+        await journal.submitted(job, server=comfy.name, prompt_id=prompt_id, lease_id=lease_id)  # before POST
         result = await comfy.run(prepare_workflow(job), prompt_id=prompt_id, timeouts=timeouts, on_event=on_event)
     files = await store_outputs(comfy, job, result.outputs, store=store, batch_dir=batch_dir)
     job_result = JobResult(

@@ -8,7 +8,7 @@ import asyncio
 import time
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from comfybatch.models import JobResult, JobSpec
 from comfybatch.outputs.storage import OutputStore
@@ -24,6 +24,7 @@ class JobRecord(BaseModel):
     server: str | None = None
     prompt_id: str | None = None
     submitted_at: float | None = None
+    lease_id: str | None = Field(None, description="The Prefect slot lease held for it, adopted on recovery.")
     result: JobResult | None = None
 
 
@@ -37,8 +38,9 @@ class JobJournal:
     def _path(self, key: str) -> str:
         return f"{self.folder}/{key}.json"
 
-    async def submitted(self, job: JobSpec, *, server: str, prompt_id: str) -> None:
-        record = JobRecord(key=job.key, state="submitted", server=server, prompt_id=prompt_id, submitted_at=time.time())
+    async def submitted(self, job: JobSpec, *, server: str, prompt_id: str, lease_id: str | None = None) -> None:
+        record = JobRecord(key=job.key, state="submitted", server=server, prompt_id=prompt_id, submitted_at=time.time(),
+                           lease_id=lease_id)  # fmt: skip
         await self._write(record)
 
     async def finished(self, result: JobResult) -> None:

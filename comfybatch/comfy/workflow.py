@@ -1,4 +1,4 @@
-"""API-format workflows: parsing, format detection, hashing and parameter binding.
+"""API-format workflows: parsing, format detection, hashing, and binding the parameters `parameters` finds.
 
 Values are JSON data, never text templates: a prompt with quotes, braces or `</script>` is
 stored as it is (`comfyui-protocol.md` §5).
@@ -7,97 +7,48 @@ stored as it is (`comfyui-protocol.md` §5).
 import copy
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import CoreSchema, core_schema
 
-from comfybatch.errors import BindingError, WorkflowFormatError
+from comfybatch.comfy.parameters import (
+    Bindings,
+    InputPath,
+    find_parameters,
+    is_link,
+    literal,
+    node_sort_key,
+    updates_for,
+    with_values,
+)
+from comfybatch.errors import WorkflowFormatError
 
 if TYPE_CHECKING:
     from comfybatch.comfy.object_info import ObjectInfo
 
+__all__ = [
+    "ApiWorkflow",
+    "Bindings",
+    "InputPath",
+    "WorkflowFormat",
+    "detect_format",
+    "is_link",
+    "literal",
+    "load_workflow",
+    "node_sort_key",
+]
+
 WorkflowFormat = Literal["api", "ui"]
-
-
-@dataclass(frozen=True, order=True)
-class InputPath:
-    """Where a parameter lives: one input of one node, written `"6.inputs.text"` (or `"6.text"`)."""
-
-    node_id: str
-    input_name: str
-
-    def __str__(self) -> str:
-        return f"{self.node_id}.inputs.{self.input_name}"
-
-    @classmethod
-    def parse(cls, text: "str | InputPath") -> "InputPath":
-        """Parse `"<node>.inputs.<input>"` or the short `"<node>.<input>"`.
-
-        Raises:
-            BindingError: neither form.
-        """
-        if isinstance(text, InputPath):
-            return text
-        node_id, sep, input_name = text.partition(".inputs.")
-        if not sep:
-            node_id, sep, input_name = text.partition(".")
-        if not (sep and node_id and input_name):
-            raise BindingError(f"binding {text!r} is not of the form '<node_id>.inputs.<input>' or '<node_id>.<input>'")
-        return cls(node_id, input_name)
-
-
-Bindings = Mapping[str, "str | InputPath | Sequence[str | InputPath]"]
-
-# Detected parameter → input names that hold it, on any node (all of them are bound).
-_DETECTED_INPUTS: dict[str, tuple[str, ...]] = {
-    "seed": ("seed", "noise_seed"),
-    "steps": ("steps",),
-    "cfg": ("cfg",),
-    "sampler": ("sampler_name",),
-    "scheduler": ("scheduler",),
-    "denoise": ("denoise",),
-    "checkpoint": ("ckpt_name",),
-    "filename_prefix": ("filename_prefix",),
-}
-_SIZE_INPUTS = ("width", "height", "batch_size")  # on EmptyLatentImage-like nodes (class "Empty…")
-_TEXT_INPUTS = ("text", "text_g", "text_l")
-_CONDITIONING_HOPS = ("conditioning", "conditioning_to", "conditioning_1")
-_MAX_HOPS = 16
-
-
-def is_link(value: Any) -> bool:
-    """Whether an input value is a link `["<node_id>", <output_index>]`."""
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and _is_int(value[1])
-
-
-def literal(value: Any) -> Any:
-    """`value` as an input literal: lists are wrapped `{"__value__": [...]}`, a bare list being a link.
-
-    Raises:
-        BindingError: `value` is not JSON data.
-    """
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise BindingError(f"value {value!r} is not JSON data: {exc}") from exc
-    if isinstance(value, list | tuple):
-        return {"__value__": copy.deepcopy(list(value))}
-    return copy.deepcopy(value)
-
-
-def node_sort_key(node_id: str) -> tuple[tuple[int, int | str], ...]:
-    """Order node ids numerically, subgraph ids (`"5:3"`) after their parent."""
-    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in node_id.split(":"))
 
 
 class ApiWorkflow:
     """An immutable API-format graph `{"<id>": {"class_type", "inputs", "_meta"?}}`.
 
-    Every method returns a new workflow; `nodes` returns a fresh copy.
+    Every method returns a new workflow; `nodes` returns a fresh copy. Workflows made by `bind`
+    share their unchanged nodes, so the internal graph is never handed out or mutated.
 
     Example:
         workflow = load_workflow(Path("txt2img.json")).bind({"prompt": "a cat", "seed": 7})
@@ -181,7 +132,7 @@ class ApiWorkflow:
         Raises:
             BindingError: no such node, the input is a link, or `value` is not JSON data.
         """
-        return self._with_values({InputPath(node_id, input_name): literal(value)})
+        return ApiWorkflow._adopt(with_values(self._nodes, {InputPath(node_id, input_name): literal(value)}))
 
     def parameters(self, bindings: Bindings | None = None) -> dict[str, list[InputPath]]:
         """Parameter names and the inputs each one sets.
@@ -196,109 +147,28 @@ class ApiWorkflow:
         Raises:
             BindingError: an explicit binding names a missing node or input.
         """
-        if bindings:
-            return {name: self._explicit_paths(name, spec) for name, spec in bindings.items()}
-        return self._detected_parameters()
+        return find_parameters(self._nodes, bindings)
 
     def bind(self, values: Mapping[str, Any], bindings: Bindings | None = None) -> "ApiWorkflow":
         """A copy with each named parameter set on every input it binds (see `parameters`).
+
+        Only the nodes that change are copied; the copy shares the others with this workflow.
 
         Raises:
             BindingError: an unknown name (the message lists the names offered), an input that is
                 a link, or a value that is not JSON data.
         """
-        offered = self.parameters(bindings)
-        if unknown := sorted(set(values) - set(offered)):
-            names = ", ".join(sorted(offered)) or "none"
-            raise BindingError(f"unknown parameter(s) {', '.join(unknown)}; this workflow offers: {names}")
-        updates: dict[InputPath, Any] = {}
-        for name, value in values.items():
-            updates.update(dict.fromkeys(offered[name], literal(value)))
-        return self._with_values(updates)
+        updates = updates_for(self.parameters(bindings), values)
+        return ApiWorkflow._adopt(with_values(self._nodes, updates))
 
-    def _with_values(self, updates: Mapping[InputPath, Any]) -> "ApiWorkflow":
-        nodes = copy.deepcopy(self._nodes)
-        for path, value in updates.items():
-            if path.node_id not in nodes:
-                raise BindingError(f"cannot set {path}: the workflow has no node {path.node_id!r}")
-            inputs = nodes[path.node_id]["inputs"]
-            if isinstance(inputs.get(path.input_name), list):  # the server reads any bare list as a link
-                raise BindingError(
-                    f"cannot set node {path.node_id} ({nodes[path.node_id]['class_type']}) input "
-                    f"'{path.input_name}': it is a link {inputs[path.input_name]!r}, not a value"
-                )
-            inputs[path.input_name] = copy.deepcopy(value)
-        return ApiWorkflow(nodes)
-
-    def _explicit_paths(self, name: str, spec: "str | InputPath | Sequence[str | InputPath]") -> list[InputPath]:
-        raw = [spec] if isinstance(spec, str | InputPath) else list(spec)
-        paths = [InputPath.parse(item) for item in raw]
-        for path in paths:
-            node = self._nodes.get(path.node_id)
-            if node is None:
-                raise BindingError(f"binding '{name}' -> {path}: the workflow has no node {path.node_id!r}")
-            if path.input_name not in node["inputs"]:
-                have = ", ".join(sorted(node["inputs"])) or "none"
-                raise BindingError(
-                    f"binding '{name}' -> {path}: node {path.node_id} ({node['class_type']}) has no input "
-                    f"'{path.input_name}' (it has: {have})"
-                )
-        return paths
-
-    def _detected_parameters(self) -> dict[str, list[InputPath]]:
-        found: dict[str, list[InputPath]] = {}
-        positive, negative = self._prompt_paths()
-        if positive:
-            found["prompt"] = positive
-        if negative := [p for p in negative if p not in positive]:
-            found["negative_prompt"] = negative
-        for node_id in self.node_ids:
-            node = self._nodes[node_id]
-            for param, names in _DETECTED_INPUTS.items():
-                for input_name in names:
-                    value = node["inputs"].get(input_name)
-                    if value is None or isinstance(value, list) or (param == "seed" and not _is_int(value)):
-                        continue
-                    found.setdefault(param, []).append(InputPath(node_id, input_name))
-            if node["class_type"].startswith("Empty"):
-                for input_name in _SIZE_INPUTS:
-                    if _is_int(node["inputs"].get(input_name)):
-                        found.setdefault(input_name, []).append(InputPath(node_id, input_name))
-        return found
-
-    def _prompt_paths(self) -> tuple[list[InputPath], list[InputPath]]:
-        positive: list[InputPath] = []
-        negative: list[InputPath] = []
-        for node_id in self.node_ids:
-            inputs = self._nodes[node_id]["inputs"]
-            if is_link(inputs.get("positive")) and is_link(inputs.get("negative")):
-                positive += [p for p in self._trace_text(inputs["positive"], "positive") if p not in positive]
-                negative += [p for p in self._trace_text(inputs["negative"], "negative") if p not in negative]
-        return positive, negative
-
-    def _trace_text(self, link: list[Any], side: str) -> list[InputPath]:
-        """Follow a conditioning link upstream to the text encoder's literal text inputs."""
-        for _ in range(_MAX_HOPS):
-            node_id = link[0]
-            inputs = self._nodes.get(node_id, {}).get("inputs", {})
-            texts = [name for name in _TEXT_INPUTS if name in inputs]
-            if texts:
-                return [path for name in texts if (path := self._text_source(node_id, name))]
-            hop = next((inputs[n] for n in (side, *_CONDITIONING_HOPS) if is_link(inputs.get(n))), None)
-            if hop is None:
-                return []
-            link = hop
-        return []
-
-    def _text_source(self, node_id: str, input_name: str) -> InputPath | None:
-        value = self._nodes[node_id]["inputs"][input_name]
-        if isinstance(value, str):
-            return InputPath(node_id, input_name)
-        if is_link(value):  # e.g. a PrimitiveString / PrimitiveStringMultiline feeding the encoder
-            source = self._nodes.get(value[0], {}).get("inputs", {})
-            if isinstance(source.get("value"), str):
-                return InputPath(value[0], "value")
-        return None
+    @classmethod
+    def _adopt(cls, nodes: dict[str, dict[str, Any]]) -> "ApiWorkflow":
+        # Internal construction: `nodes` was derived from a validated graph plus `literal` values,
+        # so the JSON round trip of `__init__` is skipped, and the caller keeps no reference to it.
+        workflow = cls.__new__(cls)
+        workflow._nodes = nodes
+        workflow._hash = None
+        return workflow
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
@@ -425,10 +295,6 @@ def _validated(data: Any) -> dict[str, dict[str, Any]]:
 
 def _canonical(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _describe(data: Any) -> str:

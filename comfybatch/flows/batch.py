@@ -68,15 +68,17 @@ async def generate_batch(spec: BatchSpec) -> BatchReport:
     todo = [job for job in expansion.jobs if job.key not in stored]
     results += [_failed(job, plan.invalid[job.key]) for job in todo if job.key in plan.invalid]
     runnable = deque(job for job in todo if job.key not in plan.invalid)
+    broker = SlotBroker([server for server in servers if server.name in infos])
     context = JobContext(
-        broker=SlotBroker([server for server in servers if server.name in infos]), store=store, journal=journal,
+        broker=broker, store=store, journal=journal,
         batch_dir=spec.name, timeouts=Timeouts(start_timeout_s=settings.start_timeout_s,
                                                idle_timeout_s=settings.idle_timeout_s),
         eligible=plan.eligible, versions={p.name: p.comfyui_version or "" for p in probes},
         recoverable={key: record for key, record in records.items() if record.state == "submitted"},
     )  # fmt: skip
     emit_batch_event(spec.name, "started", total=len(expansion.jobs), skipped=len(results))
-    results += await _drain(spec, runnable, context, total=len(expansion.jobs), already=len(results))
+    async with broker:
+        results += await _drain(spec, runnable, context, total=len(expansion.jobs), already=len(results))
     return await _finish(spec, store, expansion.jobs, results, skipped=len(stored), plan=plan,
                          duplicates=expansion.duplicates)  # fmt: skip
 

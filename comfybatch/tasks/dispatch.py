@@ -1,36 +1,55 @@
 """Hand out server slots to one batch's jobs: least-loaded first, instant local hand-off.
 
 The truth across batches and processes is each server's Prefect global concurrency limit
-`comfy:<name>` (held only from submit to download). Waiting on a full limit is polling in Prefect
-(prefect-notes.md §1), so this broker keeps its own count of the slots *this* flow holds and wakes
-its waiting jobs the moment one is released; other processes' releases are seen by a short poll.
+`comfy:<name>`, held as a lease from submit to download. Waiting on a full limit is polling in
+Prefect (prefect-notes.md §1), so the broker counts the slots *this* flow holds and wakes its
+waiting jobs the moment one is released; other processes' releases are seen by a short poll.
+
+Leases are taken through Prefect's lease API directly rather than `concurrency()`: their ids go
+into the job journal, so a rerun after a crash adopts the slot its predecessor held instead of
+waiting for the lease to expire, and a busy limit costs no error log.
 """
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Collection, Sequence
-from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+from uuid import UUID
 
-from prefect.client.orchestration import get_client
-from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency
-from prefect.exceptions import ObjectNotFound
+import httpx
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse
 
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.errors import ConfigError
 
 _POLL_S = 0.5  # how soon a slot freed by another process is noticed
-_LEASE_S = 600.0  # renewed by Prefect while held; a dead holder's slot returns after ~this + 15 s
+_LEASE_S = 60.0  # Prefect's minimum: a dead holder's unjournaled slot returns after ~75 s
+_RENEW_EVERY_S = 20.0
 _COOLDOWN_S = (5.0, 300.0)  # circuit breaker: first and longest exclusion of a failing server
+_LOCKED = 423
+logger = logging.getLogger(__name__)
 
 
 class NoServerAvailable(Exception):
     """Internal: no eligible, untried server remains for this job."""
 
 
+@dataclass(frozen=True)
+class Slot:
+    """One held slot: the server, and the Prefect lease that accounts for it."""
+
+    server: ServerConfig
+    lease_id: str
+
+
 class SlotBroker:
-    """Slots on the fleet's servers for the jobs of one flow run (one event loop)."""
+    """Slots on the fleet's servers for the jobs of one flow run (one event loop). Use `async with`."""
 
     def __init__(self, servers: Sequence[ServerConfig]) -> None:
         self.servers = {server.name: server for server in servers}
@@ -38,7 +57,27 @@ class SlotBroker:
         self._busy_elsewhere_until = dict.fromkeys(self.servers, 0.0)
         self._down_until = dict.fromkeys(self.servers, 0.0)
         self._failures = dict.fromkeys(self.servers, 0)
+        self._leases: set[UUID] = set()
         self._changed = asyncio.Condition()
+        self._client: PrefectClient | None = None
+        self._renewer: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        self._client = await get_client().__aenter__()
+        self._renewer = asyncio.create_task(self._renew_forever())
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        if self._client is not None:
+            await self._client.__aexit__(exc_type, exc, tb)
+
+    # -- health (circuit breaker) ---------------------------------------------------------------
 
     def load(self, name: str) -> float:
         return self._held[name] / self.servers[name].slots
@@ -56,10 +95,12 @@ class SlotBroker:
         self._failures[name] = 0
         self._down_until[name] = 0.0
 
+    # -- slots ---------------------------------------------------------------------------------
+
     @contextlib.asynccontextmanager
     async def slot(
         self, eligible: Collection[str], *, exclude: Collection[str] = (), deadline_s: float | None = None
-    ) -> AsyncIterator[ServerConfig]:
+    ) -> AsyncIterator[Slot]:
         """Hold one slot on the least-loaded eligible server until the block exits.
 
         Raises:
@@ -69,17 +110,29 @@ class SlotBroker:
         if not names:
             raise NoServerAvailable
         give_up_at = None if deadline_s is None else time.monotonic() + deadline_s
-        async with AsyncExitStack() as stack:
-            server = await self._acquire(names, stack, give_up_at)
-            try:
-                yield server
-            finally:
-                await stack.aclose()  # release the Prefect lease before waking local waiters
-                async with self._changed:
-                    self._held[server.name] -= 1
-                    self._changed.notify_all()
+        slot = await self._acquire(names, give_up_at)
+        try:
+            yield slot
+        finally:
+            await self._release(slot)
 
-    async def _acquire(self, names: list[str], stack: AsyncExitStack, give_up_at: float | None) -> ServerConfig:
+    @contextlib.asynccontextmanager
+    async def adopt(self, server: str, lease_id: str) -> AsyncIterator[Slot]:
+        """Take over a lease an earlier (crashed) run held on `server`.
+
+        Raises:
+            NoServerAvailable when the lease has already expired.
+        """
+        if server not in self.servers or not await self._renew(UUID(lease_id)):
+            raise NoServerAvailable
+        self._held[server] += 1
+        slot = Slot(self.servers[server], lease_id)
+        try:
+            yield slot
+        finally:
+            await self._release(slot)
+
+    async def _acquire(self, names: list[str], give_up_at: float | None) -> Slot:
         while True:
             now = time.monotonic()
             candidates = [
@@ -89,39 +142,77 @@ class SlotBroker:
             ]  # fmt: skip
             random.shuffle(candidates)  # ties go to a random server
             for name in sorted(candidates, key=self.load):
-                if await self._try_limit(name, stack):
-                    return self.servers[name]
+                if (slot := await self._try_limit(name)) is not None:
+                    return slot
             if give_up_at is not None and now >= give_up_at:
                 raise NoServerAvailable
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), timeout=_POLL_S)
 
-    async def _try_limit(self, name: str, stack: AsyncExitStack) -> bool:
+    async def _try_limit(self, name: str) -> Slot | None:
+        server = self.servers[name]
         self._held[name] += 1  # reserve locally first: no other local job races for it
         try:
-            await stack.enter_async_context(
-                concurrency(self.servers[name].limit_name, occupy=1, max_retries=0, strict=True,
-                            lease_duration=_LEASE_S, raise_on_lease_renewal_failure=False)
-            )  # fmt: skip
-        except ConcurrencySlotAcquisitionError as exc:
+            response = await self._api.increment_concurrency_slots_with_lease(
+                names=[server.limit_name], slots=1, mode="concurrency", lease_duration=_LEASE_S
+            )
+        except httpx.HTTPStatusError as exc:
             self._held[name] -= 1
-            if "must be created" in str(exc):
-                raise ConfigError(f"concurrency limit {self.servers[name].limit_name} is missing") from exc
+            if exc.response.status_code != _LOCKED:
+                raise
             self._busy_elsewhere_until[name] = time.monotonic() + _POLL_S * (1 + random.random())
-            return False
+            return None
         except BaseException:
             self._held[name] -= 1
             raise
+        granted = ConcurrencyLimitWithLeaseResponse.model_validate(response.json())
+        self._leases.add(granted.lease_id)
+        if not granted.limits:
+            await self._release(Slot(server, str(granted.lease_id)))
+            raise ConfigError(f"concurrency limit {server.limit_name} is missing (the fleet was not synced)")
+        return Slot(server, str(granted.lease_id))
+
+    async def _release(self, slot: Slot) -> None:
+        lease_id = UUID(slot.lease_id)
+        self._leases.discard(lease_id)
+        try:
+            await self._api.release_concurrency_slots_with_lease(lease_id)
+        except httpx.HTTPError as exc:  # an expired lease was already freed by the server
+            logger.warning("releasing %s slot %s: %s", slot.server.name, slot.lease_id, exc)
+        finally:
+            async with self._changed:
+                self._held[slot.server.name] -= 1
+                self._changed.notify_all()
+
+    async def _renew(self, lease_id: UUID) -> bool:
+        try:
+            await self._api.renew_concurrency_lease(lease_id, lease_duration=_LEASE_S)
+        except httpx.HTTPError:
+            return False
+        self._leases.add(lease_id)
         return True
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(_RENEW_EVERY_S)
+            for lease_id in list(self._leases):
+                if not await self._renew(lease_id) and lease_id in self._leases:
+                    logger.warning("lease %s could not be renewed; its slot may be counted free early", lease_id)
+
+    @property
+    def _api(self) -> PrefectClient:
+        if self._client is None:
+            raise RuntimeError("use `async with SlotBroker(...)`")
+        return self._client
 
 
 async def fleet_usage(servers: Sequence[ServerConfig]) -> dict[str, tuple[int, int]]:
     """`{server: (active_slots, limit)}` as Prefect sees it right now."""
     usage: dict[str, tuple[int, int]] = {}
     async with get_client() as client:
-        for server in servers:
-            with contextlib.suppress(ObjectNotFound):
-                limit = await client.read_global_concurrency_limit_by_name(server.limit_name)
-                usage[server.name] = (limit.active_slots, limit.limit)
+        for limit in await client.read_global_concurrency_limits(limit=200):
+            for server in servers:
+                if limit.name == server.limit_name:
+                    usage[server.name] = (limit.active_slots, limit.limit)
     return usage

@@ -1,5 +1,8 @@
 """`render-image`: one Prefect task run per image job, failing over between servers."""
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
@@ -12,7 +15,7 @@ from comfybatch.models import JobResult, JobSpec
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.pipeline import execute_job
 from comfybatch.records import JobJournal, JobRecord
-from comfybatch.tasks.dispatch import NoServerAvailable, SlotBroker
+from comfybatch.tasks.dispatch import NoServerAvailable, Slot, SlotBroker
 from comfybatch.tasks.events import ProgressThrottle, emit_item_event
 from comfybatch.tasks.retry import retry_if_retryable
 
@@ -53,28 +56,28 @@ async def run_job(job: JobSpec, context: JobContext) -> JobResult:
     while True:
         try:
             async with context.broker.slot(context.eligible[job.key], exclude=tried.keys(),
-                                           deadline_s=context.timeouts.start_timeout_s) as server:  # fmt: skip
+                                           deadline_s=context.timeouts.start_timeout_s) as slot:  # fmt: skip
                 try:
-                    return await _run_on(job, server.name, context, attempt)
+                    return await _run_on(job, slot, context, attempt)
                 except ComfyBatchError as exc:
                     if not exc.failover:
                         raise
-                    tried[server.name] = exc
+                    tried[slot.server.name] = exc
                     if isinstance(exc, _DOWN_ERRORS):
-                        context.broker.mark_down(server.name)
-                    get_run_logger().warning("%s failed on %s, failing over: %s", job.job_key, server.name, exc)
+                        context.broker.mark_down(slot.server.name)
+                    get_run_logger().warning("%s failed on %s, failing over: %s", job.job_key, slot.server.name, exc)
         except NoServerAvailable:
             raise FleetExhausted(job.job_key, list(tried.values())) from None
 
 
-async def _run_on(job: JobSpec, server_name: str, context: JobContext, attempt: int, *,
+async def _run_on(job: JobSpec, slot: Slot, context: JobContext, attempt: int, *,
                   resume_prompt_id: str | None = None) -> JobResult:  # fmt: skip
-    server = context.broker.servers[server_name]
+    server = slot.server
     emit_item_event(job, "submitted", server=server.name, attempt=attempt)
     async with server.client() as comfy:
         result = await execute_job(
             comfy, job, store=context.store, journal=context.journal, batch_dir=context.batch_dir,
-            timeouts=context.timeouts, attempt=attempt, resume_prompt_id=resume_prompt_id,
+            timeouts=context.timeouts, attempt=attempt, resume_prompt_id=resume_prompt_id, lease_id=slot.lease_id,
             comfyui_version=context.versions.get(server.name), on_event=_progress_reporter(job, server.name),
         )  # fmt: skip
     context.broker.mark_up(server.name)
@@ -89,14 +92,28 @@ async def _recover(job: JobSpec, record: JobRecord | None, context: JobContext, 
         return None
     server, prompt_id = record.server, record.prompt_id
     try:
-        async with context.broker.slot([server], deadline_s=context.timeouts.start_timeout_s):
-            return await _run_on(job, server, context, attempt, resume_prompt_id=prompt_id)
+        async with _recovery_slot(context.broker, server, record.lease_id, context.timeouts) as slot:
+            return await _run_on(job, slot, context, attempt, resume_prompt_id=prompt_id)
     except (NoServerAvailable, ComfyBatchError) as exc:
         if isinstance(exc, ComfyBatchError) and not exc.failover:
             raise
         get_run_logger().warning("%s: could not recover prompt %s on %s (%s); rendering anew",
                                  job.job_key, prompt_id, server, exc)  # fmt: skip
         return None
+
+
+@contextlib.asynccontextmanager
+async def _recovery_slot(
+    broker: SlotBroker, server: str, lease_id: str | None, timeouts: Timeouts
+) -> AsyncIterator[Slot]:
+    """The crashed run's own slot if its lease still lives, else a fresh one on the same server."""
+    if lease_id is not None:
+        with contextlib.suppress(NoServerAvailable):
+            async with broker.adopt(server, lease_id) as slot:
+                yield slot
+                return
+    async with broker.slot([server], deadline_s=timeouts.start_timeout_s) as slot:
+        yield slot
 
 
 def _progress_reporter(job: JobSpec, server: str) -> EventHandler:

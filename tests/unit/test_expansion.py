@@ -1,4 +1,4 @@
-"""expand_batch and read_sheet: items x sweep x images, precedence, seeds, dedupe and request problems."""
+"""expand_batch: items x sweep x images, precedence, seeds, dedupe and request problems."""
 
 import json
 import time
@@ -11,8 +11,9 @@ import pytest
 from comfybatch.comfy.object_info import ObjectInfo
 from comfybatch.comfy.workflow import ApiWorkflow, load_workflow
 from comfybatch.errors import BatchRequestError
-from comfybatch.expansion import Expansion, expand_batch, read_sheet
+from comfybatch.expansion import Expansion, expand_batch
 from comfybatch.models import BatchSpec, SeedPolicy
+from comfybatch.sheets import read_sheet
 
 ROOT = Path(__file__).parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -150,12 +151,21 @@ def test_expand_batch_increment_seeds_are_consecutive() -> None:
     assert [job.workflow.get_input("5", "seed") for job in expansion.jobs] == [100, 101, 102, 103, 104, 105]
 
 
-def test_expand_batch_fixed_seed_images_are_duplicates() -> None:
-    """FIXED: every image of an item uses the item seed, so its extra images are dropped as duplicates."""
-    expansion = expand(prompts=["a", "b"], images_per_item=3, base_seed=100, seed_policy=SeedPolicy.FIXED)
+def test_expand_batch_fixed_seed_with_many_images_is_a_problem() -> None:
+    """FIXED gives every image of an item the item seed, so more than one image per item is refused."""
+    problems = problems_of(prompts=["a", "b"], images_per_item=3, base_seed=100, seed_policy=SeedPolicy.FIXED)
 
-    assert [(job.item, job.seed) for job in expansion.jobs] == [(0, 100), (1, 103)]
-    assert expansion.duplicates == 4
+    assert problems == [
+        "field 'images_per_item': seed_policy 'fixed' gives all 3 images of an item the same seed, so they would "
+        "be identical; use 'increment' or 'random', or 1 image per item"
+    ]
+
+
+def test_expand_batch_fixed_seed_one_image_uses_the_item_seed() -> None:
+    """FIXED with one image per item: each item renders once, with its item seed."""
+    expansion = expand(prompts=["a", "b"], base_seed=100, seed_policy=SeedPolicy.FIXED)
+
+    assert [(job.item, job.seed) for job in expansion.jobs] == [(0, 100), (1, 101)]
 
 
 def test_expand_batch_random_seeds_are_reproducible() -> None:
@@ -336,62 +346,6 @@ def test_expand_batch_hostile_prompt_reaches_graph_unchanged() -> None:
     assert workflow.get_input("2", "text") == HOSTILE
     assert json.loads(workflow.to_json())["2"]["inputs"]["text"] == HOSTILE
     assert expansion.jobs[0].values["prompt"] == HOSTILE
-
-
-def test_read_sheet_missing_file_names_sheet(tmp_path: Path) -> None:
-    """A missing sheet is a request error naming it."""
-    path = tmp_path / "nope.csv"
-
-    with pytest.raises(
-        BatchRequestError, match=r"sheet '.*nope\.csv' cannot be used\n  - field 'sheet': file not found"
-    ):
-        read_sheet(str(path))
-
-
-def test_read_sheet_corrupt_xlsx_names_sheet(tmp_path: Path) -> None:
-    """A file that is not a workbook is a request error, not a traceback."""
-    path = tmp_path / "broken.xlsx"
-    path.write_bytes(b"PK\x03\x04 not really a zip")
-
-    with pytest.raises(BatchRequestError, match=r"sheet '.*broken\.xlsx' cannot be used\n.*cannot be read as XLSX"):
-        read_sheet(str(path))
-
-
-def test_read_sheet_unknown_extension_is_refused(tmp_path: Path) -> None:
-    """Only .csv, .xlsx and .parquet are read."""
-    path = tmp_path / "items.txt"
-    path.write_text("prompt\na cat\n")
-
-    with pytest.raises(BatchRequestError, match=r"unknown extension '\.txt'"):
-        read_sheet(str(path))
-
-
-def test_read_sheet_duplicate_columns_are_refused(tmp_path: Path) -> None:
-    """Two columns with one name are refused (pandas would silently rename one)."""
-    path = tmp_path / "items.csv"
-    path.write_text("prompt,steps,prompt\na,1,b\n")
-
-    with pytest.raises(BatchRequestError, match=r"more than one column named 'prompt'"):
-        read_sheet(str(path))
-
-
-def test_read_sheet_header_only_is_empty(tmp_path: Path) -> None:
-    """A sheet with column names but no rows is refused."""
-    path = tmp_path / "items.csv"
-    path.write_text("prompt,steps\n")
-
-    with pytest.raises(BatchRequestError, match=r"no data rows"):
-        read_sheet(str(path))
-
-
-def test_read_sheet_keeps_cells_as_typed(tmp_path: Path) -> None:
-    """Cells that pandas would guess at (NA, 007) stay text."""
-    path = tmp_path / "items.csv"
-    path.write_text("prompt\nNA\n007\n")
-
-    sheet = read_sheet(str(path))
-
-    assert sheet["prompt"].tolist() == ["NA", "007"]
 
 
 def test_expand_batch_ten_thousand_jobs() -> None:
