@@ -85,6 +85,7 @@ async def run(
     prompt: Annotated[list[str] | None, Parameter(name=["--prompt"], negative="")] = None,
     set_: Annotated[list[str] | None, Parameter(name=["--set"], negative="")] = None,
     server: Annotated[list[str] | None, Parameter(name=["--server"], negative="")] = None,
+    bind: Annotated[list[str] | None, Parameter(name=["--bind"], negative="")] = None,
     out: str | None = None,
     name: str | None = None,
     images_per_item: int = 1,
@@ -100,6 +101,7 @@ async def run(
         prompt: A prompt; repeat for more jobs.
         set_: name=value defaults for every job, e.g. --set steps=20 --set width=512.
         server: ComfyUI URL; repeat for more (default: COMFYUI_URLS or comfybatch.toml).
+        bind: name=node.inputs.input, naming a parameter the workflow does not offer by itself.
         out: Output folder or fsspec URL (default: COMFYBATCH_OUTPUT_ROOT, else ./out).
         name: Batch name (default: from the workflow and sheet names, so reruns resume).
         images_per_item: Images per row or prompt (seeds increment).
@@ -112,6 +114,7 @@ async def run(
     spec = BatchSpec(
         name=name or default_name(workflow, sheet), workflow=workflow, sheet=sheet, prompts=prompt or [],
         defaults=parse_sets(set_ or []), images_per_item=images_per_item, output=out, dry_run=dry_run,
+        bindings={name: str(path) for name, path in parse_sets(bind or []).items()},
     )  # fmt: skip
     _, code = await run_with_progress(spec)
     return code

@@ -149,7 +149,11 @@ class JobTimeout(ServerError):
 
 
 class JobFailed(ComfyBatchError):
-    """Raised when the graph raised at run time (`execution_error`)."""
+    """Raised when the graph raised at run time (`execution_error`).
+
+    Neither failover nor retryable, except out-of-memory errors: another server may have the memory,
+    and this one may have it again once it unloads models.
+    """
 
     def __init__(
         self, message: str, *, server: str, prompt_id: str, node_id: str | None = None,
@@ -163,6 +167,7 @@ class JobFailed(ComfyBatchError):
         self.node_type = node_type
         self.exception_type = exception_type
         self.exception_message = message
+        self.failover = self.retryable = (exception_type or "").endswith("OutOfMemoryError")
 
 
 class JobInterrupted(ComfyBatchError):

@@ -62,3 +62,13 @@ def test_read_sheet_keeps_cells_as_typed(tmp_path: Path) -> None:
     sheet = read_sheet(str(path))
 
     assert sheet["prompt"].tolist() == ["NA", "007"]
+
+
+def test_read_sheet_url_credentials_stay_out_of_messages() -> None:
+    """A sheet URL's user, password and query string are not repeated in the error."""
+    with pytest.raises(BatchRequestError) as caught:
+        read_sheet("https://user:secret@example.invalid/items.txt?token=abc")
+
+    assert caught.value.summary == "sheet 'https://example.invalid/items.txt' cannot be used"
+    assert "secret" not in str(caught.value)
+    assert "token" not in str(caught.value)

@@ -268,6 +268,46 @@ def test_bind_rejects_non_json_values(txt2img: ApiWorkflow) -> None:
         txt2img.bind({"prompt": {1, 2}})
 
 
+def test_bind_leaves_the_template_and_other_bound_copies_alone(txt2img: ApiWorkflow) -> None:
+    """Bound copies share unchanged nodes, yet changing one copy's `nodes` reaches no other workflow."""
+    first = txt2img.bind({"prompt": "a cat"})
+    second = txt2img.bind({"prompt": "a dog"})
+
+    nodes = first.nodes
+    nodes["5"]["inputs"]["steps"] = 99
+    nodes["2"]["inputs"]["text"] = "changed"
+
+    assert [w.get_input("5", "steps") for w in (txt2img, first, second)] == [1, 1, 1]
+    assert [w.get_input("2", "text") for w in (txt2img, first, second)] == ["a photo of a cat", "a cat", "a dog"]
+
+
+def test_bind_one_value_on_two_inputs_stays_immutable(txt2img: ApiWorkflow) -> None:
+    """A value bound on several inputs cannot be changed through what `get_input` returns."""
+    bound = txt2img.bind({"pair": [1, 2]}, {"pair": ["5.seed", "5.steps"]})
+
+    bound.get_input("5", "seed")["__value__"].append(3)
+
+    assert [bound.get_input("5", name) for name in ("seed", "steps")] == [{"__value__": [1, 2]}] * 2
+
+
+def test_bind_result_equals_its_validated_copy(txt2img: ApiWorkflow) -> None:
+    """A bound workflow equals, and hashes like, the same graph validated from a dict, JSON or a pickle."""
+    bound = txt2img.bind({"prompt": "a cat", "seed": 7})
+
+    copies = [ApiWorkflow(bound.nodes), ApiWorkflow.from_json(bound.to_json()), pickle.loads(pickle.dumps(bound))]
+
+    assert all(copy == bound and copy.content_hash() == bound.content_hash() for copy in copies)
+    assert bound.content_hash() != txt2img.content_hash()
+
+
+def test_bind_stores_values_as_json_data(txt2img: ApiWorkflow) -> None:
+    """Tuples and non-string keys inside a value are stored as JSON would give them back."""
+    bound = txt2img.bind({"extra": {"pair": (1, 2), 3: "x"}}, {"extra": "5.seed"})
+
+    assert bound.get_input("5", "seed") == {"pair": [1, 2], "3": "x"}
+    assert bound == ApiWorkflow.from_json(bound.to_json())
+
+
 @pytest.mark.parametrize(
     "prompt",
     [

@@ -194,7 +194,10 @@ def _count_run(state_dir: str, key: str) -> int:
 class ComfybatchFlaky:
     """Fail the first `failures` runs for `key`, then pass (the count lives in `state_dir`)."""
 
-    DESCRIPTION = "Raises RuntimeError on the first `failures` runs for `key`, then passes the image through."
+    DESCRIPTION = (
+        "Raises torch.OutOfMemoryError (the typical transient GPU failure) on the first `failures` runs for `key`, "
+        "then passes the image through."
+    )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE",)
     FUNCTION = "run"
@@ -217,7 +220,9 @@ class ComfybatchFlaky:
                 raise ValueError("ComfybatchFlaky needs a state_dir")
             runs = _count_run(state_dir, key)
             if runs <= failures:
-                raise RuntimeError(f"ComfybatchFlaky: planned failure {runs} of {failures} for key {key!r}")
+                import torch  # ComfyUI's own torch: report what a GPU running out of memory reports
+
+                raise torch.OutOfMemoryError(f"ComfybatchFlaky: planned failure {runs} of {failures} for key {key!r}")
             return (image,)
 
         return _journaled("ComfybatchFlaky", nonce, body)

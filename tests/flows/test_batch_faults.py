@@ -1,0 +1,150 @@
+"""Faults during a batch: a server killed, the orchestrator killed, flaky and failing jobs."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from comfybatch.blocks.server import name_from_url
+from comfybatch.errors import BatchIncomplete
+from comfybatch.flows.batch import generate_batch
+from comfybatch.models import BatchSpec, Sweep
+from comfybatch.outputs.manifest import read_manifest
+from comfybatch.outputs.storage import OutputStore
+from comfybatch.settings import Settings, get_settings
+from comfybatch.testing.fleet import LocalComfyServer
+from tests.conftest import SuiteFleet
+from tests.flows.conftest import PREFECT_SOCKETS, server_names
+from tests.support import batches
+
+pytestmark = [pytest.mark.anyio, PREFECT_SOCKETS]
+
+
+def _use_fleet(monkeypatch: pytest.MonkeyPatch, *urls: str) -> None:
+    monkeypatch.setenv("COMFYUI_URLS", ",".join(urls))
+    get_settings.cache_clear()
+
+
+async def _wait_for(predicate, *, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(timeout_s):
+        while not predicate():  # noqa: ASYNC110 - watching files another process writes
+            await asyncio.sleep(0.05)
+
+
+async def test_server_killed_mid_batch_reroutes_every_job(
+    batch_settings: Settings, comfy_fleet: SuiteFleet, victim: LocalComfyServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL of one of two servers mid-batch: all 12 images still arrive, each exactly once in the batch."""
+    survivor = comfy_fleet.servers[0]
+    _use_fleet(monkeypatch, survivor.url, victim.url)
+    spec = batches.delay_spec("kill-server", seconds=0.4, count=12,
+                              servers=[name_from_url(survivor.url), name_from_url(victim.url)])  # fmt: skip
+    running = asyncio.create_task(generate_batch(spec))
+    await _wait_for(lambda: sum(batches.executions(victim).values()) >= 2)
+    victim.kill()
+    report = await running
+
+    manifest = read_manifest(OutputStore(batch_settings.output_root), "kill-server")
+    assert manifest is not None
+    assert (report.done, report.failed) == (12, 0)
+    assert manifest["key"].is_unique
+    assert all(len(files) == 1 for files in manifest["outputs"])
+    assert name_from_url(survivor.url) in set(manifest["server"])
+    assert survivor.local is not None
+    assert max(batches.executions(survivor.local).values()) == 1
+
+
+async def test_orchestrator_killed_mid_batch_rerun_regenerates_nothing(
+    batch_settings: Settings, comfy_fleet: SuiteFleet, prefect_api: str, tmp_path: Path
+) -> None:
+    """SIGKILL of the process running the flow, then a rerun: every job ran exactly once on the servers."""
+    servers = [server.local for server in comfy_fleet.servers]
+    if None in servers:
+        pytest.skip("needs local servers (reads their node journals)")
+    nonces = batches.nonces("orch", 10)
+    workflow = tmp_path / "delay.json"
+    workflow.write_text(json.dumps(batches.through_graph("ComfybatchDelay", seconds=0.5)))
+    sheet = tmp_path / "nonces.csv"
+    sheet.write_text("nonce\n" + "\n".join(nonces) + "\n")
+    out = Path(batch_settings.output_root)
+    command = [sys.executable, "-m", "comfybatch.cli", "run", "--workflow", str(workflow), "--sheet", str(sheet),
+               "--bind", "nonce=2.inputs.nonce", "--name", "orch-kill", "--out", str(out),
+               *(arg for server in comfy_fleet.servers for arg in ("--server", server.url))]  # fmt: skip
+    child = subprocess.Popen(  # noqa: ASYNC220 - started once; the test then watches its files
+        command, env={**os.environ, "PREFECT_API_URL": prefect_api},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        await _wait_for(lambda: batches.finished_records(out / "orch-kill") >= 3, timeout_s=120)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    spec = BatchSpec(name="orch-kill", workflow=str(workflow), sheet=str(sheet), bindings={"nonce": "2.inputs.nonce"},
+                     output=str(out), servers=server_names(comfy_fleet))  # fmt: skip
+
+    report = await generate_batch(spec)
+
+    ran = batches.executions(*servers)  # type: ignore[arg-type]
+    assert (report.done + report.skipped, report.failed) == (10, 0)
+    assert report.skipped >= 3
+    assert [ran.get(nonce, 0) for nonce in nonces] == [1] * 10
+
+
+async def test_flaky_job_succeeds_on_retry(batch_settings: Settings, comfy_fleet: SuiteFleet, tmp_path: Path) -> None:
+    """An out-of-memory failure on the only server is retried by Prefect and then succeeds (2 attempts)."""
+    graph = batches.through_graph("ComfybatchFlaky", key=f"flaky-{tmp_path.name}", failures=1, state_dir=str(tmp_path))
+    spec = BatchSpec(name="flaky", workflow=graph, bindings={"nonce": "2.inputs.nonce"},
+                     sweep=Sweep(axes={"nonce": batches.nonces("flaky", 1)}),
+                     servers=server_names(comfy_fleet)[:1])  # fmt: skip
+
+    report = await generate_batch(spec)
+
+    manifest = read_manifest(OutputStore(batch_settings.output_root), "flaky")
+    assert manifest is not None
+    assert report.done == 1
+    assert list(manifest["attempts"]) == [2]
+
+
+def _blur_spec(name: str, radii: list[int], servers: list[str]) -> BatchSpec:
+    # A 31 px blur on an 8x8 image passes validation and fails at run time (comfyui-protocol.md §7 (3)).
+    graph = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 255}},
+        "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 1, "sigma": 1.0}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}},
+    }
+    return BatchSpec(name=name, workflow=graph, bindings={"radius": "2.inputs.blur_radius", "sigma": "2.inputs.sigma"},
+                     sweep=Sweep(zipped=[{"radius": radii, "sigma": [1.0 + i / 100 for i in range(len(radii))]}]),
+                     servers=servers)  # fmt: skip
+
+
+async def test_failing_job_fails_alone_with_its_message(batch_settings: Settings, comfy_fleet: SuiteFleet) -> None:
+    """One job that raises at run time fails with ComfyUI's message; the other jobs complete and are kept."""
+    spec = _blur_spec("one-fails", [1, 2, 31, 3], server_names(comfy_fleet))
+
+    with pytest.raises(BatchIncomplete) as caught:
+        await generate_batch(spec)
+
+    report = caught.value.report
+    manifest = read_manifest(OutputStore(batch_settings.output_root), "one-fails")
+    assert manifest is not None
+    assert (report.done, report.failed) == (3, 1)
+    (error,) = manifest.loc[manifest["status"] == "failed", "error"]
+    assert "node 2 (ImageBlur)" in error
+    assert list(manifest.loc[manifest["status"] == "failed", "attempts"]) == [0]
+
+
+async def test_rerun_skips_everything_already_stored(batch_settings: Settings, comfy_fleet: SuiteFleet) -> None:
+    """Running the same batch twice: the second run renders nothing and reports every job skipped."""
+    spec = batches.delay_spec("rerun", seconds=0.05, count=4, servers=server_names(comfy_fleet))
+    await generate_batch(spec)
+    before = {server.name: batches.executions(server.local) for server in comfy_fleet.servers if server.local}
+
+    report = await generate_batch(spec)
+
+    after = {server.name: batches.executions(server.local) for server in comfy_fleet.servers if server.local}
+    assert (report.skipped, report.done) == (4, 0)
+    assert before == after

@@ -1,0 +1,52 @@
+"""Batch requests over the test nodes, each job with its own nonce (no ComfyUI cache hits)."""
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from comfybatch.models import BatchSpec, Sweep
+from comfybatch.testing.fleet import LocalComfyServer
+
+
+def through_graph(node: str, **inputs: Any) -> dict[str, Any]:
+    """EmptyImage(16x16) -> <node>(nonce bound per job) -> SaveImage."""
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": 0}},
+        "2": {"class_type": node, "inputs": {"image": ["1", 0], "nonce": "", **inputs}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}},
+    }
+
+
+def nonces(name: str, count: int) -> list[str]:
+    run = uuid.uuid4().hex[:8]
+    return [f"{name}-{run}-{index}" for index in range(count)]
+
+
+def delay_spec(name: str, *, seconds: float, count: int, servers: list[str], **fields: Any) -> BatchSpec:
+    """`count` jobs of the Delay node, one per nonce."""
+    return BatchSpec(
+        name=name, workflow=through_graph("ComfybatchDelay", seconds=seconds),
+        bindings={"nonce": "2.inputs.nonce"}, sweep=Sweep(axes={"nonce": list(nonces(name, count))}),
+        servers=servers, **fields,
+    )  # fmt: skip
+
+
+def executions(*servers: LocalComfyServer, outcome: str = "ok") -> dict[str, int]:
+    """How often each nonce ran with `outcome`, across the servers' node journals."""
+    counts: dict[str, int] = {}
+    for server in servers:
+        if not server.journal_path.exists():
+            continue
+        for line in server.journal_path.read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("outcome") == outcome:
+                counts[entry["nonce"]] = counts.get(entry["nonce"], 0) + 1
+    return counts
+
+
+def finished_records(batch_dir: Path) -> int:
+    folder = batch_dir / ".jobs"
+    if not folder.is_dir():
+        return 0
+    return sum('"state":"finished"' in path.read_text() for path in folder.glob("*.json"))
