@@ -96,9 +96,12 @@ def find_parameters(nodes: Graph, bindings: Bindings | None = None) -> dict[str,
     Raises:
         BindingError: an explicit binding names a missing node or input.
     """
-    if bindings:
-        return {name: _explicit_paths(nodes, name, spec) for name, spec in bindings.items()}
-    return _detected_parameters(nodes)
+    explicit = {name: _explicit_paths(nodes, name, spec) for name, spec in (bindings or {}).items()}
+    taken = {path for paths in explicit.values() for path in paths}
+    # Detected names stay on offer unless an explicit binding claims their inputs (or their name).
+    detected = {name: paths for name, paths in _detected_parameters(nodes).items()
+                if name not in explicit and not taken.intersection(paths)}  # fmt: skip
+    return {**detected, **explicit}
 
 
 def updates_for(offered: Mapping[str, list[InputPath]], values: Mapping[str, Any]) -> dict[InputPath, Any]:

@@ -312,10 +312,13 @@ def test_expand_batch_zipped_length_mismatch_names_group() -> None:
 
 def test_expand_batch_no_seed_with_many_images_is_a_problem() -> None:
     """Several images of an item need a seed to differ."""
-    spec = make_spec(prompts=["a"], images_per_item=2, bindings={"prompt": "2.inputs.text"})
+    nodes = TEMPLATE.nodes
+    nodes["9"] = {"class_type": "PrimitiveInt", "inputs": {"value": 5}}
+    nodes["5"]["inputs"]["seed"] = ["9", 0]  # the seed comes from a link: nothing to bind
+    spec = make_spec(prompts=["a"], images_per_item=2)
 
     with pytest.raises(BatchRequestError) as caught:
-        expand_batch(spec, TEMPLATE)
+        expand_batch(spec, ApiWorkflow(nodes))
 
     assert [problem.field for problem in caught.value.problems] == ["images_per_item"]
 

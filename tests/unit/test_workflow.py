@@ -210,10 +210,13 @@ def test_parameters_skip_linked_inputs(txt2img: ApiWorkflow) -> None:
 
 
 def test_parameters_explicit_bindings_accept_long_and_short_paths(txt2img: ApiWorkflow) -> None:
-    """Explicit bindings replace detection and accept both path spellings."""
+    """Explicit bindings accept both path spellings and take over the inputs detected names had."""
     found = txt2img.parameters({"style": "2.inputs.text", "size": ["4.width", "4.height"]})
 
-    assert found == {"style": [InputPath("2", "text")], "size": [InputPath("4", "width"), InputPath("4", "height")]}
+    assert found["style"] == [InputPath("2", "text")]
+    assert found["size"] == [InputPath("4", "width"), InputPath("4", "height")]
+    assert {"prompt", "width", "height"}.isdisjoint(found)
+    assert found["seed"] == [InputPath("5", "seed")]
 
 
 def test_parameters_explicit_binding_to_missing_input_lists_inputs(txt2img: ApiWorkflow) -> None:
