@@ -14,6 +14,7 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 from prefect.client.schemas.objects import State
+from prefect.context import FlowRunContext
 from prefect.tasks import exponential_backoff
 
 from comfybatch.blocks.fleet import load_fleet
@@ -68,7 +69,10 @@ async def generate_batch(spec: BatchSpec) -> BatchReport:
     todo = [job for job in expansion.jobs if job.key not in stored]
     results += [_failed(job, plan.invalid[job.key]) for job in todo if job.key in plan.invalid]
     runnable = deque(job for job in todo if job.key not in plan.invalid)
-    broker = SlotBroker([server for server in servers if server.name in infos])
+    run = FlowRunContext.get()
+    run_id = str(run.flow_run.id) if run and run.flow_run else ""
+    reachable = [server for server in servers if server.name in infos]
+    broker = SlotBroker(reachable, batch=spec.name, priority=spec.priority, run_id=run_id)
     context = JobContext(
         broker=broker, store=store, journal=journal,
         batch_dir=spec.name, timeouts=Timeouts(start_timeout_s=settings.start_timeout_s,

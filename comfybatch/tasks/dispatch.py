@@ -27,10 +27,12 @@ from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse
 
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.errors import ConfigError
+from comfybatch.tasks.priority import DemandBoard
 
 _POLL_S = 0.5  # how soon a slot freed by another process is noticed
 _LEASE_S = 60.0  # Prefect's minimum: a dead holder's unjournaled slot returns after ~75 s
 _RENEW_EVERY_S = 20.0
+_BOARD_EVERY_S = 0.5
 _COOLDOWN_S = (5.0, 300.0)  # circuit breaker: first and longest exclusion of a failing server
 _LOCKED = 423
 logger = logging.getLogger(__name__)
@@ -51,8 +53,13 @@ class Slot:
 class SlotBroker:
     """Slots on the fleet's servers for the jobs of one flow run (one event loop). Use `async with`."""
 
-    def __init__(self, servers: Sequence[ServerConfig]) -> None:
+    def __init__(
+        self, servers: Sequence[ServerConfig], *, batch: str = "", priority: int = 0, run_id: str = ""
+    ) -> None:
         self.servers = {server.name: server for server in servers}
+        self._batch, self._priority, self._run_id = batch, priority, run_id
+        self._waiting = dict.fromkeys(self.servers, 0)
+        self._board: DemandBoard | None = None
         self._held = dict.fromkeys(self.servers, 0)
         self._busy_elsewhere_until = dict.fromkeys(self.servers, 0.0)
         self._down_until = dict.fromkeys(self.servers, 0.0)
@@ -64,7 +71,9 @@ class SlotBroker:
 
     async def __aenter__(self) -> Self:
         self._client = await get_client().__aenter__()
-        self._renewer = asyncio.create_task(self._renew_forever())
+        if self._run_id:
+            self._board = DemandBoard(self._client, batch=self._batch, priority=self._priority, run_id=self._run_id)
+        self._renewer = asyncio.create_task(self._housekeeping())
         return self
 
     async def __aexit__(
@@ -74,6 +83,9 @@ class SlotBroker:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
+        if self._board is not None:
+            with contextlib.suppress(httpx.HTTPError):
+                await self._board.withdraw()
         if self._client is not None:
             await self._client.__aexit__(exc_type, exc, tb)
 
@@ -110,7 +122,13 @@ class SlotBroker:
         if not names:
             raise NoServerAvailable
         give_up_at = None if deadline_s is None else time.monotonic() + deadline_s
-        slot = await self._acquire(names, give_up_at)
+        for name in names:
+            self._waiting[name] += 1
+        try:
+            slot = await self._acquire(names, give_up_at)
+        finally:
+            for name in names:
+                self._waiting[name] -= 1
         try:
             yield slot
         finally:
@@ -138,7 +156,7 @@ class SlotBroker:
             candidates = [
                 name for name in names
                 if self._held[name] < self.servers[name].slots and not self.is_down(name)
-                and self._busy_elsewhere_until[name] <= now
+                and self._busy_elsewhere_until[name] <= now and not self._outranked(name)
             ]  # fmt: skip
             random.shuffle(candidates)  # ties go to a random server
             for name in sorted(candidates, key=self.load):
@@ -193,12 +211,24 @@ class SlotBroker:
         self._leases.add(lease_id)
         return True
 
-    async def _renew_forever(self) -> None:
+    def _outranked(self, name: str) -> bool:
+        return self._board is not None and self._board.outranked(name)
+
+    async def _housekeeping(self) -> None:
+        """Renew held leases; keep our priority post and our view of other batches current."""
+        last_renewal = time.monotonic()
         while True:
-            await asyncio.sleep(_RENEW_EVERY_S)
-            for lease_id in list(self._leases):
-                if not await self._renew(lease_id) and lease_id in self._leases:
-                    logger.warning("lease %s could not be renewed; its slot may be counted free early", lease_id)
+            await asyncio.sleep(_BOARD_EVERY_S)
+            if self._board is not None:
+                try:
+                    await self._board.sync(self._waiting)
+                except httpx.HTTPError as exc:  # Prefect briefly away: keep the last view
+                    logger.warning("priority board not updated: %s", exc)
+            if time.monotonic() - last_renewal >= _RENEW_EVERY_S:
+                last_renewal = time.monotonic()
+                for lease_id in list(self._leases):
+                    if not await self._renew(lease_id) and lease_id in self._leases:
+                        logger.warning("lease %s could not be renewed; its slot may be counted free early", lease_id)
 
     @property
     def _api(self) -> PrefectClient:

@@ -1,0 +1,68 @@
+"""Priority across concurrently running batches, which may live in different processes or machines.
+
+Prefect's global concurrency limits have no priority, so every running batch posts a small Prefect
+variable saying which servers it is waiting for and at what priority. A batch holds back from a
+server while a higher-priority batch is waiting for it; posts older than `_STALE_S` (a crashed
+batch) are ignored.
+"""
+
+import contextlib
+import time
+from typing import Any
+
+import httpx
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import VariableCreate, VariableUpdate
+from prefect.exceptions import ObjectNotFound
+
+PREFIX = "comfybatch_demand_"
+_STALE_S = 10.0
+_HEARTBEAT_S = 3.0
+_NOT_FOUND = 404
+
+
+class DemandBoard:
+    """This batch's post on the board, and what the other batches posted."""
+
+    def __init__(self, client: PrefectClient, *, batch: str, priority: int, run_id: str) -> None:
+        self._client = client
+        self.batch = batch
+        self.priority = priority
+        self.name = PREFIX + run_id.replace("-", "")
+        self._others: list[dict[str, Any]] = []
+        self._posted: dict[str, int] | None = None
+        self._posted_at = 0.0
+
+    def outranked(self, server: str) -> bool:
+        """True while a fresher post of a higher-priority batch waits for `server`."""
+        now = time.time()
+        return any(
+            post.get("priority", 0) > self.priority and post.get("waiting", {}).get(server, 0) > 0
+            and now - post.get("at", 0) < _STALE_S
+            for post in self._others
+        )  # fmt: skip
+
+    async def sync(self, waiting: dict[str, int]) -> None:
+        """Post our waiting counts (when changed, and as a heartbeat) and read everyone else's."""
+        waiting = {server: count for server, count in waiting.items() if count > 0}
+        if waiting != self._posted or time.monotonic() - self._posted_at >= _HEARTBEAT_S:
+            await self._post(waiting)
+        variables = await self._client.read_variables(limit=500)
+        self._others = [
+            variable.value for variable in variables
+            if variable.name.startswith(PREFIX) and variable.name != self.name and isinstance(variable.value, dict)
+        ]  # fmt: skip
+
+    async def withdraw(self) -> None:
+        with contextlib.suppress(ObjectNotFound):
+            await self._client.delete_variable_by_name(self.name)
+
+    async def _post(self, waiting: dict[str, int]) -> None:
+        value = {"batch": self.batch, "priority": self.priority, "waiting": waiting, "at": time.time()}
+        try:
+            await self._client.update_variable(VariableUpdate(name=self.name, value=value))
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != _NOT_FOUND:
+                raise
+            await self._client.create_variable(VariableCreate(name=self.name, value=value, tags=["comfybatch"]))
+        self._posted, self._posted_at = waiting, time.monotonic()

@@ -1,0 +1,67 @@
+"""Two batches sharing the servers: per-server limits hold, and priority decides who goes first."""
+
+import asyncio
+import time
+
+import pytest
+
+from comfybatch.comfy.client import ComfyClient
+from comfybatch.flows.batch import generate_batch
+from comfybatch.models import BatchReport
+from comfybatch.settings import Settings
+from tests.conftest import SuiteFleet
+from tests.flows.conftest import PREFECT_SOCKETS, server_names
+from tests.support import batches
+
+pytestmark = [pytest.mark.anyio, PREFECT_SOCKETS]
+
+
+async def _watch_depth(urls: list[str], stop: asyncio.Event) -> dict[str, int]:
+    """The most prompts (running + pending) each server held at any sampled moment."""
+    peak = dict.fromkeys(urls, 0)
+    clients = [ComfyClient(url) for url in urls]
+    try:
+        while not stop.is_set():
+            for url, comfy in zip(urls, clients, strict=True):
+                peak[url] = max(peak[url], (await comfy.get_queue()).depth)
+            await asyncio.sleep(0.02)
+    finally:
+        for comfy in clients:
+            await comfy.aclose()
+    return peak
+
+
+async def _timed(coro) -> tuple[BatchReport, float]:  # type: ignore[no-untyped-def]
+    report = await coro
+    return report, time.monotonic()
+
+
+async def test_two_batches_never_exceed_two_prompts_per_server(batch_settings: Settings, comfy_fleet: SuiteFleet) -> None:
+    """Two concurrent batches on two servers with 2 slots each: no server ever holds more than 2 prompts."""
+    names = server_names(comfy_fleet)
+    first = batches.delay_spec("limit-a", seconds=0.3, count=10, servers=names)
+    second = batches.delay_spec("limit-b", seconds=0.3, count=10, servers=names)
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(_watch_depth([server.url for server in comfy_fleet.servers], stop))
+
+    reports = await asyncio.gather(generate_batch(first), generate_batch(second))
+    stop.set()
+    peak = await watcher
+
+    assert [report.done for report in reports] == [10, 10]
+    assert max(peak.values()) == 2
+
+
+async def test_higher_priority_batch_finishes_first(batch_settings: Settings, comfy_fleet: SuiteFleet) -> None:
+    """A high-priority batch started after a low-priority one on the same servers still finishes first."""
+    names = server_names(comfy_fleet)
+    # Sized so that sharing slots evenly would finish the low batch first: the high one has more left.
+    low = batches.delay_spec("prio-low", seconds=0.3, count=14, servers=names, priority=0)
+    high = batches.delay_spec("prio-high", seconds=0.3, count=14, servers=names, priority=10)
+
+    low_run = asyncio.create_task(_timed(generate_batch(low)))
+    await asyncio.sleep(1.5)  # the low batch holds every slot by now
+    (high_report, high_done), (low_report, low_done) = await asyncio.gather(_timed(generate_batch(high)), low_run)
+
+    assert (high_report.done, low_report.done) == (14, 14)
+    assert high_done < low_done
