@@ -4,8 +4,9 @@ The converter and preflight read it; it mirrors how the ComfyUI frontend turns a
 definition into widgets (`comfyui-protocol.md` §5).
 """
 
+import copy
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,3 +236,35 @@ def _parse_input(name: str, raw: Any, *, required: bool) -> InputSpec:
 
 def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
+
+
+def merge_object_infos(infos: Iterable[ObjectInfo]) -> ObjectInfo:
+    """One catalogue covering a fleet: every class any server has, each combo the union of its options.
+
+    Requests are checked against it (a model no server has is a request error); which server may
+    run which job is decided per server afterwards.
+    """
+    merged: dict[str, Any] = {}
+    for info in infos:
+        for class_type, spec in info.raw.items():
+            if class_type not in merged:
+                merged[class_type] = copy.deepcopy(dict(spec))
+                continue
+            for section in ("required", "optional"):
+                mine = merged[class_type].get("input", {}).get(section, {})
+                for name, entry in (spec.get("input", {}).get(section) or {}).items():
+                    if name in mine:
+                        mine[name] = _union_combo(mine[name], entry)
+    return ObjectInfo(merged)
+
+
+def _union_combo(mine: Any, theirs: Any) -> Any:
+    # Old spelling `[[options], {...}]`, new spelling `["COMBO", {"options": [...]}]`.
+    if isinstance(mine, list) and isinstance(theirs, list) and mine and theirs:
+        if isinstance(mine[0], list) and isinstance(theirs[0], list):
+            return [mine[0] + [option for option in theirs[0] if option not in mine[0]], *mine[1:]]
+        if mine[0] == "COMBO" == theirs[0] and len(mine) > 1 and len(theirs) > 1:
+            options = list(mine[1].get("options", []))
+            options += [option for option in theirs[1].get("options", []) if option not in options]
+            return ["COMBO", {**mine[1], "options": options}, *mine[2:]]
+    return mine

@@ -19,6 +19,7 @@ from prefect.tasks import exponential_backoff
 
 from comfybatch.blocks.fleet import load_fleet
 from comfybatch.comfy.follow import Timeouts
+from comfybatch.comfy.object_info import merge_object_infos
 from comfybatch.errors import BatchIncomplete, ConfigError
 from comfybatch.expansion import expand_batch
 from comfybatch.flows.plan import FleetPlan, plan_fleet, probe_fleet, resolve_workflow
@@ -49,7 +50,7 @@ async def generate_batch(spec: BatchSpec) -> BatchReport:
     if not infos:
         raise ConfigError("no ComfyUI server is reachable: " + "; ".join(f"{p.name}: {p.error}" for p in probes))
     template = resolve_workflow(spec.workflow, infos)
-    expansion = expand_batch(spec, template, object_info=next(iter(infos.values())))
+    expansion = expand_batch(spec, template, object_info=merge_object_infos(infos.values()))
     store = OutputStore(spec.output or settings.output_root)
     journal = JobJournal(store, spec.name)
     records = await journal.load()

@@ -36,7 +36,9 @@ async def _timed(coro) -> tuple[BatchReport, float]:  # type: ignore[no-untyped-
     return report, time.monotonic()
 
 
-async def test_two_batches_never_exceed_two_prompts_per_server(batch_settings: Settings, comfy_fleet: SuiteFleet) -> None:
+async def test_two_batches_never_exceed_two_prompts_per_server(
+    batch_settings: Settings, comfy_fleet: SuiteFleet
+) -> None:
     """Two concurrent batches on two servers with 2 slots each: no server ever holds more than 2 prompts."""
     names = server_names(comfy_fleet)
     first = batches.delay_spec("limit-a", seconds=0.3, count=10, servers=names)

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from comfybatch.comfy.object_info import ObjectInfo
+from comfybatch.comfy.object_info import ObjectInfo, merge_object_infos
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
@@ -122,3 +122,16 @@ def test_object_info_rejects_non_object() -> None:
     """A JSON array is not an object_info."""
     with pytest.raises(ValueError, match="must be a JSON object"):
         ObjectInfo.from_json("[1, 2]")
+
+
+def test_merge_object_infos_unions_combo_options() -> None:
+    """A fleet catalogue offers every checkpoint any server has, in both combo spellings."""
+    old = {"Loader": {"input": {"required": {"ckpt_name": [["a.ckpt"], {}]}}, "output": ["MODEL"]}}
+    other = {"Loader": {"input": {"required": {"ckpt_name": [["b.ckpt", "a.ckpt"], {}]}}, "output": ["MODEL"]},
+             "Only2": {"input": {"required": {"mode": ["COMBO", {"options": ["x"]}]}}, "output": []}}  # fmt: skip
+
+    merged = merge_object_infos([ObjectInfo(old), ObjectInfo(other)])
+
+    assert merged.combo_options("Loader", "ckpt_name") == ("a.ckpt", "b.ckpt")
+    assert merged.has_class("Only2")
+    assert ObjectInfo(old).combo_options("Loader", "ckpt_name") == ("a.ckpt",)
