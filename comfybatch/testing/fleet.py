@@ -37,7 +37,32 @@ def free_port() -> int:
 
 
 class ServerStartError(RuntimeError):
-    """A local ComfyUI did not become ready; the message carries its log tail."""
+    """A local server did not become ready; the message carries its log tail."""
+
+
+def wait_for_http(url: str, process: subprocess.Popen[bytes], *, what: str, timeout_s: float, log: Path) -> None:
+    """Poll `url` until it answers 200, failing early if `process` exits.
+
+    Raises:
+        ServerStartError with the tail of `log`.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerStartError(f"{what} exited during start-up\n{log_tail(log)}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.15)
+    raise ServerStartError(f"{what} not ready after {timeout_s:g} s\n{log_tail(log)}")
+
+
+def log_tail(log: Path, lines: int = 40) -> str:
+    if not log.exists():
+        return "(no log)"
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
 @dataclass
@@ -84,7 +109,7 @@ class LocalComfyServer:
         ]  # fmt: skip
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            command, cwd=self.base_dir, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            command, cwd=self.base_dir, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
         )
         log.close()
 
@@ -94,18 +119,11 @@ class LocalComfyServer:
         Raises:
             ServerStartError with the server's log tail.
         """
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                raise ServerStartError(f"ComfyUI {self.name} exited during start-up\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/system_stats", timeout=2.0).status_code == 200:
-                    self._check_test_nodes()
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.15)
-        raise ServerStartError(f"ComfyUI {self.name} not ready after {timeout_s:g} s\n{self.log_tail()}")
+        if self.process is None:
+            raise ServerStartError(f"ComfyUI {self.name} was never started")
+        wait_for_http(f"{self.url}/system_stats", self.process, what=f"ComfyUI {self.name}", timeout_s=timeout_s,
+                      log=self.log_path)  # fmt: skip
+        self._check_test_nodes()
 
     def _check_test_nodes(self) -> None:
         if not (self.base_dir / "custom_nodes" / TEST_NODES_PACKAGE.name).exists():
@@ -137,9 +155,7 @@ class LocalComfyServer:
         self.wait_ready(timeout_s=timeout_s)
 
     def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
 
 class LocalFleet:
@@ -205,7 +221,7 @@ def _link(source: Path | None, folder: Path) -> None:
         (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Runs in the child: if the test run is killed, its servers go with it (Linux only).
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

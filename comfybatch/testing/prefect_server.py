@@ -4,13 +4,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
-from comfybatch.testing.fleet import ServerStartError, _die_with_parent, free_port
+from comfybatch.testing.fleet import ServerStartError, die_with_parent, free_port, wait_for_http
 
 # Leases must survive a server restart, or slots held at that moment never come back (prefect-notes §1).
 SERVER_ENV = {
@@ -52,21 +49,15 @@ class LocalPrefectServer:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.home,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
+                preexec_fn=die_with_parent if self.die_with_parent else None,
                 start_new_session=not self.die_with_parent,
             )  # fmt: skip
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ServerStartError(f"Prefect server exited during start-up\n{self._tail()}")
-            try:
-                if httpx.get(f"{self.api_url}/health", timeout=2.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise ServerStartError(f"Prefect server not healthy after {timeout_s:g} s\n{self._tail()}")
+        try:
+            wait_for_http(f"{self.api_url}/health", self.process, what="Prefect server", timeout_s=timeout_s,
+                          log=self.log_path)  # fmt: skip
+        except ServerStartError:
+            self.stop()
+            raise
 
     def stop(self, *, timeout_s: float = 15.0) -> None:
         """SIGTERM, then SIGKILL; only the process we started."""
@@ -78,8 +69,3 @@ class LocalPrefectServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(10)
-
-    def _tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -1,16 +1,13 @@
 """Contact sheets and XY grids: layout, aspect ratio, placeholders, caps, and what a batch writes."""
 
 import io
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import fsspec  # type: ignore[import-untyped]
 import numpy as np
 import pytest
 from PIL import Image
 
-from comfybatch.comfy.workflow import ApiWorkflow, load_workflow
+from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.models import JobResult, JobSpec, JobStatus, StoredFile
 from comfybatch.outputs._draw import ALERT
 from comfybatch.outputs.contact_sheet import contact_sheet, write_contact_sheets, xy_grid
@@ -42,20 +39,6 @@ def _has_placeholder(image: Image.Image) -> bool:
     """Whether the placeholder's red text shows (anti-aliased: reddish, not exactly `ALERT`)."""
     red, green, blue = (np.asarray(image.convert("RGB")).astype(int)[..., channel] for channel in range(3))
     return bool(((red - green > ALERT[0] // 2) & (red - blue > ALERT[0] // 2)).any())
-
-
-@pytest.fixture(scope="module")
-def workflow() -> ApiWorkflow:
-    return load_workflow(TEMPLATE)
-
-
-@pytest.fixture
-def store() -> Iterator[OutputStore]:
-    root = f"comfybatch-test-{uuid.uuid4().hex}"
-    yield OutputStore(f"memory://{root}")
-    memory = fsspec.filesystem("memory")
-    if memory.exists(f"/{root}"):
-        memory.rm(f"/{root}", recursive=True)
 
 
 def _stored_result(

@@ -2,36 +2,19 @@
 
 import io
 import json
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import fsspec  # type: ignore[import-untyped]
 import pandas as pd  # type: ignore[import-untyped]
 import pytest
 
-from comfybatch.comfy.workflow import ApiWorkflow, load_workflow
+from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.models import JobResult, JobSpec, JobStatus, StoredFile
 from comfybatch.outputs.manifest import MANIFEST_COLUMNS, manifest_frame, read_manifest, write_manifest
 from comfybatch.outputs.storage import OutputStore
 
 TEMPLATE = Path(__file__).parents[2] / "comfybatch" / "templates" / "txt2img-tiny.json"
 T0 = 1_700_000_000.123456
-
-
-@pytest.fixture(scope="module")
-def workflow() -> ApiWorkflow:
-    return load_workflow(TEMPLATE)
-
-
-@pytest.fixture
-def store() -> Iterator[OutputStore]:
-    root = f"comfybatch-test-{uuid.uuid4().hex}"
-    yield OutputStore(f"memory://{root}")
-    memory = fsspec.filesystem("memory")
-    if memory.exists(f"/{root}"):
-        memory.rm(f"/{root}", recursive=True)
 
 
 def _result(workflow: ApiWorkflow, index: int, status: JobStatus = "done", files: int = 1, **values: Any) -> JobResult:

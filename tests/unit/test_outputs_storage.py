@@ -1,8 +1,6 @@
 """OutputStore: local and memory:// stores, atomic writes, path safety and secret hiding."""
 
 import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +29,6 @@ fsspec.register_implementation(_LeakyFileSystem.protocol, _LeakyFileSystem, clob
 @pytest.fixture
 def local_store(tmp_path: Path) -> OutputStore:
     return OutputStore(tmp_path / "out")
-
-
-@pytest.fixture
-def memory_store() -> Iterator[OutputStore]:
-    root = f"comfybatch-test-{uuid.uuid4().hex}"
-    yield OutputStore(f"memory://{root}")
-    memory = fsspec.filesystem("memory")
-    if memory.exists(f"/{root}"):
-        memory.rm(f"/{root}", recursive=True)
 
 
 def test_output_store_local_round_trips_bytes(local_store: OutputStore, tmp_path: Path) -> None:
