@@ -5,14 +5,19 @@ and the test nodes' execution journal (the server-side truth of when each node r
 """
 
 import contextlib
+import itertools
 import json
 import os
+import re
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
 from comfybatch.blocks.server import name_from_url
@@ -23,6 +28,10 @@ from comfybatch.testing.prefect_server import LocalPrefectServer
 BENCH_DIR = Path(__file__).resolve().parent
 OUT_DIR = BENCH_DIR / "out"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# The server then logs every SQLite "database is locked" it answers with a retryable 503.
+_PREFECT_SERVER_DIAGNOSTICS = {"PREFECT_API_LOG_RETRYABLE_ERRORS": "true"}
+_RETRYABLE_MARK = "Encountered retryable exception in request"
+_API_FRAME = re.compile(r'prefect/server/api/(?!server\.py)(\w+)\.py", line \d+, in (\w+)')
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class Phase:
     cpu_s: dict[str, float] = field(default_factory=dict)
     nonce_prefix: str = ""
     error: str | None = None
+    prefect_503s: Counter[str] = field(default_factory=Counter)
 
     @property
     def makespan_s(self) -> float:
@@ -94,15 +104,32 @@ class Bench:
         return name_from_url(server.url)
 
     def cpu_groups(self) -> dict[str, list[int]]:
-        """Process ids to account CPU to, by component."""
-        groups = {"client": [os.getpid()], "prefect-server": [], "comfyui": []}
+        """Process ids to account CPU to, by component (the servers with their descendants)."""
+        groups: dict[str, list[int]] = {"prefect-server": [], "comfyui": []}
         if self.prefect.process is not None:
             groups["prefect-server"].append(self.prefect.process.pid)
         groups["comfyui"] = [s.process.pid for s in self.servers if s.process is not None]
         return groups
 
     def cpu_snapshot(self) -> dict[str, float]:
-        return {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.cpu_groups().items()}
+        """CPU seconds so far: this process alone (its children are the servers), then each server group."""
+        snapshot = {"client": cpu_seconds(os.getpid(), descendants=False)}
+        snapshot.update({name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.cpu_groups().items()})
+        return snapshot
+
+    def prefect_log_size(self) -> int:
+        return self.prefect.log_path.stat().st_size if self.prefect.log_path.exists() else 0
+
+    def prefect_503s(self, start: int, end: int) -> Counter[str]:
+        """Retryable errors (503 to the client) the Prefect server logged between two log sizes, by endpoint."""
+        with self.prefect.log_path.open("rb") as log:
+            log.seek(start)
+            text = log.read(max(0, end - start)).decode(errors="replace")
+        found: Counter[str] = Counter()
+        for block in text.split(_RETRYABLE_MARK)[1:]:
+            frame = _API_FRAME.search(block)
+            found[f"{frame.group(1)}.{frame.group(2)}" if frame else "unknown"] += 1
+        return found
 
     def node_runs(self, nonce_prefix: str) -> list[NodeRun]:
         """Executions of nodes whose nonce starts with `nonce_prefix`, on every server."""
@@ -132,7 +159,8 @@ def bench_environment(servers: int, *, log: Iterable[str] | None = None) -> Iter
             started = time.monotonic()
             for server in fleet.servers:  # spawn all first: start-up is mostly imports, overlap it
                 server.start()
-            prefect.start()
+            with _environ(_PREFECT_SERVER_DIAGNOSTICS):
+                prefect.start()
             for server in fleet.servers:
                 server.wait_ready()
             print(f"  fleet and Prefect server ready in {time.monotonic() - started:.1f} s", flush=True)
@@ -148,10 +176,17 @@ def bench_environment(servers: int, *, log: Iterable[str] | None = None) -> Iter
                 try:
                     yield bench
                 finally:
+                    flush_prefect()
                     get_settings.cache_clear()
         finally:
             prefect.stop()
             fleet.stop()
+
+
+def flush_prefect(timeout_s: float = 10.0) -> None:
+    """Send Prefect's queued logs and events while its server still runs (call outside any event loop)."""
+    APILogWorker.drain_all(timeout=timeout_s)
+    EventsWorker.drain_all(timeout=timeout_s)
 
 
 @contextlib.contextmanager
@@ -168,13 +203,13 @@ def _environ(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[name] = old
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of `pid`, its reaped children and its live descendants (0 if gone)."""
+def cpu_seconds(pid: int, *, descendants: bool = True) -> float:
+    """User + system CPU of `pid` (0 if gone); with `descendants`, also its reaped and live children's."""
     total = 0.0
-    for proc in [pid, *_descendants(pid)]:
+    for proc in [pid, *(_descendants(pid) if descendants else [])]:
         fields = _stat_fields(proc)
         if fields is not None:  # utime, stime, cutime, cstime: fields 14-17 of /proc/<pid>/stat
-            total += sum(int(value) for value in fields[11:15]) / _CLOCK_TICKS
+            total += sum(int(value) for value in fields[11 : 15 if descendants else 13]) / _CLOCK_TICKS
     return total
 
 
@@ -207,5 +242,5 @@ def idle_gaps(runs: list[NodeRun]) -> list[float]:
         by_server.setdefault(run.server, []).append(run)
     for server_runs in by_server.values():
         server_runs.sort(key=lambda run: run.start)
-        gaps += [max(0.0, b.start - a.end) for a, b in zip(server_runs, server_runs[1:], strict=False)]
+        gaps += [max(0.0, b.start - a.end) for a, b in itertools.pairwise(server_runs)]
     return gaps

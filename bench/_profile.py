@@ -24,10 +24,11 @@ class SpyRecorder:
         return self.out_dir / f"py-spy-{label}.txt"
 
     def start(self, pids: dict[str, int]) -> None:
+        """Record each pid alone (not its children: the bench's children are the servers)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         for label, pid in pids.items():
             command = [self.executable, "record", "--pid", str(pid), "--rate", str(_RATE_HZ), "--format", "raw",
-                       "--nonblocking", "--subprocesses", "-o", str(self.path(label))]  # fmt: skip
+                       "--nonblocking", "-o", str(self.path(label))]  # fmt: skip
             self._running[label] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def stop(self) -> None:

@@ -4,9 +4,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
-
 from _common import NodeRun, Phase
+from PIL import Image, ImageDraw, ImageFont
 
 Color = tuple[int, int, int]
 _WIDTH = 1600
@@ -19,7 +18,7 @@ _MUTED: Color = (120, 120, 120)
 _GRID: Color = (226, 226, 226)
 _QUEUED: Color = (200, 200, 200)
 _RUN: tuple[Color, Color] = ((52, 110, 190), (96, 160, 230))  # alternate so neighbouring bars stay apart
-_NODE: Color = (30, 140, 70)
+_NODE: tuple[Color, Color] = ((30, 140, 70), (90, 190, 120))
 _SETUP: Color = (255, 236, 214)
 _WRAPUP: Color = (236, 226, 250)
 
@@ -71,9 +70,9 @@ def _panel(
         for index, prompt in enumerate(prompts):
             _bar(draw, x(prompt.queued_at), x(prompt.started_at), lane_top + 3, lane_top + 11, _QUEUED)
             _bar(draw, x(prompt.started_at), x(prompt.finished_at), lane_top + 13, lane_top + 29, _RUN[index % 2])
-        for run in runs:
-            if run.server == server:
-                _bar(draw, x(run.start), x(run.end), lane_top + 31, lane_top + 37, _NODE)
+        node_runs = sorted((run for run in runs if run.server == server), key=lambda run: run.start)
+        for index, run in enumerate(node_runs):
+            _bar(draw, x(run.start), x(run.end), lane_top + 31, lane_top + 37, _NODE[index % 2])
 
 
 def _bar(draw: ImageDraw.ImageDraw, left: float, right: float, top: int, bottom: int, color: Color) -> None:
@@ -83,7 +82,7 @@ def _bar(draw: ImageDraw.ImageDraw, left: float, right: float, top: int, bottom:
 
 def _axis(draw: ImageDraw.ImageDraw, top: int, bottom: int, horizon: float, scale: float) -> None:
     step = _tick_step(horizon)
-    for tick in range(int(math.floor(horizon / step)) + 1):
+    for tick in range(math.floor(horizon / step) + 1):
         at = _LEFT + tick * step * scale
         draw.line((at, top, at, bottom), fill=_GRID)
         draw.text((at - 8, bottom + 6), f"{tick * step:g}s", fill=_MUTED, font=_font(12))
@@ -100,7 +99,7 @@ def _legend(draw: ImageDraw.ImageDraw, top: int) -> None:
     items = [
         (_QUEUED, "queued in ComfyUI (POST answered -> first event)"),
         (_RUN[0], "running, client's view (first event -> /history read)"),
-        (_NODE, "Delay node executing (server's own journal)"),
+        (_NODE[0], "Delay node executing (server's own journal)"),
         (_SETUP, "set-up: call -> first submit"),
         (_WRAPUP, "wrap-up: last finish -> return"),
     ]

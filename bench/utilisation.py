@@ -7,6 +7,7 @@ Prints figures (no assertions) and writes `bench/out/utilisation-timeline.png`; 
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -72,10 +73,11 @@ async def feed_directly(bench: Bench, *, delay_s: float, images: int, run_id: st
     cpu_before = bench.cpu_snapshot()
     called_at = time.time()
     async with AsyncExitStack() as stack:
-        clients = [
-            (await stack.enter_async_context(ComfyClient(server.url)), bench.comfybatch_name(server))
-            for server in bench.servers
-        ]
+        clients: list[tuple[ComfyClient, str]] = []
+        for server in bench.servers:
+            comfy = ComfyClient(server.url)
+            stack.push_async_callback(comfy.aclose)
+            clients.append((comfy, bench.comfybatch_name(server)))
         async with asyncio.TaskGroup() as group:
             for comfy, name in clients:
                 for _ in range(SLOTS):
@@ -91,7 +93,7 @@ async def run_comfybatch(bench: Bench, *, delay_s: float, images: int, run_id: s
         name=f"bench-{run_id}", workflow=delay_graph(delay_s), bindings={"nonce": NONCE_INPUT},
         sweep=Sweep(axes={"nonce": [f"{prefix}{index:05d}" for index in range(images)]}),
     )  # fmt: skip
-    cpu_before = bench.cpu_snapshot()
+    cpu_before, log_before = bench.cpu_snapshot(), bench.prefect_log_size()
     called_at = time.time()
     error = None
     try:
@@ -106,7 +108,9 @@ async def run_comfybatch(bench: Bench, *, delay_s: float, images: int, run_id: s
         for row in manifest[manifest["status"] == "done"].itertuples():
             times = [row.queued_at, row.started_at, row.finished_at]
             spans.append(PromptSpan(str(row.server), *(t.timestamp() for t in times)))
-    return Phase("comfybatch", called_at, returned_at, spans, cpu, nonce_prefix=prefix, error=error)
+    phase = Phase("comfybatch", called_at, returned_at, spans, cpu, nonce_prefix=prefix, error=error)
+    phase.prefect_503s = bench.prefect_503s(log_before, bench.prefect_log_size())
+    return phase
 
 
 def _cpu_delta(bench: Bench, before: dict[str, float]) -> dict[str, float]:
@@ -117,7 +121,7 @@ def report(phases: list[Phase], runs: dict[str, list[NodeRun]], *, servers: int,
     """Print the figures table."""
     ideal = images * delay_s / servers
     direct, flow = phases
-    rows: list[tuple[str, str, str]] = []
+    rows: list[tuple[str, ...]] = []
 
     def row(label: str, fmt: str, value: Any) -> None:
         rows.append((label, *(fmt.format(value(phase)) if value(phase) is not None else "-" for phase in phases)))
@@ -137,6 +141,7 @@ def report(phases: list[Phase], runs: dict[str, list[NodeRun]], *, servers: int,
     for component in ("client", "prefect-server", "comfyui"):
         row(f"CPU {component} [s]", "{:.1f}", lambda p, c=component: p.cpu_s.get(c))
     row("CPU client per image [ms]", "{:.1f}", lambda p: 1000 * p.cpu_s.get("client", 0.0) / max(len(p.prompts), 1))
+    row("Prefect API 503s (SQLite locked)", "{}", lambda p: sum(p.prefect_503s.values()) if p is flow else None)
 
     width = max(len(label) for label, *_ in rows)
     print()
@@ -151,6 +156,9 @@ def report(phases: list[Phase], runs: dict[str, list[NodeRun]], *, servers: int,
     per_job_span = (flow.span_s - direct.span_s) * servers / images
     print(f"orchestration overhead per job (extra server-idle time = (comfybatch - direct) x servers / images): "
           f"{1000 * per_job:.0f} ms by makespan, {1000 * per_job_span:.0f} ms by submit..finish")  # fmt: skip
+    if flow.prefect_503s:
+        listed = ", ".join(f"{name} {count}" for name, count in flow.prefect_503s.most_common())
+        print(f"Prefect server 503s ('database is locked', the client backs off 2**n s each): {listed}")
     for phase in phases:
         if phase.error:
             print(f"{phase.name}: {phase.error}")
@@ -185,7 +193,7 @@ async def measure(bench: Bench, args: argparse.Namespace, spy: SpyRecorder | Non
     direct = await feed_directly(bench, delay_s=args.delay, images=args.images, run_id=run_id)
     print(f"  comfybatch generate_batch: {args.images} images ...", flush=True)
     if spy is not None:
-        spy.start({"client": bench.cpu_groups()["client"][0], "prefect-server": bench.prefect.process.pid})
+        spy.start({"client": os.getpid(), "prefect-server": bench.cpu_groups()["prefect-server"][0]})
     try:
         flow = await run_comfybatch(bench, delay_s=args.delay, images=args.images, run_id=run_id)
     finally:
@@ -200,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=0.5, help="seconds each prompt's Delay node sleeps")
     parser.add_argument("--images", type=int, default=80, help="images per phase")
     parser.add_argument("--timeline", type=Path, default=OUT_DIR / "utilisation-timeline.png")
-    parser.add_argument("--py-spy", action="store_true",
-                        help="record the client and Prefect server with py-spy during the comfybatch phase")  # fmt: skip
+    parser.add_argument("--py-spy", action="store_true", help="sample client and Prefect server during comfybatch")
     args = parser.parse_args(argv)
     spy = SpyRecorder(OUT_DIR) if args.py_spy else None
     print(f"starting {args.servers} ComfyUI servers and a Prefect server ...", flush=True)

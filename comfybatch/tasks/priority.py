@@ -47,10 +47,13 @@ class DemandBoard:
         waiting = {server: count for server, count in waiting.items() if count > 0}
         if waiting != self._posted or time.monotonic() - self._posted_at >= _HEARTBEAT_S:
             await self._post(waiting)
-        variables = await self._client.read_variables(limit=500)
+        response = await self._client.request(  # the typed client has no name filter for variables
+            "POST", "/variables/filter", json={"variables": {"name": {"like_": PREFIX}}, "limit": 200}
+        )
         self._others = [
-            variable.value for variable in variables
-            if variable.name.startswith(PREFIX) and variable.name != self.name and isinstance(variable.value, dict)
+            variable["value"] for variable in response.json()
+            if variable.get("name", "").startswith(PREFIX) and variable.get("name") != self.name
+            and isinstance(variable.get("value"), dict)
         ]  # fmt: skip
 
     async def withdraw(self) -> None:

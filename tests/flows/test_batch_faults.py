@@ -1,6 +1,7 @@
 """Faults during a batch: a server killed, the orchestrator killed, flaky and failing jobs."""
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from comfybatch.blocks.server import name_from_url
+from comfybatch.comfy.client import ComfyClient
 from comfybatch.errors import BatchIncomplete
 from comfybatch.flows.batch import generate_batch
 from comfybatch.models import BatchSpec, Sweep
@@ -148,3 +150,25 @@ async def test_rerun_skips_everything_already_stored(batch_settings: Settings, c
     after = {server.name: batches.executions(server.local) for server in comfy_fleet.servers if server.local}
     assert (report.skipped, report.done) == (4, 0)
     assert before == after
+
+
+async def test_cancelling_a_batch_clears_its_prompts_from_the_servers(
+    batch_settings: Settings, comfy_fleet: SuiteFleet
+) -> None:
+    """Cancelling the flow mid-batch interrupts running prompts and removes queued ones: the servers go idle."""
+    spec = batches.delay_spec("cancel-me", seconds=4.0, count=8, servers=server_names(comfy_fleet))
+    clients = [ComfyClient(server.url) for server in comfy_fleet.servers]
+    running = asyncio.create_task(generate_batch(spec))
+    try:
+        await _wait_for(lambda: batches.submitted_records(Path(batch_settings.output_root) / "cancel-me") >= 3)
+        await asyncio.sleep(0.3)
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await asyncio.sleep(0.5)
+        depths = [(await comfy.get_queue()).depth for comfy in clients]
+    finally:
+        for comfy in clients:
+            await comfy.aclose()
+
+    assert depths == [0] * len(clients)

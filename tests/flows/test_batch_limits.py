@@ -3,11 +3,14 @@
 import asyncio
 import time
 
+import pandas as pd
 import pytest
 
 from comfybatch.comfy.client import ComfyClient
 from comfybatch.flows.batch import generate_batch
 from comfybatch.models import BatchReport
+from comfybatch.outputs.manifest import read_manifest
+from comfybatch.outputs.storage import OutputStore
 from comfybatch.settings import Settings
 from tests.conftest import SuiteFleet
 from tests.flows.conftest import PREFECT_SOCKETS, server_names
@@ -54,16 +57,23 @@ async def test_two_batches_never_exceed_two_prompts_per_server(
     assert max(peak.values()) == 2
 
 
-async def test_higher_priority_batch_finishes_first(batch_settings: Settings, comfy_fleet: SuiteFleet) -> None:
-    """A high-priority batch started after a low-priority one on the same servers still finishes first."""
+async def test_higher_priority_batch_takes_the_servers(batch_settings: Settings, comfy_fleet: SuiteFleet) -> None:
+    """While a high-priority batch still has jobs waiting, a running low-priority batch starts none on the
+    shared servers (allowing 1 s for the priority post to be seen)."""
     names = server_names(comfy_fleet)
-    # Sized so that sharing slots evenly would finish the low batch first: the high one has more left.
-    low = batches.delay_spec("prio-low", seconds=0.3, count=14, servers=names, priority=0)
-    high = batches.delay_spec("prio-high", seconds=0.3, count=14, servers=names, priority=10)
+    low = batches.delay_spec("prio-low", seconds=0.3, count=24, servers=names, priority=0)
+    high = batches.delay_spec("prio-high", seconds=0.3, count=10, servers=names, priority=10)
 
-    low_run = asyncio.create_task(_timed(generate_batch(low)))
+    low_run = asyncio.create_task(generate_batch(low))
     await asyncio.sleep(1.5)  # the low batch holds every slot by now
-    (high_report, high_done), (low_report, low_done) = await asyncio.gather(_timed(generate_batch(high)), low_run)
+    high_report, low_report = await asyncio.gather(generate_batch(high), low_run)
 
-    assert (high_report.done, low_report.done) == (14, 14)
-    assert high_done < low_done
+    store = OutputStore(batch_settings.output_root)
+    high_rows, low_rows = read_manifest(store, "prio-high"), read_manifest(store, "prio-low")
+    assert high_rows is not None
+    assert low_rows is not None
+    window_start = high_rows["queued_at"].min() + pd.Timedelta(seconds=1)
+    window_end = high_rows["queued_at"].max()  # the high batch's last job got its slot
+    low_started_inside = low_rows["queued_at"].between(window_start, window_end).sum()
+    assert (high_report.done, low_report.done) == (10, 24)
+    assert low_started_inside <= 1

@@ -46,7 +46,17 @@ def executions(*servers: LocalComfyServer, outcome: str = "ok") -> dict[str, int
 
 
 def finished_records(batch_dir: Path) -> int:
+    """Jobs of the batch whose outputs are stored (journal records in the finished state)."""
+    return _records(batch_dir, "finished")
+
+
+def submitted_records(batch_dir: Path) -> int:
+    """Jobs of the batch queued on a server and not yet stored."""
+    return _records(batch_dir, "submitted")
+
+
+def _records(batch_dir: Path, state: str) -> int:
     folder = batch_dir / ".jobs"
     if not folder.is_dir():
         return 0
-    return sum('"state":"finished"' in path.read_text() for path in folder.glob("*.json"))
+    return sum(f'"state":"{state}"' in path.read_text() for path in folder.glob("*.json"))
