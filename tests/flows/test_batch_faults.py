@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
 from comfybatch.blocks.server import name_from_url
 from comfybatch.comfy.client import ComfyClient
@@ -172,3 +174,25 @@ async def test_cancelling_a_batch_clears_its_prompts_from_the_servers(
             await comfy.aclose()
 
     assert depths == [0] * len(clients)
+
+
+async def test_rejected_job_is_not_retried(batch_settings: Settings, comfy_fleet: SuiteFleet) -> None:
+    """A job every server rejects at validation (an input image none has) fails after one attempt."""
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "nowhere-to-be-found.png"}},
+        "2": {"class_type": "ComfybatchDelay", "inputs": {"image": ["1", 0], "seconds": 0.0, "nonce": ""}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}},
+    }
+    spec = BatchSpec(name="rejected", workflow=graph, bindings={"nonce": "2.inputs.nonce"},
+                     sweep=Sweep(axes={"nonce": batches.nonces("rejected", 1)}),
+                     servers=server_names(comfy_fleet))  # fmt: skip
+
+    with pytest.raises(BatchIncomplete) as caught:
+        await generate_batch(spec)
+
+    async with get_client() as client:
+        runs = await client.read_task_runs(
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["rejected-00000"]))
+        )
+    assert "nowhere-to-be-found.png" in caught.value.report.failures[0][1]
+    assert [run.run_count for run in runs] == [1]
