@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     max_task_workers: int = Field(64, ge=1, le=512, description="Thread pool size of the batch flow.")
     job_retries: int = Field(2, ge=0, le=10, description="Prefect retries of a job after failover is exhausted.")
     retry_backoff_s: float = Field(10.0, ge=0, description="Base of the exponential retry back-off.")
+    inbox: str = Field("inbox", description="Folder or fsspec URL where job sheets are dropped.")
+    inbox_workflow: str | None = Field(None, description="Workflow for inbox sheets that name none.")
+    inbox_cron: str = Field("*/5 * * * *", description="When scheduled-production looks at the inbox.")
+    inbox_interval_s: float | None = Field(None, gt=0, description="An interval instead of the cron (tests).")
+    timezone: str = Field("UTC", description="Time zone of the schedules.")
 
     @field_validator("comfyui_urls", mode="before")
     @classmethod

@@ -167,6 +167,39 @@ class OutputStore:
         source = os.fspath(local_path)
         return self._write(relpath, lambda target: self._fs.put_file(source, target))
 
+    def move(self, source: str, target: str) -> bool:
+        """Move a file within the store; False when `source` is already gone (someone else moved it).
+
+        Atomic on a local filesystem (a rename), so two claimants never both get the file.
+
+        Raises:
+            UnsafePath, StorageError.
+        """
+        old, new = self._path(source), self._path(target)
+        if self._is_local:
+            try:
+                Path(new).parent.mkdir(parents=True, exist_ok=True)
+                os.rename(old, new)
+            except FileNotFoundError:
+                return False
+            except OSError as exc:
+                message, cause = self._describe(self._what("move", source), exc)
+                raise StorageError(message) from cause
+            return True
+        if not self.exists(source):
+            return False
+        self._run(self._what("move", source), lambda: self._fs.mv(old, new))
+        return True
+
+    def delete(self, relpath: str) -> None:
+        """Remove a file if it exists.
+
+        Raises:
+            UnsafePath, StorageError.
+        """
+        path = self._path(relpath)
+        self._run(self._what("delete", relpath), lambda: self._fs.rm_file(path) if self._fs.exists(path) else None)
+
     def _write(self, relpath: str, write: Callable[[str], object]) -> str:
         path = self._path(relpath)
         if self._is_object_store:

@@ -33,6 +33,7 @@ _POLL_S = 0.5  # how soon a slot freed by another process is noticed
 _LEASE_S = 60.0  # Prefect's minimum: a dead holder's unjournaled slot returns after ~75 s
 _RENEW_EVERY_S = 20.0
 _BOARD_EVERY_S = 0.5
+_LINGER_S = 1.0  # an idle lease outlives the gap between two jobs, then goes back if nobody here waits
 _COOLDOWN_S = (5.0, 300.0)  # circuit breaker: first and longest exclusion of a failing server
 _LOCKED = 423
 logger = logging.getLogger(__name__)
@@ -60,7 +61,9 @@ class SlotBroker:
         self._batch, self._priority, self._run_id = batch, priority, run_id
         self._waiting = dict.fromkeys(self.servers, 0)
         self._board: DemandBoard | None = None
-        self._held = dict.fromkeys(self.servers, 0)
+        self._busy = dict.fromkeys(self.servers, 0)  # leases in use by a job
+        self._idle: dict[str, list[tuple[UUID, float]]] = {name: [] for name in self.servers}  # held between jobs
+        self._reserving = dict.fromkeys(self.servers, 0)
         self._busy_elsewhere_until = dict.fromkeys(self.servers, 0.0)
         self._down_until = dict.fromkeys(self.servers, 0.0)
         self._failures = dict.fromkeys(self.servers, 0)
@@ -83,6 +86,8 @@ class SlotBroker:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
+        for name in self.servers:
+            await self._release_idle(name, older_than_s=0.0)
         if self._board is not None:
             with contextlib.suppress(httpx.HTTPError):
                 await self._board.withdraw()
@@ -92,7 +97,10 @@ class SlotBroker:
     # -- health (circuit breaker) ---------------------------------------------------------------
 
     def load(self, name: str) -> float:
-        return self._held[name] / self.servers[name].slots
+        return self._busy[name] / self.servers[name].slots
+
+    def _held(self, name: str) -> int:
+        return self._busy[name] + len(self._idle[name]) + self._reserving[name]
 
     def is_down(self, name: str) -> bool:
         return time.monotonic() < self._down_until[name]
@@ -132,7 +140,7 @@ class SlotBroker:
         try:
             yield slot
         finally:
-            await self._release(slot)
+            await self._park(slot)
 
     @contextlib.asynccontextmanager
     async def adopt(self, server: str, lease_id: str) -> AsyncIterator[Slot]:
@@ -143,24 +151,28 @@ class SlotBroker:
         """
         if server not in self.servers or not await self._renew(UUID(lease_id)):
             raise NoServerAvailable
-        self._held[server] += 1
+        self._busy[server] += 1
         slot = Slot(self.servers[server], lease_id)
         try:
             yield slot
         finally:
-            await self._release(slot)
+            await self._park(slot)
 
     async def _acquire(self, names: list[str], give_up_at: float | None) -> Slot:
         while True:
             now = time.monotonic()
-            candidates = [
-                name for name in names
-                if self._held[name] < self.servers[name].slots and not self.is_down(name)
-                and self._busy_elsewhere_until[name] <= now and not self._outranked(name)
-            ]  # fmt: skip
-            random.shuffle(candidates)  # ties go to a random server
-            for name in sorted(candidates, key=self.load):
-                if (slot := await self._try_limit(name)) is not None:
+            usable = [name for name in names if not self.is_down(name) and not self._outranked(name)]
+            random.shuffle(usable)  # ties go to a random server
+            usable.sort(key=self.load)
+            # A lease this batch already holds costs nothing; a new one is a write on the Prefect server.
+            for name in usable:
+                if self._idle[name]:
+                    lease_id = self._idle[name].pop()[0]
+                    self._busy[name] += 1
+                    return Slot(self.servers[name], str(lease_id))
+            for name in usable:
+                room = self._held(name) < self.servers[name].slots and self._busy_elsewhere_until[name] <= now
+                if room and (slot := await self._try_limit(name)) is not None:
                     return slot
             if give_up_at is not None and now >= give_up_at:
                 raise NoServerAvailable
@@ -170,38 +182,51 @@ class SlotBroker:
 
     async def _try_limit(self, name: str) -> Slot | None:
         server = self.servers[name]
-        self._held[name] += 1  # reserve locally first: no other local job races for it
+        self._reserving[name] += 1  # counted as held while the request is out: no local race past `slots`
         try:
             response = await self._api.increment_concurrency_slots_with_lease(
                 names=[server.limit_name], slots=1, mode="concurrency", lease_duration=_LEASE_S
             )
         except httpx.HTTPStatusError as exc:
-            self._held[name] -= 1
             if exc.response.status_code != _LOCKED:
                 raise
             self._busy_elsewhere_until[name] = time.monotonic() + _POLL_S * (1 + random.random())
             return None
-        except BaseException:
-            self._held[name] -= 1
-            raise
+        finally:
+            self._reserving[name] -= 1
         granted = ConcurrencyLimitWithLeaseResponse.model_validate(response.json())
-        self._leases.add(granted.lease_id)
         if not granted.limits:
-            await self._release(Slot(server, str(granted.lease_id)))
+            await self._give_back(name, granted.lease_id)
             raise ConfigError(f"concurrency limit {server.limit_name} is missing (the fleet was not synced)")
+        self._leases.add(granted.lease_id)
+        self._busy[name] += 1
         return Slot(server, str(granted.lease_id))
 
-    async def _release(self, slot: Slot) -> None:
-        lease_id = UUID(slot.lease_id)
+    async def _park(self, slot: Slot) -> None:
+        """A job is done with its slot: keep the lease for the next job, unless another batch should have it."""
+        name, lease_id = slot.server.name, UUID(slot.lease_id)
+        self._leases.add(lease_id)
+        async with self._changed:
+            self._busy[name] -= 1
+            self._idle[name].append((lease_id, time.monotonic()))
+            self._changed.notify_all()
+        if self._outranked(name):
+            await self._release_idle(name, older_than_s=0.0)
+
+    async def _release_idle(self, name: str, *, older_than_s: float) -> None:
+        now = time.monotonic()
+        keep = [(lease, since) for lease, since in self._idle[name] if now - since < older_than_s]
+        drop = [lease for lease, since in self._idle[name] if now - since >= older_than_s]
+        self._idle[name] = keep
+        for lease_id in drop:
+            await self._give_back(name, lease_id)
+
+    async def _give_back(self, name: str, lease_id: UUID) -> None:
         self._leases.discard(lease_id)
         try:
             await self._api.release_concurrency_slots_with_lease(lease_id)
         except httpx.HTTPError as exc:  # an expired lease was already freed by the server
-            logger.warning("releasing %s slot %s: %s", slot.server.name, slot.lease_id, exc)
-        finally:
-            async with self._changed:
-                self._held[slot.server.name] -= 1
-                self._changed.notify_all()
+            logger.warning("releasing %s lease %s: %s", name, lease_id, exc)
 
     async def _renew(self, lease_id: UUID) -> bool:
         try:
@@ -215,7 +240,7 @@ class SlotBroker:
         return self._board is not None and self._board.outranked(name)
 
     async def _housekeeping(self) -> None:
-        """Renew held leases; keep our priority post and our view of other batches current."""
+        """Give back leases nobody here needs, renew the rest, keep the priority board current."""
         last_renewal = time.monotonic()
         while True:
             await asyncio.sleep(_BOARD_EVERY_S)
@@ -224,6 +249,9 @@ class SlotBroker:
                     await self._board.sync(self._waiting)
                 except httpx.HTTPError as exc:  # Prefect briefly away: keep the last view
                     logger.warning("priority board not updated: %s", exc)
+            for name in self.servers:
+                unwanted = self._waiting[name] == 0 or self.is_down(name) or self._outranked(name)
+                await self._release_idle(name, older_than_s=_LINGER_S if unwanted else _LEASE_S / 2)
             if time.monotonic() - last_renewal >= _RENEW_EVERY_S:
                 last_renewal = time.monotonic()
                 for lease_id in list(self._leases):

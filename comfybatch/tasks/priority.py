@@ -44,7 +44,9 @@ class DemandBoard:
 
     async def sync(self, waiting: dict[str, int]) -> None:
         """Post our waiting counts (when changed, and as a heartbeat) and read everyone else's."""
-        waiting = {server: count for server, count in waiting.items() if count > 0}
+        # Only which servers we wait for matters to others: post when that set changes (each post is a
+        # database write on the Prefect server), and as a heartbeat.
+        waiting = {server: 1 for server, count in waiting.items() if count > 0}
         if waiting != self._posted or time.monotonic() - self._posted_at >= _HEARTBEAT_S:
             await self._post(waiting)
         response = await self._client.request(  # the typed client has no name filter for variables

@@ -189,3 +189,22 @@ def test_output_store_unknown_protocol_is_config_error() -> None:
     """A URL whose protocol fsspec does not know is a configuration error."""
     with pytest.raises(ConfigError, match="cannot open output store 'nosuchproto://bucket'"):
         OutputStore("nosuchproto://bucket", storage_options={"token": SECRET})
+
+
+def test_output_store_move_is_a_claim(local_store: OutputStore) -> None:
+    """The first move of a file wins; a second move of the same source reports it gone."""
+    local_store.write_bytes("inbox/a.csv", b"prompt\nx\n")
+
+    first = local_store.move("inbox/a.csv", "processing/a.csv")
+    second = local_store.move("inbox/a.csv", "processing/a.csv")
+
+    assert (first, second) == (True, False)
+    assert local_store.read_bytes("processing/a.csv") == b"prompt\nx\n"
+
+
+def test_output_store_move_on_memory_filesystem(memory_store: OutputStore) -> None:
+    """Moving works on non-local filesystems too."""
+    memory_store.write_bytes("a.csv", b"1")
+
+    assert memory_store.move("a.csv", "done/a.csv")
+    assert memory_store.list("") == ["done/a.csv"]
