@@ -1,13 +1,14 @@
 """Hand out server slots to one batch's jobs: least-loaded first, instant local hand-off.
 
 The truth across batches and processes is each server's Prefect global concurrency limit
-`comfy:<name>`, held as a lease from submit to download. Waiting on a full limit is polling in
-Prefect (prefect-notes.md §1), so the broker counts the slots *this* flow holds and wakes its
-waiting jobs the moment one is released; other processes' releases are seen by a short poll.
+`comfy:<name>`: no prompt is in flight on a server without a lease on it. Every lease is a write
+on the Prefect server (SQLite by default), so the broker keeps the leases it holds between its own
+jobs and hands them over locally at once; it gives one back when no job of this batch waits for
+that server, or a higher-priority batch does. Other processes' releases are seen by a short poll.
 
-Leases are taken through Prefect's lease API directly rather than `concurrency()`: their ids go
-into the job journal, so a rerun after a crash adopts the slot its predecessor held instead of
-waiting for the lease to expire, and a busy limit costs no error log.
+Leases are taken through the lease API directly rather than `concurrency()`: their ids go into
+the job journal, so a rerun after a crash adopts the slot its predecessor held instead of waiting
+for the lease to expire, and a full limit costs no error log.
 """
 
 import asyncio
@@ -23,19 +24,17 @@ from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import PrefectClient, get_client
-from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse
 
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.errors import ConfigError
+from comfybatch.tasks.leases import LEASE_S, LeaseApi
 from comfybatch.tasks.priority import DemandBoard
 
 _POLL_S = 0.5  # how soon a slot freed by another process is noticed
-_LEASE_S = 60.0  # Prefect's minimum: a dead holder's unjournaled slot returns after ~75 s
 _RENEW_EVERY_S = 20.0
 _BOARD_EVERY_S = 0.5
 _LINGER_S = 1.0  # an idle lease outlives the gap between two jobs, then goes back if nobody here waits
 _COOLDOWN_S = (5.0, 300.0)  # circuit breaker: first and longest exclusion of a failing server
-_LOCKED = 423
 logger = logging.getLogger(__name__)
 
 
@@ -70,10 +69,12 @@ class SlotBroker:
         self._leases: set[UUID] = set()
         self._changed = asyncio.Condition()
         self._client: PrefectClient | None = None
+        self._leases_api: LeaseApi | None = None
         self._renewer: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
         self._client = await get_client().__aenter__()
+        self._leases_api = await LeaseApi().__aenter__()
         if self._run_id:
             self._board = DemandBoard(self._client, batch=self._batch, priority=self._priority, run_id=self._run_id)
         self._renewer = asyncio.create_task(self._housekeeping())
@@ -91,6 +92,8 @@ class SlotBroker:
         if self._board is not None:
             with contextlib.suppress(httpx.HTTPError):
                 await self._board.withdraw()
+        if self._leases_api is not None:
+            await self._leases_api.__aexit__(exc_type, exc, tb)
         if self._client is not None:
             await self._client.__aexit__(exc_type, exc, tb)
 
@@ -184,17 +187,12 @@ class SlotBroker:
         server = self.servers[name]
         self._reserving[name] += 1  # counted as held while the request is out: no local race past `slots`
         try:
-            response = await self._api.increment_concurrency_slots_with_lease(
-                names=[server.limit_name], slots=1, mode="concurrency", lease_duration=_LEASE_S
-            )
-        except httpx.HTTPStatusError as exc:
-            if exc.response.status_code != _LOCKED:
-                raise
-            self._busy_elsewhere_until[name] = time.monotonic() + _POLL_S * (1 + random.random())
-            return None
+            granted = await self._api.increment(server.limit_name)
         finally:
             self._reserving[name] -= 1
-        granted = ConcurrencyLimitWithLeaseResponse.model_validate(response.json())
+        if granted is None:  # full: other batches or processes hold its slots
+            self._busy_elsewhere_until[name] = time.monotonic() + _POLL_S * (1 + random.random())
+            return None
         if not granted.limits:
             await self._give_back(name, granted.lease_id)
             raise ConfigError(f"concurrency limit {server.limit_name} is missing (the fleet was not synced)")
@@ -224,17 +222,18 @@ class SlotBroker:
     async def _give_back(self, name: str, lease_id: UUID) -> None:
         self._leases.discard(lease_id)
         try:
-            await self._api.release_concurrency_slots_with_lease(lease_id)
-        except httpx.HTTPError as exc:  # an expired lease was already freed by the server
+            await self._api.release(lease_id)
+        except httpx.HTTPError as exc:  # the Prefect server is away; the lease expires by itself
             logger.warning("releasing %s lease %s: %s", name, lease_id, exc)
 
     async def _renew(self, lease_id: UUID) -> bool:
         try:
-            await self._api.renew_concurrency_lease(lease_id, lease_duration=_LEASE_S)
+            renewed = await self._api.renew(lease_id)
         except httpx.HTTPError:
             return False
-        self._leases.add(lease_id)
-        return True
+        if renewed:
+            self._leases.add(lease_id)
+        return renewed
 
     def _outranked(self, name: str) -> bool:
         return self._board is not None and self._board.outranked(name)
@@ -251,7 +250,7 @@ class SlotBroker:
                     logger.warning("priority board not updated: %s", exc)
             for name in self.servers:
                 unwanted = self._waiting[name] == 0 or self.is_down(name) or self._outranked(name)
-                await self._release_idle(name, older_than_s=_LINGER_S if unwanted else _LEASE_S / 2)
+                await self._release_idle(name, older_than_s=_LINGER_S if unwanted else LEASE_S / 2)
             if time.monotonic() - last_renewal >= _RENEW_EVERY_S:
                 last_renewal = time.monotonic()
                 for lease_id in list(self._leases):
@@ -259,10 +258,10 @@ class SlotBroker:
                         logger.warning("lease %s could not be renewed; its slot may be counted free early", lease_id)
 
     @property
-    def _api(self) -> PrefectClient:
-        if self._client is None:
+    def _api(self) -> LeaseApi:
+        if self._leases_api is None:
             raise RuntimeError("use `async with SlotBroker(...)`")
-        return self._client
+        return self._leases_api
 
 
 async def fleet_usage(servers: Sequence[ServerConfig]) -> dict[str, tuple[int, int]]:

@@ -51,7 +51,7 @@ def emit_batch_event(batch: str, state: str, **payload: Any) -> None:
 class ProgressThrottle:
     """Let through at most one progress event per item every `interval_s` (ComfyUI sends one per step)."""
 
-    def __init__(self, interval_s: float = 0.5) -> None:
+    def __init__(self, interval_s: float = 2.0) -> None:
         self.interval_s = interval_s
         self._last = 0.0
 
