@@ -1,6 +1,7 @@
 """The `comfybatch` command line: each command is one async function."""
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -13,7 +14,9 @@ from comfybatch.comfy.client import ComfyClient
 from comfybatch.comfy.object_info import ObjectInfo
 from comfybatch.comfy.preflight import check_workflow
 from comfybatch.comfy.workflow import load_workflow
+from comfybatch.deployments import commands as platform_commands
 from comfybatch.errors import ComfyBatchError, ConfigError, WorkflowRejected
+from comfybatch.models import BatchSpec
 
 app = App(name="comfybatch", help="Turn ComfyUI servers into a batch image factory.")
 
@@ -107,7 +110,6 @@ async def run(
         images_per_item: Images per row or prompt (seeds increment).
         dry_run: Validate against every server and estimate; render nothing.
     """
-    from comfybatch.models import BatchSpec
     from comfybatch.runner import default_name, parse_sets, run_with_progress, use_servers
 
     use_servers(server or [])
@@ -132,20 +134,33 @@ DEMO_PROMPTS = (
 
 @app.command
 async def demo(*, servers: int = 2, out: str = "out", name: str = "demo") -> int:
-    """Run a demo batch on local CPU ComfyUI servers with a tiny model (no GPU needed).
+    """Render a 6-image demo batch with a tiny model on local CPU ComfyUI servers (no GPU needed).
 
-    Starts the servers and a Prefect server just for this run, renders six prompts, and leaves the
-    images, manifest and contact sheet under OUT/NAME. Running it again skips finished images.
+    After `comfybatch up --demo` it runs through the platform's generate-batch deployment (visible in the
+    Prefect UI); otherwise it starts servers and a Prefect server just for this run. Images, manifest and
+    contact sheet land in OUT/NAME; running it again skips finished images.
 
     Args:
-        servers: How many local ComfyUI servers to start (about 1 GB of RAM each).
+        servers: How many local ComfyUI servers a standalone run starts (about 1 GB of RAM each).
         out: Output folder.
         name: Batch name.
     """
+    from comfybatch.deployments.commands import platform_demo_target
+
+    output = os.path.abspath(out)  # the served flow runs in another process and folder
+    spec = BatchSpec(name=name, workflow="picture-book-tiny", prompts=list(DEMO_PROMPTS), output=output,
+                     defaults={"steps": 2})  # fmt: skip
+    if (target := platform_demo_target()) is not None:
+        from comfybatch.runner import run_on_platform
+
+        return await run_on_platform(spec, api_url=target[0])
+    return await _standalone_demo(spec, servers)
+
+
+async def _standalone_demo(spec: BatchSpec, servers: int) -> int:
     from prefect.logging.handlers import APILogHandler
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from comfybatch.models import BatchSpec
     from comfybatch.runner import run_with_progress, use_servers
     from comfybatch.testing.fleet import LocalFleet  # heavy: only for the local demo
     from comfybatch.testing.prefect_server import LocalPrefectServer
@@ -158,13 +173,16 @@ async def demo(*, servers: int = 2, out: str = "out", name: str = "demo") -> int
         try:
             use_servers([server.url for server in fleet.servers])
             with temporary_settings(updates={PREFECT_API_URL: prefect.api_url}):
-                spec = BatchSpec(name=name, workflow="txt2img-tiny", prompts=list(DEMO_PROMPTS), output=out,
-                                 defaults={"steps": 2})  # fmt: skip
                 _, code = await run_with_progress(spec)
                 await APILogHandler.aflush()  # logs reach the server before it stops
         finally:
             prefect.stop()
     return code
+
+
+for _command in (platform_commands.up, platform_commands.stop, platform_commands.status, platform_commands.logs,
+                 platform_commands.restart, platform_commands.serve):  # fmt: skip
+    app.command(_command)
 
 
 def main() -> None:

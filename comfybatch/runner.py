@@ -92,3 +92,26 @@ def print_report(report: BatchReport, console: Console) -> None:
         console.print(f"  images:   {report.output}", markup=False, highlight=False)
     for uri in report.manifest:
         console.print(f"  manifest: {uri}", markup=False, highlight=False)
+
+
+async def run_on_platform(spec: BatchSpec, *, api_url: str, timeout_s: float = 1800.0) -> int:
+    """Run `spec` through the served generate-batch deployment and wait for it; exit code as `run`."""
+    from prefect.deployments import arun_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from comfybatch.deployments.catalog import GENERATE_BATCH
+
+    console = Console(stderr=True)
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        console.print(f"running {spec.name} through {GENERATE_BATCH} (watch it in the Prefect UI) ...")
+        flow_run = await arun_deployment(GENERATE_BATCH, parameters={"spec": spec.model_dump(mode="json")},
+                                         timeout=timeout_s, as_subflow=False)  # fmt: skip
+    state = flow_run.state
+    ui = api_url.removesuffix("/api")
+    console.print(f"flow run {flow_run.name}: {state.name if state else 'unknown'}  {ui}/runs/flow-run/{flow_run.id}")
+    batch_dir = Path(spec.output or "out") / spec.name
+    images = sorted(batch_dir.glob("*.png")) if batch_dir.is_dir() else []
+    console.print(
+        f"  images:   {batch_dir}  ({len([p for p in images if not p.stem.startswith(('contact', 'xy'))])} PNG)"
+    )
+    return 0 if state is not None and state.is_completed() else 1

@@ -74,6 +74,7 @@ class LocalComfyServer:
     install: ComfyInstall
     port: int = field(default_factory=free_port)
     env: dict[str, str] = field(default_factory=dict)
+    die_with_parent: bool = True  # False for the platform's demo fleet, which outlives `comfybatch up`
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -109,7 +110,13 @@ class LocalComfyServer:
         ]  # fmt: skip
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            command, cwd=self.base_dir, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+            command,
+            cwd=self.base_dir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent if self.die_with_parent else None,
+            start_new_session=not self.die_with_parent,
         )
         log.close()
 
@@ -168,9 +175,10 @@ class LocalFleet:
 
     def __init__(
         self, root: Path, *, count: int = 2, test_nodes: bool = True, checkpoint: bool = True,
-        names: Sequence[str] | None = None, install: ComfyInstall | None = None,
+        names: Sequence[str] | None = None, install: ComfyInstall | None = None, die_with_parent: bool = True,
     ) -> None:  # fmt: skip
         self.root = root
+        self.die_with_parent = die_with_parent
         self.install = install or ensure_comfyui()
         self.test_nodes = test_nodes
         self.checkpoint = ensure_tiny_checkpoint(self.install) if checkpoint else None
@@ -179,7 +187,8 @@ class LocalFleet:
 
     def add_server(self, name: str, *, start: bool = True) -> LocalComfyServer:
         """A further server laid out like the others (started and ready when `start`)."""
-        server = LocalComfyServer(name=name, base_dir=self.root / name, install=self.install)
+        server = LocalComfyServer(name=name, base_dir=self.root / name, install=self.install,
+                                  die_with_parent=self.die_with_parent)  # fmt: skip
         _link(TEST_NODES_PACKAGE if self.test_nodes else None, server.base_dir / "custom_nodes")
         _link(self.checkpoint, server.base_dir / "models" / "checkpoints")
         if start:
@@ -188,6 +197,11 @@ class LocalFleet:
         return server
 
     def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def start(self) -> None:
+        """Start every server in parallel and wait until all are ready (stopping them all on failure)."""
         try:
             for server in self.servers:
                 server.start()
@@ -196,7 +210,6 @@ class LocalFleet:
         except BaseException:
             self.stop()
             raise
-        return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

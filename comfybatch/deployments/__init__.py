@@ -1,0 +1,1 @@
+"""Deployments: the ways in (on demand, on a schedule, over the API) and the platform launcher."""

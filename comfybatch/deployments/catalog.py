@@ -1,0 +1,35 @@
+"""Every deployment comfybatch serves: the single source of truth for names and schedules."""
+
+from datetime import timedelta
+
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+from prefect.deployments.runner import RunnerDeployment
+
+from comfybatch.flows.batch import generate_batch
+from comfybatch.flows.inbox import process_inbox
+from comfybatch.settings import Settings
+
+GENERATE_BATCH = "generate-batch/generate-batch"
+SCHEDULED_PRODUCTION = "process-inbox/scheduled-production"
+
+
+async def deployments(settings: Settings) -> list[RunnerDeployment]:
+    """`generate-batch` (on demand: Prefect UI form, REST API, dashboard) and `scheduled-production`."""
+    schedule = (
+        IntervalSchedule(interval=timedelta(seconds=settings.inbox_interval_s))
+        if settings.inbox_interval_s
+        else CronSchedule(cron=settings.inbox_cron, timezone=settings.timezone)
+    )
+    return [
+        await generate_batch.ato_deployment(
+            name="generate-batch", tags=["comfybatch"],
+            description="Render a batch: a workflow, items from prompts, a sheet or sweeps. Reruns skip stored images.",
+        ),
+        await process_inbox.ato_deployment(
+            name="scheduled-production", tags=["comfybatch"], schedules=[schedule],
+            # One inbox run at a time: a schedule firing while a run is still going is dropped.
+            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+            description="Turn job sheets dropped in the inbox into batches; sheets move to done/ or failed/.",
+        ),
+    ]  # fmt: skip

@@ -1,0 +1,92 @@
+"""The platform commands of the `comfybatch` CLI (registered in `comfybatch.cli`)."""
+
+import sys
+from pathlib import Path
+
+from comfybatch.deployments.platform import DEFAULT_PREFECT_PORT, is_alive, load_state
+
+
+def up(*, demo: bool = False, demo_servers: int = 2, port: int = DEFAULT_PREFECT_PORT) -> int:
+    """Start the platform: Prefect server (SQLite under .comfybatch/), fleet limits, served deployments.
+
+    Args:
+        demo: With no ComfyUI configured, start local CPU demo servers with a tiny model (no question asked).
+        demo_servers: How many demo servers (about 1 GB of RAM each).
+        port: The Prefect server's port (UI and API).
+    """
+    from comfybatch.deployments import up as platform
+
+    state = platform.up(demo=demo, demo_servers=demo_servers, port=port)
+    ui = state.prefect_api_url.removesuffix("/api")
+    print(f"comfybatch is up.\n  Prefect UI:   {ui}\n  API docs:     {ui}/docs\n"
+          f"  deployments:  generate-batch/generate-batch, process-inbox/scheduled-production\n"
+          f"  fleet:        {', '.join(state.comfyui_urls) or 'none configured'}{' (demo)' if state.demo else ''}\n"
+          "  next:         comfybatch demo   |   comfybatch status   |   comfybatch stop")  # fmt: skip
+    return 0
+
+
+def stop() -> int:
+    """Stop everything `comfybatch up` started (only those processes, by pid)."""
+    from comfybatch.deployments import up as platform
+
+    stopped = platform.stop()
+    print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    return 0
+
+
+def status() -> int:
+    """Show each component and each ComfyUI server's health and queue depth."""
+    from comfybatch.deployments import up as platform
+
+    print("\n".join(platform.status_lines()))
+    state = load_state()
+    return 0 if state.components and all(is_alive(part) for part in state.components.values()) else 1
+
+
+def logs(*, lines: int = 40) -> int:
+    """Print the last lines of every component's log.
+
+    Args:
+        lines: How many lines per log.
+    """
+    from comfybatch.deployments import up as platform
+
+    for path in platform.log_paths():
+        print(f"==> {path} <==")
+        if path.is_file():
+            print("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+    return 0
+
+
+def restart(*, port: int = DEFAULT_PREFECT_PORT) -> int:
+    """Stop, then start again with the same kind of fleet.
+
+    Args:
+        port: The Prefect server's port.
+    """
+    was_demo = load_state().demo
+    stop()
+    return up(demo=was_demo, port=port)
+
+
+async def serve(*, limit: int = 4) -> int:
+    """Serve the deployments from this process until stopped (what `up` runs in the background).
+
+    Args:
+        limit: How many flow runs at once.
+    """
+    from comfybatch.deployments.serve import serve_deployments
+
+    await serve_deployments(limit=limit)
+    return 0
+
+
+def platform_demo_target() -> tuple[str, Path] | None:
+    """The running platform's API URL and demo output folder, when `up` started a demo fleet."""
+    state = load_state()
+    parts = state.components
+    if state.demo and all(name in parts and is_alive(parts[name]) for name in ("prefect", "serve")):
+        return state.prefect_api_url, Path("out").resolve()
+    if parts:
+        print("the platform runs without the demo fleet; running the demo on its own servers", file=sys.stderr)
+    return None

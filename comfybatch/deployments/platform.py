@@ -1,0 +1,140 @@
+"""`comfybatch up | stop | status | logs`: the whole platform on one machine, from one command.
+
+Everything lives under a project-local home (`.comfybatch/`, or `COMFYBATCH_HOME`): the Prefect
+server's SQLite database, logs, and `state.json` with the pid of every process `up` started.
+`stop` signals exactly those pids, after checking each still runs what we started.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+from comfybatch.errors import ConfigError
+
+DEFAULT_PREFECT_PORT = 4200
+
+
+@dataclass
+class Component:
+    """A process `up` started."""
+
+    pid: int
+    marker: str  # a string its command line contains: never signal a pid that was reused
+    url: str = ""
+    log: str = ""
+
+
+@dataclass
+class PlatformState:
+    components: dict[str, Component] = field(default_factory=dict)
+    prefect_api_url: str = ""
+    comfyui_urls: list[str] = field(default_factory=list)
+    demo: bool = False
+
+
+def home() -> Path:
+    return Path(os.environ.get("COMFYBATCH_HOME", ".comfybatch")).resolve()
+
+
+def load_state() -> PlatformState:
+    path = home() / "state.json"
+    if not path.is_file():
+        return PlatformState()
+    raw = json.loads(path.read_text())
+    components = {name: Component(**value) for name, value in raw.pop("components", {}).items()}
+    return PlatformState(components=components, **raw)
+
+
+def save_state(state: PlatformState) -> None:
+    home().mkdir(parents=True, exist_ok=True)
+    (home() / "state.json").write_text(json.dumps(asdict(state), indent=2))
+
+
+def is_alive(component: Component) -> bool:
+    """The pid runs and its command line still contains our marker."""
+    try:
+        cmdline = Path(f"/proc/{component.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return component.marker in cmdline
+
+
+def stop_component(component: Component, *, timeout_s: float = 15.0) -> bool:
+    """SIGTERM, then SIGKILL after `timeout_s`; True if it was running."""
+    if not is_alive(component):
+        return False
+    os.kill(component.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and is_alive(component):
+        time.sleep(0.1)
+    if is_alive(component):
+        os.kill(component.pid, signal.SIGKILL)
+    return True
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def start_serve(state: PlatformState) -> Component:
+    """`comfybatch serve` in the background, pointed at this platform's Prefect server and fleet."""
+    log = home() / "logs" / "serve.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PREFECT_API_URL": state.prefect_api_url}
+    if state.comfyui_urls:
+        env["COMFYUI_URLS"] = ",".join(state.comfyui_urls)
+    with log.open("ab") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "comfybatch.cli", "serve"], env=env, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    return Component(pid=process.pid, marker="comfybatch.cli serve", log=str(log))
+
+
+def wait_for_deployment(api_url: str, name: str, *, timeout_s: float = 90.0, serve: Component | None = None) -> None:
+    """Block until the Prefect server knows deployment `flow/deployment`.
+
+    Raises:
+        ConfigError with the serve log tail when it never appears.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if serve is not None and not is_alive(serve):
+            break
+        try:
+            if httpx.get(f"{api_url}/deployments/name/{name}", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    tail = ""
+    if serve is not None and Path(serve.log).is_file():
+        tail = "\n".join(Path(serve.log).read_text(errors="replace").splitlines()[-30:])
+    raise ConfigError(f"the deployments did not come up (no {name} after {timeout_s:g} s)\n{tail}")
+
+
+def server_health(url: str) -> str:
+    """`ok, queue N` or why not, for one ComfyUI server."""
+    try:
+        stats = httpx.get(f"{url}/system_stats", timeout=3)
+        queue = httpx.get(f"{url}/queue", timeout=3).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return f"unreachable ({type(exc).__name__})"
+    if stats.status_code != 200:
+        return f"answers {stats.status_code}"
+    depth = len(queue.get("queue_running", [])) + len(queue.get("queue_pending", []))
+    return f"ok, {depth} prompt(s) in its queue"
