@@ -18,5 +18,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# System packages the tests use: PostgreSQL (the production-database test). Root installs them; others
+# get a hint, and that test skips (under CI=true it fails instead).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[bootstrap] installing PostgreSQL (Debian package) for the tests" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "[bootstrap] PostgreSQL is not installed (sudo apt-get install postgresql): its test will skip" >&2
+  fi
+fi
+
 # ComfyUI 0.3.75 + CPU torch in their own venv under ~/.cache/comfybatch (once per machine).
 .venv/bin/python -m comfybatch.testing.install >/dev/null
