@@ -19,13 +19,14 @@ SERVER_ENV = {
 
 @dataclass
 class LocalPrefectServer:
-    """One `prefect server start` process on loopback, SQLite under `home`."""
+    """One `prefect server start` process on loopback, SQLite under `home` unless `database_url` is set."""
 
     home: Path
     port: int = field(default_factory=free_port)
     ui: bool = False
     die_with_parent: bool = True
     process: subprocess.Popen[bytes] | None = None
+    database_url: str | None = None  # e.g. LocalPostgres.url: postgresql+asyncpg://user:pw@127.0.0.1:port/prefect
 
     @property
     def api_url(self) -> str:
@@ -44,6 +45,8 @@ class LocalPrefectServer:
         self.home.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **SERVER_ENV, "PREFECT_HOME": str(self.home), "PREFECT_UI_ENABLED": str(self.ui).lower(),
                "PREFECT_API_URL": self.api_url}  # fmt: skip
+        if self.database_url is not None:
+            env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = self.database_url
         command = [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1",
                    "--port", str(self.port)]  # fmt: skip
         with self.log_path.open("ab") as log:
