@@ -147,7 +147,7 @@ async def demo(*, servers: int = 2, out: str = "out", name: str = "demo") -> int
     """
     from comfybatch.deployments.commands import platform_demo_target
 
-    output = os.path.abspath(out)  # the served flow runs in another process and folder
+    output = _absolute(out)  # the served flow runs in another process and folder
     spec = BatchSpec(name=name, workflow="picture-book-tiny", prompts=list(DEMO_PROMPTS), output=output,
                      defaults={"steps": 2})  # fmt: skip
     if (target := platform_demo_target()) is not None:
@@ -155,6 +155,10 @@ async def demo(*, servers: int = 2, out: str = "out", name: str = "demo") -> int
 
         return await run_on_platform(spec, api_url=target[0])
     return await _standalone_demo(spec, servers)
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(path)
 
 
 async def _standalone_demo(spec: BatchSpec, servers: int) -> int:

@@ -2,6 +2,7 @@
 
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from comfybatch.deployments.platform import DEFAULT_PREFECT_PORT, is_alive, load_state
 
@@ -58,15 +59,18 @@ def logs(*, lines: int = 40) -> int:
     return 0
 
 
-def restart(*, port: int = DEFAULT_PREFECT_PORT) -> int:
-    """Stop, then start again with the same kind of fleet.
+def restart(*, port: int | None = None) -> int:
+    """Stop, then start again with the same kind of fleet (as many demo servers) on the same port.
 
     Args:
-        port: The Prefect server's port.
+        port: The Prefect server's port (default: the one it ran on).
     """
-    was_demo = load_state().demo
+    state = load_state()
+    demo_servers = sum(name.startswith("comfyui:") for name in state.components) or 2
+    if port is None:
+        port = urlsplit(state.prefect_api_url).port or DEFAULT_PREFECT_PORT
     stop()
-    return up(demo=was_demo, port=port)
+    return up(demo=state.demo, demo_servers=demo_servers, port=port)
 
 
 async def serve(*, limit: int = 4) -> int:

@@ -1,8 +1,10 @@
 """`process-inbox`: turn job sheets dropped in an inbox into batches, one batch per sheet.
 
-A sheet is claimed by moving it to `processing/` (so two runs never take the same sheet), then moved
-to `done/` or `failed/` with a report beside it. A sheet whose bytes were already processed is set
-aside as a duplicate. Sheets left in `processing/` by a crashed run are resumed by the next run.
+A sheet is claimed by moving it to `processing/`, then moved to `done/` or `failed/` with a report
+beside it (`<stem>-2.csv` and so on when a sheet of that name is already there: nothing is overwritten).
+A sheet whose bytes were already processed is set aside as a duplicate. Sheets left in `processing/` by
+a crashed run are resumed by the next run, so runs must not overlap: the scheduled-production deployment
+allows one at a time.
 """
 
 import asyncio
@@ -88,6 +90,9 @@ async def _process(store: OutputStore, relpath: str, *, default_workflow: str | 
         outcome = SheetOutcome(sheet=name, status="failed", sha256=digest, report=partial, message=str(incomplete))
     except ComfyBatchError as error:  # a bad sheet or an unusable fleet: the sheet waits in failed/
         outcome = SheetOutcome(sheet=name, status="failed", sha256=digest, message=str(error))
+    except Exception as error:  # a bug must not leave the sheet blocking the inbox in processing/
+        get_run_logger().exception("%s: internal error", name)
+        outcome = SheetOutcome(sheet=name, status="failed", sha256=digest, message=f"internal error: {error!r}")
     return await _settle(store, claimed, outcome)
 
 
@@ -98,7 +103,14 @@ def _spec_for(store: OutputStore, claimed: str, default_workflow: str | None) ->
     sidecar = f"{PurePosixPath(claimed).name.rsplit('.', 1)[0]}.json"
     for candidate in (sidecar, f"{PROCESSING}/{sidecar}"):
         if store.exists(candidate):
-            fields = json.loads(store.read_bytes(candidate))
+            # A bad sidecar is a bad request: raised as anything else, the sheet would stay in processing/
+            # and every later run would resume it first and fail again, wedging the inbox.
+            try:
+                fields = json.loads(store.read_bytes(candidate))
+            except ValueError as exc:
+                raise BatchRequestError(f"{stem}: {candidate} is not valid JSON: {exc}") from None
+            if not isinstance(fields, dict):
+                raise BatchRequestError(f"{stem}: {candidate} must hold a JSON object of batch fields")
             break
     fields.setdefault("workflow", _workflow_column(store, claimed) or default_workflow)
     if not fields["workflow"]:
@@ -140,12 +152,21 @@ def _already_done(store: OutputStore, digest: str) -> bool:
 
 async def _settle(store: OutputStore, claimed: str, outcome: SheetOutcome) -> SheetOutcome:
     folder = DONE if outcome.status in ("done", "duplicate") else FAILED
-    name = PurePosixPath(claimed).name
-    await asyncio.to_thread(_move, store, claimed, f"{folder}/{name}")
+    target = await asyncio.to_thread(_free_target, store, folder, PurePosixPath(claimed).name)
+    await asyncio.to_thread(_move, store, claimed, target)
     report = outcome.model_dump_json(indent=2, exclude={"report": {"plan"}}).encode()
-    await asyncio.to_thread(store.write_bytes, f"{folder}/{name}.report.json", report)
-    get_run_logger().info("%s -> %s/: %s", name, folder, outcome.message)
+    await asyncio.to_thread(store.write_bytes, f"{target}.report.json", report)
+    get_run_logger().info("%s -> %s: %s", outcome.sheet, target, outcome.message)
     return outcome
+
+
+def _free_target(store: OutputStore, folder: str, name: str) -> str:
+    """`folder/name`, or `folder/<stem>-2<suffix>`, -3, … when an earlier sheet of that name is there (keep both)."""
+    stem, suffix = PurePosixPath(name).stem, PurePosixPath(name).suffix
+    target, number = f"{folder}/{name}", 2
+    while store.exists(target) or store.exists(f"{target}.report.json"):
+        target, number = f"{folder}/{stem}-{number}{suffix}", number + 1
+    return target
 
 
 def _move(store: OutputStore, source: str, target: str) -> bool:

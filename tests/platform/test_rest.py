@@ -1,0 +1,86 @@
+"""The generate-batch deployment triggered over Prefect's REST API with plain HTTP, as another system would."""
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from comfybatch.deployments.catalog import GENERATE_BATCH
+from comfybatch.testing.prefect_server import LocalPrefectServer
+from tests.conftest import SuiteFleet
+from tests.platform.conftest import TERMINAL, ServeProcess, api_call, api_json, serve_env, wait_until
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@dataclass(frozen=True)
+class RestPlatform:
+    """A served generate-batch deployment rendering into `out`."""
+
+    api_url: str
+    out: Path
+    serve: ServeProcess
+
+    def deployment_id(self) -> str:
+        deployment = api_json(api_call("GET", f"{self.api_url}/deployments/name/{GENERATE_BATCH}"))
+        return str(deployment["id"])
+
+    def create_flow_run(self, spec: dict[str, Any]) -> httpx.Response:
+        # The idempotency key makes a retried POST (after a 503) return the same flow run, never a second one.
+        body = {"parameters": {"spec": spec}, "idempotency_key": uuid.uuid4().hex}
+        return api_call("POST", f"{self.api_url}/deployments/{self.deployment_id()}/create_flow_run", json=body)
+
+
+@pytest.fixture(scope="module")
+def rest_platform(
+    platform_prefect: LocalPrefectServer, comfy_fleet: SuiteFleet, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RestPlatform]:
+    """`comfybatch serve` against this module's Prefect server (the inbox schedule keeps its 5-minute cron)."""
+    root = tmp_path_factory.mktemp("rest-platform")
+    serve = ServeProcess.start(serve_env(platform_prefect.api_url, comfy_fleet, root), cwd=root)
+    try:
+        serve.wait_for_deployments(platform_prefect.api_url, GENERATE_BATCH)
+        yield RestPlatform(platform_prefect.api_url, root / "out", serve)
+    finally:
+        serve.stop()
+
+
+def test_generate_batch_deployment_renders_a_batch_posted_over_rest(rest_platform: RestPlatform) -> None:
+    """A flow run created with POST create_flow_run reaches Completed and its images are stored."""
+    spec = {"name": "rest-batch", "workflow": "txt2img-tiny", "prompts": ["a red fox", "a blue jay"],
+            "defaults": {"steps": 1}}  # fmt: skip
+    created = rest_platform.create_flow_run(spec)
+    assert created.is_success, created.text
+    run_url = f"{rest_platform.api_url}/flow_runs/{created.json()['id']}"
+    started = time.monotonic()
+
+    def finished() -> dict[str, Any] | None:
+        run: dict[str, Any] = api_json(api_call("GET", run_url))
+        return run if run["state_type"] in TERMINAL else None
+
+    run = wait_until(
+        finished, timeout_s=90, what="the REST-created flow run to finish", context=rest_platform.serve.tail
+    )
+
+    assert (run["state_type"], run["name"]) == ("COMPLETED", "rest-batch"), (run["state"], time.monotonic() - started)
+    assert len(sorted((rest_platform.out / "rest-batch").glob("0*.png"))) == 2
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("name", "my batch"), ("images_per_item", 0)], ids=["name-with-spaces", "zero-images"]
+)
+def test_generate_batch_deployment_refuses_invalid_parameters_naming_the_field(
+    rest_platform: RestPlatform, field: str, value: object
+) -> None:
+    """Parameters that break BatchSpec's schema are refused with 409 and a message naming the field."""
+    spec = {"name": "rest-invalid", "workflow": "txt2img-tiny", "prompts": ["a cat"], field: value}
+
+    refused = rest_platform.create_flow_run(spec)
+
+    assert refused.status_code == 409, refused.text
+    assert f"'spec.{field}'" in refused.json()["detail"]
