@@ -37,13 +37,18 @@ def batch_settings(
     prefect_api: str, comfy_fleet: SuiteFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Settings]:
     """Settings for one test: the shared servers as the fleet, outputs under tmp_path, quick retries."""
-    monkeypatch.setenv("COMFYUI_URLS", ",".join(server.url for server in comfy_fleet.servers))
+    yield use_test_settings(monkeypatch, comfy_fleet, tmp_path)
+    get_settings.cache_clear()
+
+
+def use_test_settings(monkeypatch: pytest.MonkeyPatch, fleet: SuiteFleet, tmp_path: Path) -> Settings:
+    """Point this process's comfybatch settings at the test fleet, with outputs under `tmp_path`."""
+    monkeypatch.setenv("COMFYUI_URLS", ",".join(server.url for server in fleet.servers))
     monkeypatch.setenv("COMFYBATCH_OUTPUT_ROOT", str(tmp_path / "out"))
     monkeypatch.setenv("COMFYBATCH_CONFIG_FILE", str(tmp_path / "absent.toml"))
     monkeypatch.setenv("COMFYBATCH_RETRY_BACKOFF_S", "0.2")
     get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
+    return get_settings()
 
 
 def server_names(fleet: SuiteFleet) -> list[str]:

@@ -24,7 +24,7 @@ from comfybatch.settings import Settings, get_settings
 from comfybatch.testing.postgres import INSTALL_HINT, LocalPostgres, find_postgres
 from comfybatch.testing.prefect_server import LocalPrefectServer
 from tests.conftest import SuiteFleet
-from tests.flows.conftest import PREFECT_SOCKETS, server_names
+from tests.flows.conftest import PREFECT_SOCKETS, server_names, use_test_settings
 
 MISSING = f"PostgreSQL server binaries not found (/usr/lib/postgresql/<version>/bin); {INSTALL_HINT}"
 # Skipped before the session's ComfyUI fleet starts; under CI=true the `postgres` fixture fails instead.
@@ -61,11 +61,7 @@ def pg_batch_settings(
     prefect_on_postgres: LocalPrefectServer, comfy_fleet: SuiteFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Settings]:
     """Like `batch_settings`, but with this test's own Prefect server instead of the session's."""
-    monkeypatch.setenv("COMFYUI_URLS", ",".join(server.url for server in comfy_fleet.servers))
-    monkeypatch.setenv("COMFYBATCH_OUTPUT_ROOT", str(tmp_path / "out"))
-    monkeypatch.setenv("COMFYBATCH_CONFIG_FILE", str(tmp_path / "absent.toml"))
-    monkeypatch.setenv("COMFYBATCH_RETRY_BACKOFF_S", "0.2")
-    get_settings.cache_clear()
+    use_test_settings(monkeypatch, comfy_fleet, tmp_path)
     # The log and event workers are process-wide and bound to the API URL they started with:
     # drain them so this test's go to its own server, and again so later tests get fresh ones.
     _drain_prefect_workers()
