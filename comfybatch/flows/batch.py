@@ -24,7 +24,7 @@ from comfybatch.errors import BatchIncomplete, ConfigError
 from comfybatch.expansion import expand_batch
 from comfybatch.flows.plan import FleetPlan, plan_fleet, probe_fleet, resolve_workflow
 from comfybatch.models import BatchReport, BatchSpec, JobResult, JobSpec
-from comfybatch.outputs.contact_sheet import write_contact_sheets
+from comfybatch.outputs.contact_sheet import preview_data_uri, write_contact_sheets
 from comfybatch.outputs.manifest import write_manifest
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.records import JobJournal, JobRecord
@@ -178,7 +178,8 @@ async def _finish(
         output=store.uri(spec.name), manifest=manifest, contact_sheets=sheets, failures=failures[:50],
         plan=plan.summary_lines(),
     )  # fmt: skip
-    await _publish_results(spec, results, report)
+    preview = await asyncio.to_thread(preview_data_uri, store, sheets[0]) if sheets else None
+    await _publish_results(spec, results, report, preview=preview)
     emit_batch_event(spec.name, "finished", done=done, failed=len(failures), skipped=skipped)
     if failures:
         first_key, first_error = failures[0]
@@ -195,7 +196,8 @@ def _table_row(r: JobResult) -> dict[str, object]:
             "file": r.files[0].uri if r.files else "", "error": (r.error or "")[:200]}  # fmt: skip
 
 
-async def _publish_results(spec: BatchSpec, results: list[JobResult], report: BatchReport) -> None:
+async def _publish_results(spec: BatchSpec, results: list[JobResult], report: BatchReport, *,
+                           preview: str | None) -> None:  # fmt: skip
     rows = [_table_row(result) for result in results[:1000]]
     await acreate_table_artifact(table=rows, key=f"{spec.name}-results", description=f"Jobs of {spec.name}")
     lines = [
@@ -203,6 +205,8 @@ async def _publish_results(spec: BatchSpec, results: list[JobResult], report: Ba
         f"- failed: {report.failed}", f"- output: `{report.output}`",
         *(f"- manifest: `{uri}`" for uri in report.manifest), *(f"- sheet: `{uri}`" for uri in report.contact_sheets),
     ]  # fmt: skip
+    if preview is not None:
+        lines += ["", f"![contact sheet of {spec.name}]({preview})"]
     if report.failures:
         lines += ["", "## Failures", *(f"- `{key}`: {error}" for key, error in report.failures[:20])]
     await acreate_markdown_artifact(markdown="\n".join(lines), key=f"{spec.name}-summary", description="Batch summary")

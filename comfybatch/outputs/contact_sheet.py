@@ -1,5 +1,6 @@
 """Contact sheets and XY grids of a batch's images: Pillow only, one source image open at a time."""
 
+import base64
 import io
 import json
 import math
@@ -243,3 +244,16 @@ def _png(image: Image.Image) -> bytes:
     with image:
         image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def preview_data_uri(store: OutputStore, uri: str, *, max_px: int = 720) -> str | None:
+    """A small JPEG of a stored sheet as a `data:` URI, for markdown the Prefect UI shows inline."""
+    relpath = store.relpath_of(uri)
+    if relpath is None or not store.exists(relpath):
+        return None
+    with Image.open(io.BytesIO(store.read_bytes(relpath))) as image:
+        preview = image.convert("RGB")
+    preview.thumbnail((max_px, max_px))
+    buffer = io.BytesIO()
+    preview.save(buffer, format="JPEG", quality=75)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

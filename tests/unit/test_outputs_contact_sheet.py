@@ -1,5 +1,6 @@
 """Contact sheets and XY grids: layout, aspect ratio, placeholders, caps, and what a batch writes."""
 
+import base64
 import io
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from PIL import Image
 from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.models import JobResult, JobSpec, JobStatus, StoredFile
 from comfybatch.outputs._draw import ALERT
-from comfybatch.outputs.contact_sheet import contact_sheet, write_contact_sheets, xy_grid
+from comfybatch.outputs.contact_sheet import contact_sheet, preview_data_uri, write_contact_sheets, xy_grid
 from comfybatch.outputs.storage import OutputStore
 
 TEMPLATE = Path(__file__).parents[2] / "comfybatch" / "templates" / "txt2img-tiny.json"
@@ -185,3 +186,17 @@ def test_write_contact_sheets_caps_at_400_tiles(store: OutputStore, workflow: Ap
     sheet = Image.open(io.BytesIO(store.read_bytes("cats/contact_sheet.png")))
     assert sheet.width == full.width == PAD + 20 * (4 + PAD)
     assert sheet.height > full.height
+
+
+def test_preview_data_uri_is_a_small_jpeg(store: OutputStore) -> None:
+    """A stored sheet becomes a data: URI of a JPEG no wider than the limit."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1600, 900), (10, 20, 30)).save(buffer, format="PNG")
+    uri = store.write_bytes("b/contact_sheet.png", buffer.getvalue())
+
+    preview = preview_data_uri(store, uri, max_px=400)
+
+    assert preview is not None
+    assert preview.startswith("data:image/jpeg;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(preview.split(",", 1)[1]))) as image:
+        assert image.size == (400, 225)
