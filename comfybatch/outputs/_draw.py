@@ -109,6 +109,9 @@ def _thumbnail(source: bytes | Path, size: int) -> tuple[Image.Image | None, str
             image.draft("RGB", (size, size))  # JPEG: decode at reduced scale, cheaper for big renders
             image.thumbnail((size, size), Image.Resampling.LANCZOS)
             rgba = image.convert("RGBA")
+        if max(rgba.size) * 2 <= size:  # small renders (previews, tests) fill the tile, pixels kept sharp
+            factor = size // max(rgba.size)
+            rgba = rgba.resize((rgba.width * factor, rgba.height * factor), Image.Resampling.NEAREST)
     except FileNotFoundError:
         return None, "missing"
     except (OSError, ValueError, Image.DecompressionBombError):
