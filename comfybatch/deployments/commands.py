@@ -16,8 +16,12 @@ def up(*, demo: bool = False, demo_servers: int = 2, port: int = DEFAULT_PREFECT
         port: The Prefect server's port (UI and API).
     """
     from comfybatch.deployments import up as platform
+    from comfybatch.deployments.platform import server_health
 
     state = platform.up(demo=demo, demo_servers=demo_servers, port=port)
+    for url in state.comfyui_urls:  # tried: GET /system_stats and /queue
+        if not (health := server_health(url)).startswith("ok"):
+            print(f"warning: ComfyUI {url} is {health} (tried GET {url}/system_stats)", file=sys.stderr)
     ui = state.prefect_api_url.removesuffix("/api")
     print(f"comfybatch is up.\n  Prefect UI:   {ui}\n  API docs:     {ui}/docs\n"
           f"  deployments:  generate-batch/generate-batch, process-inbox/scheduled-production\n"
