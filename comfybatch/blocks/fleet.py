@@ -51,35 +51,39 @@ def _from_entry(entry: Any, index: int, settings: Settings, *, path: str) -> Ser
         raise ConfigError(f"{path}: [[servers]] entry {index}: {problems}") from None
 
 
-async def sync_fleet(servers: Sequence[ServerConfig]) -> None:
-    """Save `servers` as blocks and create or update their concurrency limits."""
-    await ComfyUIServer.aregister_type_and_schema()
+async def sync_fleet(servers: Sequence[ServerConfig], *, saved: Sequence[ServerConfig] | None = None) -> None:
+    """Save `servers` as blocks (those that changed) and create or update their concurrency limits."""
+    if saved is None:
+        saved = await saved_servers()
+    # Every write is a transaction on the Prefect server (SQLite by default): write only what changed.
+    current = {server.name: server for server in saved}
     for server in servers:
-        block = ComfyUIServer(
-            url=server.url, api_token=server.api_token, slots=server.slots, labels=list(server.labels)
-        )
-        await block.asave(server.name, overwrite=True)
+        if current.get(server.name) != server:
+            block = ComfyUIServer(url=server.url, api_token=server.api_token, slots=server.slots,
+                                  labels=list(server.labels))  # fmt: skip
+            await block.asave(server.name, overwrite=True)
     await sync_limits(servers)
 
 
 async def sync_limits(servers: Sequence[ServerConfig]) -> None:
     """One global concurrency limit per server, `comfy:<name>`, sized to its slots."""
     async with get_client() as client:
+        limits = {limit.name: limit.limit for limit in await client.read_global_concurrency_limits(limit=200)}
         for server in servers:
-            await client.upsert_global_concurrency_limit_by_name(server.limit_name, server.slots)
+            if limits.get(server.limit_name) != server.slots:
+                await client.upsert_global_concurrency_limit_by_name(server.limit_name, server.slots)
 
 
 async def saved_servers() -> list[ServerConfig]:
-    """Enabled `ComfyUI Server` blocks, as configs."""
+    """`ComfyUI Server` blocks, as configs (disabled ones included; callers filter)."""
     await ComfyUIServer.aregister_type_and_schema()  # idempotent; reading an unregistered type is a 404
     async with get_client() as client:
         documents = await client.read_block_documents_by_type(ComfyUIServer.get_block_type_slug())
-    servers = []
-    for document in documents:
-        block = ComfyUIServer.model_validate(document.data)
-        if block.enabled and document.name:
-            servers.append(block.config(document.name))
-    return servers
+    return [_config(document.name, document.data) for document in documents if document.name]
+
+
+def _config(name: str, data: dict[str, Any]) -> ServerConfig:
+    return ComfyUIServer.model_validate(data).config(name)
 
 
 async def load_fleet(settings: Settings, *, only: Sequence[str] = ()) -> list[ServerConfig]:
@@ -89,9 +93,10 @@ async def load_fleet(settings: Settings, *, only: Sequence[str] = ()) -> list[Se
         ConfigError when the fleet is empty or `only` names an unknown server.
     """
     configured = configured_servers(settings)
+    saved = await saved_servers()
     if configured:
-        await sync_fleet(configured)
-    by_name = {server.name: server for server in await saved_servers()}
+        await sync_fleet(configured, saved=saved)
+    by_name = {server.name: server for server in saved if server.enabled}
     by_name.update({server.name: server for server in configured})
     if unknown := sorted(set(only) - set(by_name)):
         raise ConfigError(f"unknown server(s) {unknown}; the fleet has {sorted(by_name)}")

@@ -31,6 +31,7 @@ class ServerConfig(BaseModel):
     slots: int = Field(2, ge=1, le=8)
     labels: tuple[str, ...] = ()
     api_token: SecretStr | None = None
+    enabled: bool = True
 
     @property
     def limit_name(self) -> str:
@@ -61,4 +62,4 @@ class ComfyUIServer(Block):
 
     def config(self, name: str) -> ServerConfig:
         return ServerConfig(name=name, url=self.url.rstrip("/"), slots=self.slots, labels=tuple(self.labels),
-                            api_token=self.api_token)  # fmt: skip
+                            api_token=self.api_token, enabled=self.enabled)  # fmt: skip
