@@ -184,6 +184,19 @@ async def _standalone_demo(spec: BatchSpec, servers: int) -> int:
     return code
 
 
+@app.command
+def dashboard() -> int:
+    """Serve the REST API shim on 127.0.0.1 (COMFYBATCH_DASHBOARD_PORT, default 8600; OpenAPI at /docs).
+
+    Every /api route needs a bearer key from COMFYBATCH_API_KEYS (name:key,...), unless
+    COMFYBATCH_API_AUTH_DISABLED=true for a local single-user setup.
+    """
+    from comfybatch.dashboard.__main__ import main as serve_dashboard
+
+    serve_dashboard()
+    return 0
+
+
 for _command in (platform_commands.up, platform_commands.stop, platform_commands.status, platform_commands.logs,
                  platform_commands.restart, platform_commands.serve):  # fmt: skip
     app.command(_command)

@@ -18,8 +18,9 @@
     ├── JobFailed                      execution_error: the graph raised at run time
     ├── JobInterrupted                 execution_interrupted
     ├── DownloadError                  GET /view failed                        retryable
-    └── StorageError                   output storage failed                   retryable
-        └── UnsafePath                 a relative path escapes or is malformed
+    ├── StorageError                   output storage failed                   retryable
+    │   └── UnsafePath                 a relative path escapes or is malformed
+    └── BatchNotFound                  the dashboard knows no such batch or item
 """
 
 from dataclasses import dataclass
@@ -219,3 +220,7 @@ class BatchIncomplete(ComfyBatchError):
     def __init__(self, message: str, *, report: object) -> None:
         super().__init__(message)
         self.report = report
+
+
+class BatchNotFound(ComfyBatchError):
+    """Raised when the dashboard is asked for a batch, item or file that the batch does not have."""

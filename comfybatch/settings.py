@@ -11,7 +11,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 class Settings(BaseSettings):
     """Knobs of one comfybatch process. Fleet and secrets live in blocks; per-run intent in BatchSpec."""
 
-    model_config = SettingsConfigDict(env_prefix="COMFYBATCH_", env_file=".env", extra="ignore", frozen=True)
+    # hide_input_in_errors: a malformed COMFYBATCH_API_KEYS must not be echoed (it holds keys).
+    model_config = SettingsConfigDict(
+        env_prefix="COMFYBATCH_", env_file=".env", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     comfyui_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -31,6 +34,14 @@ class Settings(BaseSettings):
     inbox_cron: str = Field("*/5 * * * *", description="When scheduled-production looks at the inbox.")
     inbox_interval_s: float | None = Field(None, gt=0, description="An interval instead of the cron (tests).")
     timezone: str = Field("UTC", description="Time zone of the schedules.")
+    api_keys: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description="Dashboard API keys, `name:key,name2:key2`; the name is what gets recorded."
+    )
+    api_auth_disabled: bool = Field(False, description="No API keys at all: only for a local single-user setup.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins allowed cross-origin; none when empty."
+    )
+    dashboard_port: int = Field(8600, ge=1, le=65535, description="Port of `python -m comfybatch.dashboard`.")
 
     @field_validator("comfyui_urls", mode="before")
     @classmethod
@@ -38,6 +49,26 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [url.strip().rstrip("/") for url in value.split(",") if url.strip()]
         return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        keys: dict[str, str] = {}
+        for pair in filter(None, (part.strip() for part in value.split(","))):
+            name, sep, key = pair.partition(":")
+            if not (sep and name.strip() and key.strip()):
+                raise ValueError("expected `name:key` pairs separated by commas")  # never echo the key
+            keys[name.strip()] = key.strip()
+        return keys
 
 
 @lru_cache(maxsize=1)

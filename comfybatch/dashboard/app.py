@@ -1,0 +1,47 @@
+"""`create_app`: the dashboard API with its settings and launcher injected."""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+
+from comfybatch.dashboard.launcher import Launcher
+from comfybatch.dashboard.routes import batches, images, meta
+from comfybatch.errors import BatchNotFound, ComfyBatchError
+from comfybatch.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+async def _not_found(_request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=404)
+
+
+async def _bad_request(_request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=400)
+
+
+async def _internal(_request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unhandled %s in the dashboard", type(exc).__name__)  # no message: it may hold a secret
+    return JSONResponse({"detail": "internal error"}, status_code=500)
+
+
+def create_app(settings: Settings | None = None, launcher: Launcher | None = None) -> FastAPI:
+    """The dashboard app; `launcher` is the seam to Prefect and the output store."""
+    settings = settings or get_settings()
+    if settings.api_auth_disabled:
+        logger.warning("API authentication is DISABLED: anyone who can reach the dashboard can start batches")
+    app = FastAPI(title="comfybatch", summary="Start ComfyUI batches and read their results.")
+    app.state.settings = settings
+    app.state.launcher = launcher or Launcher(settings)
+    app.add_middleware(
+        CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+    )  # fmt: skip
+    app.add_exception_handler(BatchNotFound, _not_found)
+    app.add_exception_handler(ComfyBatchError, _bad_request)
+    app.add_exception_handler(Exception, _internal)
+    for module in (batches, images, meta):
+        app.include_router(module.router)
+    return app

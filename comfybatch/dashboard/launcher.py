@@ -1,0 +1,148 @@
+"""The dashboard's only link to Prefect and the output store (the test seam)."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterName,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Cancelling
+from pydantic import ValidationError
+
+from comfybatch.errors import BatchNotFound, ConfigError
+from comfybatch.models import BatchSpec
+from comfybatch.outputs.storage import OutputStore
+from comfybatch.records import JobJournal, JobRecord
+from comfybatch.settings import Settings
+
+# Same value as `deployments.catalog.GENERATE_BATCH` (a test keeps them equal): the dashboard never imports flows.
+GENERATE_BATCH = "generate-batch/generate-batch"
+
+
+class Launcher:
+    """Start, list, read and cancel batches: flow runs of `generate-batch`, outputs in the store."""
+
+    def __init__(self, settings: Settings, *, api_url: str | None = None) -> None:
+        self.settings = settings
+        self.api_url = api_url
+
+    @asynccontextmanager
+    async def _client(self) -> AsyncIterator[PrefectClient]:
+        async with PrefectClient(self.api_url) if self.api_url else get_client() as client:
+            yield client
+
+    async def _deployment_id(self, client: PrefectClient) -> UUID:
+        try:
+            deployment = await client.read_deployment_by_name(GENERATE_BATCH)
+        except ObjectNotFound as exc:
+            raise ConfigError(f"deployment {GENERATE_BATCH!r} is not served (run `comfybatch serve`)") from exc
+        return deployment.id
+
+    async def start(self, spec: BatchSpec, idempotency_key: str | None, submitted_by: str) -> FlowRun:
+        """Create a flow run of `generate-batch`; the same `idempotency_key` returns the same run.
+
+        Raises:
+            ConfigError: the deployment is not served.
+        """
+        async with self._client() as client:
+            return await client.create_flow_run_from_deployment(
+                await self._deployment_id(client),
+                parameters={"spec": spec.model_dump(mode="json")},
+                # Namespaced by key name, so two clients choosing the same key never share a batch.
+                idempotency_key=f"{submitted_by}:{idempotency_key}" if idempotency_key else None,
+                tags=["comfybatch", "dashboard", f"submitted-by:{submitted_by}"],
+            )
+
+    async def list_batches(self, *, state: str | None, name: str | None, limit: int, offset: int) -> list[FlowRun]:
+        """Flow runs of `generate-batch`, newest first, filtered by state type and batch name."""
+        run_filter = FlowRunFilter(
+            name=FlowRunFilterName(any_=[name]) if name else None,
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(state.upper())])) if state else None,
+        )
+        async with self._client() as client:
+            deployment_filter = DeploymentFilter(id=DeploymentFilterId(any_=[await self._deployment_id(client)]))
+            return await client.read_flow_runs(
+                flow_run_filter=run_filter, deployment_filter=deployment_filter,
+                sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=limit, offset=offset,
+            )  # fmt: skip
+
+    async def get(self, flow_run_id: UUID) -> FlowRun:
+        """The flow run of a batch.
+
+        Raises:
+            BatchNotFound: no such flow run, or not one of `generate-batch`.
+        """
+        async with self._client() as client:
+            try:
+                run = await client.read_flow_run(flow_run_id)
+            except ObjectNotFound as exc:
+                raise BatchNotFound(f"no batch {flow_run_id}") from exc
+            if run.deployment_id != await self._deployment_id(client):
+                raise BatchNotFound(f"no batch {flow_run_id}")
+            return run
+
+    async def cancel(self, flow_run_id: UUID) -> FlowRun:
+        """Ask Prefect to cancel a batch (state Cancelling; the runner stops the run).
+
+        Raises:
+            BatchNotFound.
+        """
+        run = await self.get(flow_run_id)
+        async with self._client() as client:
+            await client.set_flow_run_state(flow_run_id, Cancelling())
+            return await client.read_flow_run(run.id)
+
+    async def healthy(self) -> str | None:
+        """None when the Prefect API answers its health check, else what went wrong."""
+        async with self._client() as client:
+            error = await client.api_healthcheck()
+        return None if error is None else f"{type(error).__name__}: {error}"
+
+    def ui_url(self, flow_run_id: UUID) -> str | None:
+        """The run's page in the Prefect UI, when the API URL is known."""
+        from prefect.settings import PREFECT_API_URL
+
+        api = self.api_url or PREFECT_API_URL.value()
+        return f"{api.removesuffix('/').removesuffix('/api')}/runs/flow-run/{flow_run_id}" if api else None
+
+    def spec_of(self, run: FlowRun) -> BatchSpec:
+        """The batch request a run was started with.
+
+        Raises:
+            BatchNotFound: the run has no valid `spec` parameter.
+        """
+        try:
+            return BatchSpec.model_validate(run.parameters.get("spec"))
+        except ValidationError as exc:
+            raise BatchNotFound(f"flow run {run.id} has no readable batch spec") from exc
+
+    def store_of(self, spec: BatchSpec) -> OutputStore:
+        """The output store the batch writes into."""
+        return OutputStore(spec.output or self.settings.output_root)
+
+    async def records(self, spec: BatchSpec) -> dict[str, JobRecord]:
+        """The batch's job journal, by item key (empty before the first job was submitted)."""
+        return await JobJournal(self.store_of(spec), spec.name).load()
+
+    async def read_file(self, spec: BatchSpec, relpath: str) -> bytes:
+        """Bytes of a store file already checked to belong to the batch.
+
+        Raises:
+            UnsafePath, StorageError.
+        """
+        return await asyncio.to_thread(self.store_of(spec).read_bytes, relpath)
+
+    async def exists(self, spec: BatchSpec, relpath: str) -> bool:
+        """Whether the store has `relpath`."""
+        return await asyncio.to_thread(self.store_of(spec).exists, relpath)

@@ -1,0 +1,49 @@
+"""`/api/batches/{id}/items/{key}/image`: only files the batch's journal recorded for that item."""
+
+import io
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Response
+from PIL import Image
+
+from comfybatch.dashboard.deps import KeyName, LauncherDep
+from comfybatch.errors import BatchNotFound, UnsafePath
+from comfybatch.outputs.storage import check_relpath
+
+router = APIRouter(prefix="/api/batches", tags=["images"])
+THUMB_PX = 256
+
+
+def _thumbnail(data: bytes) -> bytes:
+    with Image.open(io.BytesIO(data)) as image:
+        image.thumbnail((THUMB_PX, THUMB_PX))
+        out = io.BytesIO()
+        image.save(out, format="PNG")
+    return out.getvalue()
+
+
+@router.get("/{batch_id}/items/{key}/image")
+async def get_image(
+    batch_id: UUID, key: str, launcher: LauncherDep, _key: KeyName, thumb: Annotated[bool, Query()] = False
+) -> Response:
+    """The item's first stored image (or a PNG thumbnail); `key` only selects a journal record."""
+    spec = launcher.spec_of(await launcher.get(batch_id))
+    record = (await launcher.records(spec)).get(key)
+    files = record.result.files if record and record.result else []
+    store = launcher.store_of(spec)
+    for stored in files:
+        relpath = store.relpath_of(stored.uri)
+        if relpath is None:
+            continue
+        try:
+            safe = check_relpath(relpath)
+        except UnsafePath:
+            continue
+        if not safe.startswith(f"{spec.name}/"):
+            continue  # the journal of this batch only vouches for files in this batch's folder
+        data = await launcher.read_file(spec, safe)
+        if thumb:
+            return Response(_thumbnail(data), media_type="image/png")
+        return Response(data, media_type="image/png" if safe.endswith(".png") else "application/octet-stream")
+    raise BatchNotFound(f"batch {batch_id} has no image for item {key!r}")

@@ -1,0 +1,102 @@
+"""The dashboard against a real platform: `prefect server start`, `comfybatch serve` and the suite's ComfyUI fleet."""
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from comfybatch.dashboard.app import create_app
+from comfybatch.dashboard.launcher import GENERATE_BATCH, Launcher
+from comfybatch.settings import Settings
+from comfybatch.testing.prefect_server import LocalPrefectServer
+from tests.conftest import SuiteFleet
+from tests.platform.conftest import TERMINAL, ServeProcess, platform_prefect, serve_env
+
+__all__ = ["platform_prefect"]
+
+API_KEY = "test-key-0123456789abcdef"
+ALLOWED_ORIGIN = "https://allowed.example"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@dataclass(frozen=True)
+class DashboardPlatform:
+    """A served generate-batch deployment rendering into `out`, and the settings the dashboard uses."""
+
+    api_url: str
+    out: Path
+    serve: ServeProcess
+    fleet: SuiteFleet
+
+    def settings(self) -> Settings:
+        return Settings(output_root=str(self.out), api_keys={"ci": API_KEY}, cors_origins=[ALLOWED_ORIGIN])
+
+    def client(self) -> httpx.AsyncClient:
+        app = create_app(self.settings(), Launcher(self.settings(), api_url=self.api_url))
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dashboard")
+
+
+@pytest.fixture(scope="module")
+def dashboard_platform(
+    platform_prefect: LocalPrefectServer, comfy_fleet: SuiteFleet, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DashboardPlatform]:
+    """`comfybatch serve` against this module's Prefect server, outputs under a temporary root."""
+    root = tmp_path_factory.mktemp("dashboard-platform")
+    serve = ServeProcess.start(serve_env(platform_prefect.api_url, comfy_fleet, root), cwd=root)
+    try:
+        serve.wait_for_deployments(platform_prefect.api_url, GENERATE_BATCH)
+        yield DashboardPlatform(platform_prefect.api_url, root / "out", serve, comfy_fleet)
+    finally:
+        serve.stop()
+
+
+@pytest.fixture
+async def client(dashboard_platform: DashboardPlatform) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on the dashboard app (in process, through ASGI)."""
+    async with dashboard_platform.client() as http:
+        yield http
+
+
+def tiny_spec(name: str, *prompts: str) -> dict[str, Any]:
+    """A batch of the tiny template at one step: seconds on the test fleet."""
+    return {"name": name, "workflow": "txt2img-tiny", "prompts": list(prompts), "defaults": {"steps": 1}}
+
+
+async def wait_finished(http: httpx.AsyncClient, batch_id: str, *, timeout_s: float = 120.0) -> dict[str, Any]:
+    """Poll `GET /api/batches/{id}` until the flow run is in a terminal state."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = await http.get(f"/api/batches/{batch_id}", headers=AUTH)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        if body["state"] in TERMINAL:
+            return body
+        if time.monotonic() > deadline:
+            pytest.fail(f"batch {batch_id} not finished within {timeout_s:g} s: {body}", pytrace=False)
+        await anyio.sleep(0.5)
+
+
+@dataclass(frozen=True)
+class RenderedBatches:
+    """Two completed batches: their ids and final status bodies."""
+
+    first: dict[str, Any]
+    second: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+async def rendered(dashboard_platform: DashboardPlatform) -> RenderedBatches:
+    """Two tiny batches created through the dashboard and rendered to completion."""
+    async with dashboard_platform.client() as http:
+        ids = []
+        for name, prompts in (("dash-one", ("a red fox", "a blue jay")), ("dash-two", ("a green frog", "a cat"))):
+            created = await http.post("/api/batches", json=tiny_spec(name, *prompts), headers=AUTH)
+            assert created.status_code == 202, created.text
+            ids.append(created.json()["batch_id"])
+        first, second = [await wait_finished(http, batch_id) for batch_id in ids]
+    return RenderedBatches(first, second)
