@@ -1,6 +1,7 @@
 """The dashboard's only link to Prefect and the output store (the test seam)."""
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from uuid import UUID
@@ -9,6 +10,8 @@ from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterId,
+    FlowFilter,
+    FlowFilterName,
     FlowRunFilter,
     FlowRunFilterName,
     FlowRunFilterState,
@@ -17,9 +20,12 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelling
 from pydantic import ValidationError
 
+from comfybatch.blocks.fleet import saved_servers
+from comfybatch.blocks.server import ServerConfig
 from comfybatch.errors import BatchNotFound, ConfigError
 from comfybatch.models import BatchSpec
 from comfybatch.outputs.storage import OutputStore
@@ -28,6 +34,7 @@ from comfybatch.settings import Settings
 
 # Same value as `deployments.catalog.GENERATE_BATCH` (a test keeps them equal): the dashboard never imports flows.
 GENERATE_BATCH = "generate-batch/generate-batch"
+BATCH_COUNT_LIMIT = 200  # the Prefect API's page cap: `/metrics` counts the newest this many batches
 
 
 class Launcher:
@@ -109,10 +116,28 @@ class Launcher:
             error = await client.api_healthcheck()
         return None if error is None else f"{type(error).__name__}: {error}"
 
+    async def saved_servers(self) -> list[ServerConfig]:
+        """The `ComfyUI Server` blocks of this Prefect API, as configs (disabled ones included)."""
+        if not self.api_url:
+            return await saved_servers()
+        with temporary_settings({PREFECT_API_URL: self.api_url}):
+            return await saved_servers()
+
+    async def active_slots(self) -> dict[str, int]:
+        """Active slots of every global concurrency limit, by limit name (one Prefect call)."""
+        async with self._client() as client:
+            limits = await client.read_global_concurrency_limits(limit=200)
+        return {limit.name: limit.active_slots for limit in limits}
+
+    async def batch_counts(self) -> dict[str, int]:
+        """Flow runs of `generate-batch` by state type (one Prefect call; the newest 200 runs)."""
+        flow_filter = FlowFilter(name=FlowFilterName(any_=[GENERATE_BATCH.split("/", 1)[0]]))
+        async with self._client() as client:
+            runs = await client.read_flow_runs(flow_filter=flow_filter, limit=BATCH_COUNT_LIMIT)
+        return dict(Counter(run.state_type.value for run in runs if run.state_type))
+
     def ui_url(self, flow_run_id: UUID) -> str | None:
         """The run's page in the Prefect UI, when the API URL is known."""
-        from prefect.settings import PREFECT_API_URL
-
         api = self.api_url or PREFECT_API_URL.value()
         return f"{api.removesuffix('/').removesuffix('/api')}/runs/flow-run/{flow_run_id}" if api else None
 

@@ -75,3 +75,19 @@ class Health(BaseModel):
     shim: str = "ok"
     prefect: str
     comfyui: dict[str, str]
+
+
+class ServerStatus(BaseModel):
+    """One fleet server: its config (never its token), health and load."""
+
+    name: str
+    url: str
+    slots: int = Field(description="Its limit: prompts in flight at once.")
+    health: str = Field(description="ok or unreachable.")
+    reason: str | None = Field(None, description="Why it is unreachable.")
+    queue_depth: int | None = Field(None, description="Running plus pending prompts in its ComfyUI queue.")
+    in_flight: int = Field(0, description="Active slots of its `comfy:<name>` concurrency limit.")
+
+
+class ServerList(BaseModel):
+    servers: list[ServerStatus]

@@ -1,18 +1,26 @@
-"""`/api/workflows` and `/health`."""
+"""`/api/workflows`, `/api/servers`, `/health` and `/metrics`."""
 
 import asyncio
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
+from comfybatch.blocks.fleet import configured_servers
+from comfybatch.blocks.server import ServerConfig
 from comfybatch.dashboard.deps import KeyName, LauncherDep, SettingsDep
-from comfybatch.dashboard.schemas import Health, WorkflowList
+from comfybatch.dashboard.launcher import Launcher
+from comfybatch.dashboard.schemas import Health, ServerList, ServerStatus, WorkflowList
+from comfybatch.errors import ComfyBatchError
+from comfybatch.settings import Settings
 
+logger = logging.getLogger(__name__)
 router = APIRouter(tags=["meta"])
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
 _HEALTH_TIMEOUT_S = 3.0
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @router.get("/api/workflows")
@@ -21,22 +29,103 @@ async def list_workflows(_key: KeyName) -> WorkflowList:
     return WorkflowList(workflows=sorted(path.stem for path in TEMPLATES_DIR.glob("*.json")))
 
 
-async def _comfy_status(client: httpx.AsyncClient, url: str) -> str:
+async def fleet_servers(settings: Settings, launcher: Launcher) -> list[ServerConfig]:
+    """The fleet as the engine sees it: enabled saved blocks, overridden by configured servers; by name."""
+    by_name = {server.name: server for server in await launcher.saved_servers() if server.enabled}
+    by_name.update({server.name: server for server in configured_servers(settings)})
+    return [by_name[name] for name in sorted(by_name)]
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """What one ComfyUI server answered: None `reason` when healthy."""
+
+    reason: str | None
+    queue_depth: int | None = None
+
+
+async def _probe(server: ServerConfig) -> _Probe:
     try:
-        response = await client.get(f"{url}/system_stats")
-    except httpx.HTTPError as exc:
-        return f"unreachable: {type(exc).__name__}"
-    return "ok" if response.is_success else f"HTTP {response.status_code}"
+        async with asyncio.timeout(_HEALTH_TIMEOUT_S), server.client() as comfy:
+            await comfy.get_system_stats()
+            queue = await comfy.get_queue()
+    except TimeoutError:
+        return _Probe("unreachable: timed out")
+    except ComfyBatchError as exc:
+        return _Probe(f"unreachable: {type(exc).__name__}")  # no message: it may name a proxy URL with a secret
+    return _Probe(None, len(queue.running) + len(queue.pending))
+
+
+async def _probe_all(servers: list[ServerConfig]) -> list[_Probe]:
+    return list(await asyncio.gather(*(_probe(server) for server in servers)))
 
 
 @router.get("/health")
 async def health(settings: SettingsDep, launcher: LauncherDep) -> JSONResponse:
-    """The shim, the Prefect API and each configured ComfyUI server; 503 when any is down."""
-    async with httpx.AsyncClient(timeout=_HEALTH_TIMEOUT_S) as client:
-        statuses = await asyncio.gather(*(_comfy_status(client, url) for url in settings.comfyui_urls))
+    """The shim, the Prefect API and each fleet ComfyUI server (by URL); 503 when any is down."""
     async with asyncio.timeout(_HEALTH_TIMEOUT_S * 2):
         prefect_error = await launcher.healthy()
-    comfy = dict(zip(settings.comfyui_urls, statuses, strict=True))
+    servers = configured_servers(settings) if prefect_error else await fleet_servers(settings, launcher)
+    probes = await _probe_all(servers)
+    comfy = {server.url: probe.reason or "ok" for server, probe in zip(servers, probes, strict=True)}
     ok = prefect_error is None and all(status == "ok" for status in comfy.values())
     body = Health(ok=ok, prefect=prefect_error or "ok", comfyui=comfy)
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+
+async def _server_statuses(settings: Settings, launcher: Launcher) -> list[ServerStatus]:
+    servers = await fleet_servers(settings, launcher)
+    probes, active = await asyncio.gather(_probe_all(servers), launcher.active_slots())
+    return [
+        ServerStatus(
+            name=server.name,
+            url=server.url,
+            slots=server.slots,
+            health="unreachable" if probe.reason else "ok",
+            reason=probe.reason,
+            queue_depth=probe.queue_depth,
+            in_flight=active.get(server.limit_name, 0),
+        )
+        for server, probe in zip(servers, probes, strict=True)
+    ]
+
+
+@router.get("/api/servers")
+async def list_servers(_key: KeyName, settings: SettingsDep, launcher: LauncherDep) -> ServerList:
+    """Each fleet server with its slots, health, ComfyUI queue depth and in-flight count (never its token)."""
+    return ServerList(servers=await _server_statuses(settings, launcher))
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _family(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> list[str]:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    for labels, value in samples:
+        rendered = ",".join(f'{key}="{_label(val)}"' for key, val in labels.items())
+        lines.append(f"{name}{{{rendered}}} {float(value)!r}")
+    return lines
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(settings: SettingsDep, launcher: LauncherDep) -> PlainTextResponse:
+    """Prometheus text format: per-server up, queue depth, in-flight and slots; batches by state.
+
+    Unauthenticated like `/health` (scrapers rarely carry bearer keys); it shows server names and counts only.
+    """
+    statuses, batches = await asyncio.gather(_server_statuses(settings, launcher), launcher.batch_counts())
+    per_server = [({"server": status.name}, status) for status in statuses]
+    lines = [
+        *_family("comfybatch_server_up", "gauge", "1 when the ComfyUI server answers.",
+                 [(labels, 1.0 if s.health == "ok" else 0.0) for labels, s in per_server]),
+        *_family("comfybatch_server_queue_depth", "gauge", "Prompts running or pending in its ComfyUI queue.",
+                 [(labels, float(s.queue_depth)) for labels, s in per_server if s.queue_depth is not None]),
+        *_family("comfybatch_server_inflight", "gauge", "Active slots of its comfy:<name> concurrency limit.",
+                 [(labels, float(s.in_flight)) for labels, s in per_server]),
+        *_family("comfybatch_server_slots", "gauge", "Prompts it may have in flight at once.",
+                 [(labels, float(s.slots)) for labels, s in per_server]),
+        *_family("comfybatch_batches", "gauge", "generate-batch flow runs by state type (newest 200).",
+                 [({"state": state}, float(count)) for state, count in sorted(batches.items())]),
+    ]  # fmt: skip
+    return PlainTextResponse("\n".join(lines) + "\n", media_type=PROMETHEUS_CONTENT_TYPE)
