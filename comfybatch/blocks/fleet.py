@@ -9,12 +9,15 @@ import tomllib
 from collections.abc import Sequence
 from typing import Any
 
+import httpx
 from prefect.client.orchestration import get_client
 from pydantic import SecretStr, ValidationError
 
 from comfybatch.blocks.server import ComfyUIServer, ServerConfig, name_from_url
 from comfybatch.errors import ConfigError
 from comfybatch.settings import Settings
+
+_NOT_FOUND = 404
 
 
 def configured_servers(settings: Settings) -> list[ServerConfig]:
@@ -76,9 +79,16 @@ async def sync_limits(servers: Sequence[ServerConfig]) -> None:
 
 async def saved_servers() -> list[ServerConfig]:
     """`ComfyUI Server` blocks, as configs (disabled ones included; callers filter)."""
-    await ComfyUIServer.aregister_type_and_schema()  # idempotent; reading an unregistered type is a 404
+    slug = ComfyUIServer.get_block_type_slug()
     async with get_client() as client:
-        documents = await client.read_block_documents_by_type(ComfyUIServer.get_block_type_slug())
+        try:
+            documents = await client.read_block_documents_by_type(slug)
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != _NOT_FOUND:
+                raise
+            # Unknown type: register it (a write, so only when needed), then nothing is saved yet.
+            await ComfyUIServer.aregister_type_and_schema()
+            return []
     return [_config(document.name, document.data) for document in documents if document.name]
 
 

@@ -169,7 +169,7 @@ class LocalFleet:
     """N local servers with the test nodes and the tiny checkpoint, started in parallel.
 
     Example:
-        with LocalFleet(Path("/tmp/run"), count=2) as fleet:
+        with LocalFleet(Path(tempfile.mkdtemp()), count=2) as fleet:
             urls = [server.url for server in fleet.servers]
     """
 

@@ -71,7 +71,7 @@ class LocalPostgres:
     Start and stop it from the same thread: it dies with the thread that started it (PR_SET_PDEATHSIG).
 
     Example:
-        with LocalPostgres(Path("/tmp/run/pg")) as pg:
+        with LocalPostgres(Path(tempfile.mkdtemp())) as pg:
             env = {"PREFECT_SERVER_DATABASE_CONNECTION_URL": pg.url}
     """
 

@@ -15,7 +15,7 @@ from comfybatch.dashboard.launcher import GENERATE_BATCH, Launcher
 from comfybatch.settings import Settings
 from comfybatch.testing.prefect_server import LocalPrefectServer
 from tests.conftest import SuiteFleet
-from tests.platform.conftest import TERMINAL, ServeProcess, platform_prefect, serve_env
+from tests.platform.conftest import TERMINAL, ServeProcess, platform_prefect, serve_env, serving
 
 __all__ = ["platform_prefect"]
 
@@ -47,12 +47,9 @@ def dashboard_platform(
 ) -> Iterator[DashboardPlatform]:
     """`comfybatch serve` against this module's Prefect server, outputs under a temporary root."""
     root = tmp_path_factory.mktemp("dashboard-platform")
-    serve = ServeProcess.start(serve_env(platform_prefect.api_url, comfy_fleet, root), cwd=root)
-    try:
-        serve.wait_for_deployments(platform_prefect.api_url, GENERATE_BATCH)
+    env = serve_env(platform_prefect.api_url, comfy_fleet, root)
+    with serving(platform_prefect.api_url, env, root, GENERATE_BATCH) as serve:
         yield DashboardPlatform(platform_prefect.api_url, root / "out", serve, comfy_fleet)
-    finally:
-        serve.stop()
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ The session harness runs no scheduler (prefect-notes §9), so each module here s
 server whose scheduler looks every second, and its own `python -m comfybatch.cli serve`.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -143,6 +144,17 @@ class ServeProcess:
                 deadline = time.monotonic() + grace_s
                 while time.monotonic() < deadline and _process_start(pid) == started:
                     time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def serving(api_url: str, env: dict[str, str], root: Path, *deployments: str) -> Iterator[ServeProcess]:
+    """`comfybatch serve` in `root` until the block exits, once the server knows `deployments`."""
+    serve = ServeProcess.start(env, cwd=root)
+    try:
+        serve.wait_for_deployments(api_url, *deployments)
+        yield serve
+    finally:
+        serve.stop()
 
 
 def serve_env(api_url: str, fleet: SuiteFleet, root: Path, **settings: str) -> dict[str, str]:

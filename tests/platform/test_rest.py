@@ -13,7 +13,7 @@ import pytest
 from comfybatch.deployments.catalog import GENERATE_BATCH
 from comfybatch.testing.prefect_server import LocalPrefectServer
 from tests.conftest import SuiteFleet
-from tests.platform.conftest import TERMINAL, ServeProcess, api_call, api_json, serve_env, wait_until
+from tests.platform.conftest import TERMINAL, ServeProcess, api_call, api_json, serve_env, serving, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -42,12 +42,9 @@ def rest_platform(
 ) -> Iterator[RestPlatform]:
     """`comfybatch serve` against this module's Prefect server (the inbox schedule keeps its 5-minute cron)."""
     root = tmp_path_factory.mktemp("rest-platform")
-    serve = ServeProcess.start(serve_env(platform_prefect.api_url, comfy_fleet, root), cwd=root)
-    try:
-        serve.wait_for_deployments(platform_prefect.api_url, GENERATE_BATCH)
+    env = serve_env(platform_prefect.api_url, comfy_fleet, root)
+    with serving(platform_prefect.api_url, env, root, GENERATE_BATCH) as serve:
         yield RestPlatform(platform_prefect.api_url, root / "out", serve)
-    finally:
-        serve.stop()
 
 
 def test_generate_batch_deployment_renders_a_batch_posted_over_rest(rest_platform: RestPlatform) -> None:

@@ -13,7 +13,16 @@ import pytest
 from comfybatch.deployments.catalog import GENERATE_BATCH, SCHEDULED_PRODUCTION
 from comfybatch.testing.prefect_server import LocalPrefectServer
 from tests.conftest import SuiteFleet
-from tests.platform.conftest import TERMINAL, ServeProcess, api_call, api_json, read_report, serve_env, wait_until
+from tests.platform.conftest import (
+    TERMINAL,
+    ServeProcess,
+    api_call,
+    api_json,
+    read_report,
+    serve_env,
+    serving,
+    wait_until,
+)
 from tests.support import batches
 
 pytestmark = pytest.mark.timeout(300)
@@ -68,12 +77,8 @@ def inbox_platform(
     root = tmp_path_factory.mktemp("inbox-platform")
     env = serve_env(platform_prefect.api_url, comfy_fleet, root, COMFYBATCH_INBOX_INTERVAL_S="2",
                     COMFYBATCH_INBOX_WORKFLOW="txt2img-tiny")  # fmt: skip
-    serve = ServeProcess.start(env, cwd=root)
-    try:
-        serve.wait_for_deployments(platform_prefect.api_url, SCHEDULED_PRODUCTION, GENERATE_BATCH)
+    with serving(platform_prefect.api_url, env, root, SCHEDULED_PRODUCTION, GENERATE_BATCH) as serve:
         yield InboxPlatform(platform_prefect.api_url, root, serve)
-    finally:
-        serve.stop()
 
 
 @dataclass(frozen=True)
