@@ -4,6 +4,7 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient, get_client
@@ -18,10 +19,11 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from prefect.states import Cancelling
+from prefect.states import Cancelled, Cancelling
 from pydantic import ValidationError
 
 from comfybatch.blocks.fleet import saved_servers
@@ -107,7 +109,14 @@ class Launcher:
         """
         run = await self.get(flow_run_id)
         async with self._client() as client:
-            await client.set_flow_run_state(flow_run_id, Cancelling())
+            # A run whose process has not started has nothing to stop: a runner would never move it on
+            # from Cancelling. Only a running batch needs the runner to end its process.
+            started = run.state is not None and run.state.type == StateType.RUNNING
+            result: OrchestrationResult[Any] = await client.set_flow_run_state(
+                flow_run_id, Cancelling() if started else Cancelled()
+            )
+            if result.status != SetStateStatus.ACCEPT and not started:  # it started meanwhile
+                await client.set_flow_run_state(flow_run_id, Cancelling())
             return await client.read_flow_run(run.id)
 
     async def healthy(self) -> str | None:
