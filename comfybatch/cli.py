@@ -5,7 +5,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from cyclopts import App, Parameter
 from pydantic import ValidationError
@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from comfybatch.comfy.client import ComfyClient
 from comfybatch.comfy.object_info import ObjectInfo
 from comfybatch.comfy.preflight import check_workflow
-from comfybatch.comfy.workflow import load_workflow
+from comfybatch.comfy.workflow import ApiWorkflow, decode_workflow, detect_format, load_workflow
 from comfybatch.deployments import commands as platform_commands
 from comfybatch.errors import ComfyBatchError, ConfigError, WorkflowRejected
 from comfybatch.models import BatchSpec
@@ -112,14 +112,42 @@ async def run(
     """
     from comfybatch.runner import default_name, parse_sets, run_with_progress, use_servers
 
-    use_servers(server or [])
     spec = BatchSpec(
         name=name or default_name(workflow, sheet), workflow=workflow, sheet=sheet, prompts=prompt or [],
-        defaults=parse_sets(set_ or []), images_per_item=images_per_item, output=out, dry_run=dry_run,
+        defaults=parse_sets(set_ or []), images_per_item=images_per_item, dry_run=dry_run,
+        output=_absolute(out) if out and "://" not in out else out,  # the flow may run in another folder
         bindings={name: str(path) for name, path in parse_sets(bind or []).items()},
     )  # fmt: skip
+    _check_request(spec)
+    use_servers(server or [])
     _, code = await run_with_progress(spec)
     return code
+
+
+def _check_request(spec: BatchSpec) -> None:
+    """Refuse a bad workflow, sheet or value before Prefect or any server is contacted.
+
+    A UI-format graph is converted with a server's `/object_info`, so its values are checked by the flow.
+
+    Raises:
+        ConfigError, WorkflowFormatError, BatchRequestError: naming the file, field, row or column.
+    """
+    from comfybatch.expansion import expand_batch
+    from comfybatch.flows.plan import TEMPLATES_DIR
+
+    source: Path | dict[str, Any]
+    if isinstance(spec.workflow, dict):
+        source = spec.workflow
+    elif (TEMPLATES_DIR / f"{spec.workflow}.json").is_file():
+        source = TEMPLATES_DIR / f"{spec.workflow}.json"
+    elif spec.workflow.endswith(".json") and Path(spec.workflow).is_file():
+        source = Path(spec.workflow)
+    else:
+        offered = ", ".join(sorted(path.stem for path in TEMPLATES_DIR.glob("*.json")))
+        raise ConfigError(f"workflow {spec.workflow!r} is neither a template ({offered}) nor a .json file")
+    data = decode_workflow(source)
+    if detect_format(data) == "api":
+        expand_batch(spec, ApiWorkflow(data))
 
 
 DEMO_PROMPTS = (

@@ -9,9 +9,9 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd  # type: ignore[import-untyped]  # no stubs installed (pandas-stubs is not a dependency)
 
@@ -21,6 +21,7 @@ from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.errors import BatchRequestError, BindingError, RequestProblem
 from comfybatch.models import BatchSpec, JobSpec, SeedPolicy
 from comfybatch.sheets import EMPTY, cell_value, read_sheet
+from comfybatch.values import BUILTIN_RULES, InvalidValue, Kind, Rule, apply_rule
 
 MAX_JOBS = 100_000
 MAX_LISTED_PROBLEMS = 50
@@ -28,9 +29,7 @@ LABEL_COLUMN = "label"
 RESERVED_PARAMETERS = frozenset({"filename_prefix"})  # "comfybatch/<batch>/<job_key>", set when a job is built
 _RANDOM_SEED_MODULUS = 2**48
 _UNSET: Any = object()  # a value that broke a rule: recorded as a problem, never bound
-_TRUE, _FALSE = frozenset({"true", "yes", "1"}), frozenset({"false", "no", "0"})
 
-Kind = Literal["int", "float", "number", "bool", "str", "combo", "any"]
 Axis = list[dict[str, Any]]
 
 
@@ -42,33 +41,7 @@ class Expansion:
     duplicates: int = 0
 
 
-@dataclass(frozen=True)
-class _Rule:
-    kind: Kind
-    min: float | None = None
-    max: float | None = None
-    multiple_of: int | None = None
-    choices: tuple[Any, ...] = ()
-    non_empty: bool = False
-
-
-# Always applied to these names; a server's /object_info adds its own rules after them.
-_BUILTIN_RULES: dict[str, _Rule] = {
-    "width": _Rule("int", min=16, multiple_of=8),
-    "height": _Rule("int", min=16, multiple_of=8),
-    "steps": _Rule("int", min=1),
-    "cfg": _Rule("float"),
-    "seed": _Rule("int", min=0),
-    "denoise": _Rule("float", min=0, max=1),
-    "batch_size": _Rule("int", min=1),
-    "prompt": _Rule("str", non_empty=True),
-    **{name: _Rule("str") for name in ("negative_prompt", "sampler", "scheduler", "checkpoint")},
-}
 _SPEC_KINDS: dict[str, Kind] = {"INT": "int", "FLOAT": "float", "BOOLEAN": "bool", "STRING": "str"}
-
-
-class _Invalid(ValueError):
-    """One value broke one rule; the caller knows where the value came from."""
 
 
 @dataclass(frozen=True)
@@ -144,8 +117,8 @@ class _Expander:
             return _UNSET
         try:
             for rule in self.rules[name]:
-                value = _apply(rule, value)
-        except _Invalid as exc:
+                value = apply_rule(rule, value)
+        except InvalidValue as exc:
             self.problem(str(exc), **where)
             return _UNSET
         return value
@@ -238,7 +211,9 @@ class _Expander:
                 "seeds are set, but seed_policy 'random' ignores them; use 'fixed' or 'increment'", field="seed_policy"
             )
         if (total := jobs * ipi) > MAX_JOBS:
-            self.problem(f"the batch would have {total:,} jobs; at most {MAX_JOBS:,} are allowed")
+            where = "sheet" if spec.sheet else "prompts" if spec.prompts else "images_per_item"
+            message = f"the batch would have {total:,} jobs; at most {MAX_JOBS:,} are allowed: split it"
+            self.problem(message, field=where)
 
     def build(self, items: list[_Item], axes: list[Axis], defaults: dict[str, Any]) -> Expansion:
         spec = self.spec
@@ -270,15 +245,15 @@ class _Expander:
             raise BatchRequestError("a parameter cannot be bound onto the workflow", problems=(problem,)) from exc
 
 
-def _rules(template: ApiWorkflow, name: str, paths: list[InputPath], object_info: ObjectInfo | None) -> list[_Rule]:
-    rules = [_BUILTIN_RULES[name]] if name in _BUILTIN_RULES else []
+def _rules(template: ApiWorkflow, name: str, paths: list[InputPath], object_info: ObjectInfo | None) -> list[Rule]:
+    rules = [BUILTIN_RULES[name]] if name in BUILTIN_RULES else []
     if object_info is not None:
         rules += [rule for path in paths if (rule := _spec_rule(_input_spec(template, object_info, path)))]
     if rules or not paths:
         return rules
     value = template.get_input(paths[0].node_id, paths[0].input_name)  # undeclared: go by the template's value
     kind: Kind = "bool" if isinstance(value, bool) else "number" if isinstance(value, int | float) else "any"
-    return [_Rule("str" if isinstance(value, str) else kind)]
+    return [Rule("str" if isinstance(value, str) else kind)]
 
 
 def _input_spec(template: ApiWorkflow, object_info: ObjectInfo, path: InputPath) -> InputSpec | None:
@@ -286,92 +261,11 @@ def _input_spec(template: ApiWorkflow, object_info: ObjectInfo, path: InputPath)
     return object_info.input_spec(class_type, path.input_name) if object_info.has_class(class_type) else None
 
 
-def _spec_rule(spec: InputSpec | None) -> _Rule | None:
+def _spec_rule(spec: InputSpec | None) -> Rule | None:
     if spec is None or spec.is_combo:
-        return _Rule("combo", choices=spec.choices) if spec is not None and spec.choices else None
+        return Rule("combo", choices=spec.choices) if spec is not None and spec.choices else None
     low, high = (v if isinstance(v, int | float) and not isinstance(v, bool) else None for v in (spec.min, spec.max))
-    return _Rule(kind, min=low, max=high) if (kind := _SPEC_KINDS.get(spec.type)) else None
-
-
-def _apply(rule: _Rule, value: Any) -> Any:
-    if value is None:
-        raise _Invalid("expected a value, got null")
-    if (convert := _CONVERTERS.get(rule.kind)) is not None:
-        return convert(value, rule)
-    number = _number(value)
-    if rule.kind == "int" and isinstance(number, float):  # pandas reads int columns with blanks as floats: 512.0
-        if not number.is_integer():
-            raise _Invalid(f"expected a whole number, got {number}")
-        number = int(number)
-    elif rule.kind == "float":
-        number = float(number)
-    if rule.min is not None and number < rule.min:
-        raise _Invalid(f"must be at least {_show(rule.min)}, got {_show(number)}")
-    if rule.max is not None and number > rule.max:
-        raise _Invalid(f"must be at most {_show(rule.max)}, got {_show(number)}")
-    if rule.multiple_of and number % rule.multiple_of:
-        raise _Invalid(f"must be a multiple of {rule.multiple_of}, got {_show(number)}")
-    return number
-
-
-def _number(value: Any) -> int | float:
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
-        except ValueError:
-            raise _Invalid(f"expected a number, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Invalid(f"expected a number, got {_show(value)}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise _Invalid(f"expected a finite number, got {value}")
-    return value
-
-
-def _boolean(value: Any, rule: _Rule) -> bool:
-    word = str(value).strip().lower() if isinstance(value, str | int) else ""
-    if isinstance(value, bool) or word in _TRUE | _FALSE:
-        return value if isinstance(value, bool) else word in _TRUE
-    raise _Invalid(f"expected true or false, got {_show(value)}")
-
-
-def _text(value: Any, rule: _Rule) -> str:
-    if isinstance(value, str):
-        text = value
-    elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        text = _show(value)  # a Parquet or pandas number column: 1984.0 is the prompt "1984"
-    else:
-        raise _Invalid(f"expected text, got {_show(value)}")
-    if rule.non_empty and not text.strip():
-        raise _Invalid("must not be empty")
-    return text
-
-
-def _choice(value: Any, rule: _Rule) -> Any:
-    for choice in rule.choices:  # sheet cells are text: "1" matches an option 1
-        if (type(choice) is type(value) and choice == value) or str(choice) == str(value):
-            return choice
-    listed = ", ".join(str(choice) for choice in rule.choices[:10]) + (", …" if len(rule.choices) > 10 else "")
-    raise _Invalid(f"{_show(value)} is not one of the {len(rule.choices)} options: {listed}")
-
-
-def _json(value: Any, rule: _Rule) -> Any:
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        raise _Invalid(f"expected JSON data, got {_show(value)}") from None
-    return value
-
-
-_CONVERTERS: dict[Kind, Callable[[Any, _Rule], Any]] = {"any": _json, "combo": _choice, "bool": _boolean, "str": _text}
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return str(value) if isinstance(value, int | float) else type(value).__name__
+    return Rule(kind, min=low, max=high) if (kind := _SPEC_KINDS.get(spec.type)) else None
 
 
 def _set_names(spec: BatchSpec, sheet: pd.DataFrame | None) -> set[str]:

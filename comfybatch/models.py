@@ -3,9 +3,11 @@
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
-from comfybatch.comfy.workflow import ApiWorkflow
+from comfybatch.comfy.workflow import ApiWorkflow, detect_format
+from comfybatch.errors import WorkflowFormatError
+from comfybatch.values import BUILTIN_RULES, InvalidValue, apply_rule, control_character
 
 BATCH_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
@@ -55,6 +57,69 @@ class BatchSpec(BaseModel):
     output: str | None = Field(None, description="Folder or fsspec URL; the configured output root when empty.")
     servers: list[str] = Field(default_factory=list, description="Only these servers (by name); all when empty.")
     dry_run: bool = Field(False, description="Validate against the fleet and estimate; render nothing.")
+
+    # Checks that need no file, server or template, so a bad request is refused where it arrives: the Prefect
+    # form, the REST API (422/409 naming the field) or the CLI. The expansion repeats them with rows and columns.
+    @field_validator("workflow")
+    @classmethod
+    def _graph_or_name(cls, value: str | dict[str, Any]) -> str | dict[str, Any]:
+        if isinstance(value, str):
+            if not value.strip() or control_character(value):
+                raise ValueError(f"expected a template name or a workflow file, got {value!r}")
+            return value
+        try:
+            if detect_format(value) == "api":
+                ApiWorkflow(value)  # every node an object with a class_type and object inputs
+        except WorkflowFormatError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompt_texts(cls, prompts: list[str]) -> list[str]:
+        for number, prompt in enumerate(prompts):
+            _check(BUILTIN_RULES["prompt"], prompt, f"prompts[{number}]")
+        return prompts
+
+    @field_validator("sheet", "output")
+    @classmethod
+    def _location(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("is empty; leave it out instead")
+        if problem := control_character(value):
+            raise ValueError(problem)
+        if ".." in value.replace("\\", "/").split("/"):
+            raise ValueError(f"{value!r} has a '..' segment; give an absolute path or a URL instead")
+        return value
+
+    @field_validator("defaults")
+    @classmethod
+    def _default_values(cls, defaults: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        for name, value in defaults.items():
+            _check(BUILTIN_RULES.get(name), value, f"defaults.{name}")
+        return defaults
+
+    @field_validator("sweep")
+    @classmethod
+    def _swept_values(cls, sweep: Sweep) -> Sweep:
+        groups = [("sweep.axes", sweep.axes), *((f"sweep.zipped[{n}]", group) for n, group in enumerate(sweep.zipped))]
+        for where, group in groups:
+            for name, values in group.items():
+                for value in values:
+                    _check(BUILTIN_RULES.get(name), value, f"{where}.{name}")
+        return sweep
+
+
+def _check(rule: Any, value: Any, field: str) -> None:
+    """Raise the pydantic-visible error for a value a built-in rule refuses (`field: message`)."""
+    if rule is None:
+        return
+    try:
+        apply_rule(rule, value)
+    except InvalidValue as exc:
+        raise ValueError(f"{field}: {exc}") from None
 
 
 class JobSpec(BaseModel):

@@ -3,19 +3,26 @@
 Cells are converted per parameter later, by `expansion`; here a sheet is only read and its columns checked.
 """
 
+import codecs
 import http.client
+import io
 import math
 import zipfile
 from pathlib import PurePosixPath
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+import fsspec  # type: ignore[import-untyped]
 import numpy as np
 import pandas as pd  # type: ignore[import-untyped]  # no stubs installed (pandas-stubs is not a dependency)
 
 from comfybatch.errors import BatchRequestError, RequestProblem
 
 SHEET_EXTENSIONS = (".csv", ".xlsx", ".parquet")
+# A byte order mark says the encoding for sure (Excel's "Unicode text" is UTF-16); without one, UTF-8 only:
+# guessing Latin-1 or Windows-1252 would send mangled prompts to the GPUs without a word.
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))  # fmt: skip
 EMPTY: Any = object()  # a blank cell: "not set for this row"
 
 
@@ -58,15 +65,38 @@ def _read_frame(source: str, suffix: str, storage_options: dict[str, Any] | None
     if suffix == ".parquet":
         return pd.read_parquet(source, storage_options=storage_options)
     as_text: dict[str, Any] = {"header": None, "dtype": str, "keep_default_na": False, "na_values": [""]}
-    if suffix == ".csv":  # utf-8-sig: Excel's CSV export starts with a byte order mark
-        raw = pd.read_csv(
-            source, encoding="utf-8-sig", skip_blank_lines=False, storage_options=storage_options, **as_text
-        )
+    if suffix == ".csv":
+        with fsspec.open(source, "rb", **(storage_options or {})) as file:
+            text = _csv_text(file.read())
+        if not text.strip():
+            raise pd.errors.EmptyDataError("no text")
+        raw = pd.read_csv(io.StringIO(text), skip_blank_lines=False, **as_text)
     else:
         raw = pd.read_excel(source, sheet_name=0, storage_options=storage_options, **as_text)
     frame = raw.iloc[1:].reset_index(drop=True)
     frame.columns = ["" if (name := cell_value(value)) is EMPTY else str(name) for value in raw.iloc[0].tolist()]
     return frame
+
+
+def _csv_text(data: bytes) -> str:
+    """CSV bytes as text: UTF-8, or what a byte order mark says.
+
+    Raises:
+        ValueError: not text in that encoding; the message names the row and how to re-save.
+    """
+    encoding = next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8")
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        row = data[: exc.start].count(b"\n") + 1
+        raise ValueError(
+            f"row {row} is not {encoding.upper().removesuffix('-SIG')} text (byte 0x{data[exc.start]:02x}); "
+            "save the sheet as 'CSV UTF-8'"
+        ) from None
+    if (nul := text.find("\x00")) >= 0:  # valid UTF-8, but what UTF-16 without a byte order mark looks like
+        row = text[:nul].count("\n") + 1
+        raise ValueError(f"row {row} has NUL characters (UTF-16 without a byte order mark?); save it as 'CSV UTF-8'")
+    return text
 
 
 def _checked_frame(frame: pd.DataFrame, shown: str) -> pd.DataFrame:

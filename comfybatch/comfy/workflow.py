@@ -34,6 +34,7 @@ __all__ = [
     "Bindings",
     "InputPath",
     "WorkflowFormat",
+    "decode_workflow",
     "detect_format",
     "is_link",
     "literal",
@@ -219,7 +220,7 @@ def load_workflow(
         WorkflowFormatError: unreadable, not JSON, not a workflow, UI format without
             `object_info`, or not convertible.
     """
-    data = _decode(raw)
+    data = decode_workflow(raw)
     if detect_format(data) == "api":
         return ApiWorkflow(data)
     if object_info is None:
@@ -233,7 +234,12 @@ def load_workflow(
     return ui_to_api(data, object_info)
 
 
-def _decode(raw: "str | bytes | Mapping[str, Any] | Path") -> Any:
+def decode_workflow(raw: "str | bytes | Mapping[str, Any] | Path") -> Any:
+    """The JSON data of a workflow given as `load_workflow` takes it, not yet checked to be a graph.
+
+    Raises:
+        WorkflowFormatError: unreadable file, not UTF-8, not JSON.
+    """
     if isinstance(raw, Mapping):
         return raw
     if isinstance(raw, str) and not raw.lstrip().startswith(("{", "[")) and (raw.endswith(".json") or _is_file(raw)):

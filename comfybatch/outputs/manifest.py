@@ -1,5 +1,6 @@
 """The batch manifest: one row per job, written as Parquet (typed) and CSV (for people and spreadsheets)."""
 
+import csv
 import io
 import json
 from collections.abc import Iterable, Sequence
@@ -42,6 +43,9 @@ MANIFEST_COLUMNS: dict[str, str] = {
 _LIST_COLUMNS = ("outputs", "sha256")
 _TIME_COLUMNS = ("queued_at", "started_at", "finished_at")
 _INT64_RANGE = range(-(2**63), 2**63)
+# OWASP "CSV Injection": a spreadsheet runs a cell starting with one of these as a formula. Such text cells are
+# written with a leading `'` (shown as text); a leading `'` is doubled, so reading the CSV back is exact.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 
 
 def manifest_frame(results: Sequence[JobResult]) -> pd.DataFrame:
@@ -70,7 +74,10 @@ def write_manifest(store: OutputStore, batch_dir: str, results: Sequence[JobResu
     csv_frame = frame.copy()
     for column in _LIST_COLUMNS:
         csv_frame[column] = csv_frame[column].map(CSV_LIST_SEPARATOR.join)
-    csv_uri = store.write_bytes(f"{batch_dir}/{MANIFEST_CSV}", csv_frame.to_csv(index=False).encode())
+    csv_frame = csv_frame.map(_defused)
+    # Text quoted too: a `;`-separated locale must not split a cell and expose a formula in its second half.
+    csv_text = csv_frame.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC)
+    csv_uri = store.write_bytes(f"{batch_dir}/{MANIFEST_CSV}", csv_text.encode())
     return parquet_uri, csv_uri
 
 
@@ -188,8 +195,17 @@ def _parquet_bytes(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
+def _defused(cell: object) -> object:
+    """A text cell a spreadsheet will not run as a formula (`'` prefixed); other cells as they are."""
+    return f"'{cell}" if isinstance(cell, str) and cell.startswith(_FORMULA_STARTS) else cell
+
+
+def _restored(cell: str) -> str:
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(_FORMULA_STARTS) else cell
+
+
 def _from_csv(data: bytes) -> pd.DataFrame:
     """Parse the CSV manifest; parameter columns are rebuilt from `values_json`, their exact source."""
-    frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+    frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False).map(_restored)
     fixed = _typed(frame[list(MANIFEST_COLUMNS)].replace({"": None}))
     return _with_params(fixed, [json.loads(text) for text in fixed["values_json"]])

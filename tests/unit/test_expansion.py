@@ -281,9 +281,9 @@ def test_expand_batch_non_integral_int_is_a_problem() -> None:
 
 def test_expand_batch_text_for_number_is_a_problem() -> None:
     """Text in a number column is named as found."""
-    problems = problems_of(prompts=["a"], sweep={"axes": {"steps": [10, "many"]}})
+    problems = problems_of(frame=pd.DataFrame({"prompt": ["a", "b"], "steps": ["10", "many"]}))
 
-    assert problems == ["field 'sweep.axes.steps': expected a number, got 'many'"]
+    assert problems == ["row 3, column 'steps': expected a number, got 'many'"]
 
 
 def test_expand_batch_combo_value_not_in_options_with_object_info() -> None:
@@ -338,7 +338,7 @@ def test_expand_batch_too_many_jobs_states_count() -> None:
     """More than 100,000 jobs is refused before any is built."""
     problems = problems_of(prompts=[f"p{i}" for i in range(101)], images_per_item=1000)
 
-    assert problems == ["the batch would have 101,000 jobs; at most 100,000 are allowed"]
+    assert problems == ["field 'prompts': the batch would have 101,000 jobs; at most 100,000 are allowed: split it"]
 
 
 def test_expand_batch_hostile_prompt_reaches_graph_unchanged() -> None:
