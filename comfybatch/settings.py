@@ -42,6 +42,10 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated origins allowed cross-origin; none when empty."
     )
     dashboard_port: int = Field(8600, ge=1, le=65535, description="Port of `python -m comfybatch.dashboard`.")
+    api_quota_images: int | None = Field(
+        None, ge=1, description="Images one API key may have queued (unfinished) at once; 429 beyond. No limit when empty."
+    )
+    max_upload_bytes: int = Field(20_000_000, ge=1, description="Largest sheet `PUT /api/uploads/{name}` accepts.")
 
     @field_validator("comfyui_urls", mode="before")
     @classmethod

@@ -1,17 +1,23 @@
 """`create_app`: the dashboard API with its settings and launcher injected."""
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
+from comfybatch.dashboard.events import EventHub
 from comfybatch.dashboard.launcher import Launcher
-from comfybatch.dashboard.routes import batches, images, meta
-from comfybatch.errors import BatchNotFound, ComfyBatchError
+from comfybatch.dashboard.routes import batches, images, meta, stream, uploads
+from comfybatch.errors import BatchNotFound, BatchRequestError, ComfyBatchError
 from comfybatch.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 async def _not_found(_request: Request, exc: Exception) -> JSONResponse:
@@ -19,7 +25,11 @@ async def _not_found(_request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _bad_request(_request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=400)
+    body: dict[str, object] = {"detail": str(exc)}
+    if isinstance(exc, BatchRequestError) and exc.problems:
+        body["problems"] = [{"message": p.message, "field": p.field, "row": p.row, "column": p.column}
+                            for p in exc.problems]  # fmt: skip
+    return JSONResponse(body, status_code=400)
 
 
 async def _internal(_request: Request, exc: Exception) -> JSONResponse:
@@ -32,9 +42,20 @@ def create_app(settings: Settings | None = None, launcher: Launcher | None = Non
     settings = settings or get_settings()
     if settings.api_auth_disabled:
         logger.warning("API authentication is DISABLED: anyone who can reach the dashboard can start batches")
-    app = FastAPI(title="comfybatch", summary="Start ComfyUI batches and read their results.")
+    launcher = launcher or Launcher(settings)
+
+    hub = EventHub(launcher.api_url, launcher.history)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        hub.start()  # subscribed before the first client asks, so no batch needs its history read back
+        yield
+        await hub.stop()
+
+    app = FastAPI(title="comfybatch", summary="Start ComfyUI batches and read their results.", lifespan=lifespan)
     app.state.settings = settings
-    app.state.launcher = launcher or Launcher(settings)
+    app.state.launcher = launcher
+    app.state.hub = hub
     app.add_middleware(
         CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
         allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
@@ -42,6 +63,7 @@ def create_app(settings: Settings | None = None, launcher: Launcher | None = Non
     app.add_exception_handler(BatchNotFound, _not_found)
     app.add_exception_handler(ComfyBatchError, _bad_request)
     app.add_exception_handler(Exception, _internal)
-    for module in (batches, images, meta):
+    for module in (batches, images, stream, uploads, meta):
         app.include_router(module.router)
+    app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="page")  # last: the API routes come first
     return app

@@ -1,9 +1,10 @@
 """The dashboard's only link to Prefect and the output store (the test seam)."""
 
 import asyncio
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -21,6 +22,8 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
 from prefect.client.schemas.sorting import FlowRunSort
+from prefect.events.clients import PrefectEventsClient, get_events_client
+from prefect.events.schemas.events import Event, RelatedResource, Resource
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelled, Cancelling
@@ -28,15 +31,20 @@ from pydantic import ValidationError
 
 from comfybatch.blocks.fleet import saved_servers
 from comfybatch.blocks.server import ServerConfig
+from comfybatch.dashboard.events import history_filter
 from comfybatch.errors import BatchNotFound, ConfigError
+from comfybatch.flows.preview import BatchPreview, preview_batch
 from comfybatch.models import BatchSpec
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.records import JobJournal, JobRecord
 from comfybatch.settings import Settings
 
-# Same value as `deployments.catalog.GENERATE_BATCH` (a test keeps them equal): the dashboard never imports flows.
+# Same value as `deployments.catalog.GENERATE_BATCH` (a test keeps them equal): the dashboard never imports the
+# flow modules themselves, only the planning helpers of `comfybatch.flows`.
 GENERATE_BATCH = "generate-batch/generate-batch"
 BATCH_COUNT_LIMIT = 200  # the Prefect API's page cap: `/metrics` counts the newest this many batches
+ACTIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
+_PREVIEWS_KEPT = 64
 
 
 class Launcher:
@@ -45,6 +53,7 @@ class Launcher:
     def __init__(self, settings: Settings, *, api_url: str | None = None) -> None:
         self.settings = settings
         self.api_url = api_url
+        self._previews: OrderedDict[UUID, BatchPreview] = OrderedDict()
 
     @asynccontextmanager
     async def _client(self) -> AsyncIterator[PrefectClient]:
@@ -65,13 +74,15 @@ class Launcher:
             ConfigError: the deployment is not served.
         """
         async with self._client() as client:
-            return await client.create_flow_run_from_deployment(
+            run = await client.create_flow_run_from_deployment(
                 await self._deployment_id(client),
                 parameters={"spec": spec.model_dump(mode="json")},
                 # Namespaced by key name, so two clients choosing the same key never share a batch.
                 idempotency_key=f"{submitted_by}:{idempotency_key}" if idempotency_key else None,
                 tags=["comfybatch", "dashboard", f"submitted-by:{submitted_by}"],
             )
+        await self.record(run, "submitted", by=submitted_by)
+        return run
 
     async def list_batches(self, *, state: str | None, name: str | None, limit: int, offset: int) -> list[FlowRun]:
         """Flow runs of `generate-batch`, newest first, filtered by state type and batch name."""
@@ -101,8 +112,8 @@ class Launcher:
                 raise BatchNotFound(f"no batch {flow_run_id}")
             return run
 
-    async def cancel(self, flow_run_id: UUID) -> FlowRun:
-        """Ask Prefect to cancel a batch (state Cancelling; the runner stops the run).
+    async def cancel(self, flow_run_id: UUID, cancelled_by: str) -> FlowRun:
+        """Ask Prefect to cancel a batch (state Cancelling; the runner stops the run); record who asked.
 
         Raises:
             BatchNotFound.
@@ -112,12 +123,64 @@ class Launcher:
             # A run whose process has not started has nothing to stop: a runner would never move it on
             # from Cancelling. Only a running batch needs the runner to end its process.
             started = run.state is not None and run.state.type == StateType.RUNNING
+            message = f"cancelled by {cancelled_by}"
             result: OrchestrationResult[Any] = await client.set_flow_run_state(
-                flow_run_id, Cancelling() if started else Cancelled()
+                flow_run_id, Cancelling(message=message) if started else Cancelled(message=message)
             )
             if result.status != SetStateStatus.ACCEPT and not started:  # it started meanwhile
-                await client.set_flow_run_state(flow_run_id, Cancelling())
-            return await client.read_flow_run(run.id)
+                await client.set_flow_run_state(flow_run_id, Cancelling(message=message))
+            run = await client.read_flow_run(run.id)
+        await self.record(run, "cancel-requested", by=cancelled_by)
+        return run
+
+    async def record(self, run: FlowRun, action: str, **payload: Any) -> None:
+        """Emit `comfybatch.batch.<action>` for the batch's run: who did what, by key name (never the key)."""
+        event = Event(
+            event=f"comfybatch.batch.{action}",
+            resource=Resource(
+                {"prefect.resource.id": f"comfybatch.batch.{run.name}", "prefect.resource.name": run.name}
+            ),
+            related=[RelatedResource({"prefect.resource.id": f"prefect.flow-run.{run.id}",
+                                      "prefect.resource.role": "flow-run"})],
+            payload=payload,
+        )  # fmt: skip
+        async with PrefectEventsClient(self.api_url) if self.api_url else get_events_client() as events:
+            await events.emit(event)
+
+    async def history(self, flow_run_id: UUID, since: datetime) -> list[Event]:
+        """The run's stored `comfybatch.*` and flow-run state events, oldest first (every page)."""
+        events: list[Event] = []
+        async with self._client() as client:
+            page = await client.read_events(history_filter(flow_run_id, since), limit=50)
+            events += page.events
+            while page.next_page is not None:
+                page = await client.read_events_page(str(page.next_page))
+                events += page.events
+        return events
+
+    async def preview(self, spec: BatchSpec, run_id: UUID | None = None) -> BatchPreview:
+        """The dry run of `spec` (cached per batch run: a run's spec never changes)."""
+        if run_id is not None and (cached := self._previews.get(run_id)) is not None:
+            return cached
+        if self.api_url:
+            with temporary_settings({PREFECT_API_URL: self.api_url}):
+                preview = await preview_batch(spec, self.settings)
+        else:
+            preview = await preview_batch(spec, self.settings)
+        if run_id is not None:
+            self._previews[run_id] = preview
+            while len(self._previews) > _PREVIEWS_KEPT:
+                self._previews.popitem(last=False)
+        return preview
+
+    async def active_batches(self, submitted_by: str) -> list[FlowRun]:
+        """Batches of this key that are not finished yet (scheduled, pending, running, paused)."""
+        run_filter = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=ACTIVE_STATES)))
+        async with self._client() as client:
+            deployment_filter = DeploymentFilter(id=DeploymentFilterId(any_=[await self._deployment_id(client)]))
+            runs = await client.read_flow_runs(flow_run_filter=run_filter, deployment_filter=deployment_filter,
+                                               limit=BATCH_COUNT_LIMIT)  # fmt: skip
+        return [run for run in runs if f"submitted-by:{submitted_by}" in run.tags]
 
     async def healthy(self) -> str | None:
         """None when the Prefect API answers its health check, else what went wrong."""

@@ -7,6 +7,7 @@ class BatchLinks(BaseModel):
     self: str
     items: str
     manifest: str
+    events: str = Field(description="WebSocket of the batch's numbered events (`?after=N` resumes).")
     prefect_ui: str | None = None
 
 
@@ -26,12 +27,29 @@ class BatchCounts(BaseModel):
     pending: int = 0
 
 
+class ServerProgress(BaseModel):
+    done: int = 0
+    failed: int = 0
+    in_flight: int = 0
+
+
 class BatchStatus(BatchStarted):
     """A batch with counts from its job journal."""
 
     state_name: str
     counts: BatchCounts
     submitted_by: str | None = None
+    cancelled_by: str | None = None
+    servers: dict[str, ServerProgress] = Field(default_factory=dict, description="Progress per ComfyUI server.")
+    eta_s: float | None = Field(None, description="Seconds left at the rate so far; none before the first image.")
+    failures: list["ItemFailure"] = Field(default_factory=list, description="The first 20 failed items.")
+    events_seq: int = Field(0, description="Events numbered so far; `after` for a stream that skips them.")
+
+
+class ItemFailure(BaseModel):
+    key: str
+    index: int | None = None
+    error: str
 
 
 class BatchSummary(BaseModel):
@@ -49,10 +67,13 @@ class BatchList(BaseModel):
 
 
 class ItemStatus(BaseModel):
-    """One job of the batch, as its journal records it."""
+    """One job of the batch: planned, then as its journal records it."""
 
     key: str
-    state: str = Field(description="submitted, done, failed or skipped.")
+    index: int | None = None
+    prompt: str | None = None
+    seed: int | None = None
+    state: str = Field(description="queued, submitted, done, failed or skipped.")
     server: str | None = None
     error: str | None = None
     files: int = 0
@@ -91,3 +112,23 @@ class ServerStatus(BaseModel):
 
 class ServerList(BaseModel):
     servers: list[ServerStatus]
+
+
+class ValidationReport(BaseModel):
+    """The fleet's dry run of a request: nothing rendered."""
+
+    ok: bool = Field(description="Every job can run on some server.")
+    total: int
+    duplicates: int
+    per_server: dict[str, int] = Field(description="Jobs each reachable server can run.")
+    invalid: list[ItemFailure] = Field(description="Jobs no server can run, and why (the first 50).")
+    plan: list[str]
+    estimate_s: float | None = None
+
+
+class Uploaded(BaseModel):
+    """A stored sheet: put `sheet` into a batch request."""
+
+    sheet: str
+    rows: int
+    columns: list[str]

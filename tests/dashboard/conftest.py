@@ -13,6 +13,7 @@ import pytest
 from comfybatch.dashboard.app import create_app
 from comfybatch.dashboard.launcher import GENERATE_BATCH, Launcher
 from comfybatch.settings import Settings
+from comfybatch.testing.live_app import serve_in_thread
 from comfybatch.testing.prefect_server import LocalPrefectServer
 from tests.conftest import SuiteFleet
 from tests.platform.conftest import TERMINAL, ServeProcess, platform_prefect, serve_env, serving
@@ -50,6 +51,14 @@ def dashboard_platform(
     env = serve_env(platform_prefect.api_url, comfy_fleet, root)
     with serving(platform_prefect.api_url, env, root, GENERATE_BATCH) as serve:
         yield DashboardPlatform(platform_prefect.api_url, root / "out", serve, comfy_fleet)
+
+
+@pytest.fixture(scope="module")
+def live_dashboard(dashboard_platform: DashboardPlatform) -> Iterator[str]:
+    """The dashboard served by uvicorn on loopback (WebSockets, browsers, the SDK): its base URL."""
+    settings = dashboard_platform.settings()
+    with serve_in_thread(create_app(settings, Launcher(settings, api_url=dashboard_platform.api_url))) as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,12 +1,17 @@
-"""`/api/batches`: create, list, read, page items, download the manifest, cancel."""
+"""`/api/batches`: create, list, read, page items, download the manifest, cancel; `/api/validate`."""
 
+import logging
+import time
+from collections import defaultdict
 from typing import Annotated, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from prefect.client.schemas.objects import FlowRun
 
-from comfybatch.dashboard.deps import KeyName, LauncherDep
+from comfybatch.dashboard.deps import HubDep, KeyName, LauncherDep, SettingsDep
+from comfybatch.dashboard.launcher import Launcher
+from comfybatch.dashboard.requests import check_api_request
 from comfybatch.dashboard.schemas import (
     BatchCounts,
     BatchLinks,
@@ -14,45 +19,103 @@ from comfybatch.dashboard.schemas import (
     BatchStarted,
     BatchStatus,
     BatchSummary,
+    ItemFailure,
     ItemList,
     ItemStatus,
+    ServerProgress,
+    ValidationReport,
 )
-from comfybatch.errors import BatchNotFound
-from comfybatch.models import BatchSpec
+from comfybatch.errors import BatchNotFound, ComfyBatchError
+from comfybatch.models import BatchSpec, JobSpec
 from comfybatch.records import JobRecord
 
-router = APIRouter(prefix="/api/batches", tags=["batches"])
+logger = logging.getLogger(__name__)
+router = APIRouter(prefix="/api", tags=["batches"])
 _MEDIA = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
+_FAILURES_SHOWN = 20
+_INVALID_SHOWN = 50
 
 
 def _links(request: Request, run: FlowRun, launcher: LauncherDep) -> BatchLinks:
     base = f"/api/batches/{run.id}"
-    return BatchLinks(self=base, items=f"{base}/items", manifest=f"{base}/manifest", prefect_ui=launcher.ui_url(run.id))
+    return BatchLinks(self=base, items=f"{base}/items", manifest=f"{base}/manifest", events=f"{base}/events",
+                      prefect_ui=launcher.ui_url(run.id))  # fmt: skip
 
 
 def _state(run: FlowRun) -> tuple[str, str]:
     return (run.state_type.value if run.state_type else "UNKNOWN", run.state_name or "")
 
 
-def _item_state(record: JobRecord) -> str:
+def _item_state(record: JobRecord | None) -> str:
+    if record is None:
+        return "queued"
     return record.result.status if record.result else "submitted"
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED)
+async def _planned_jobs(launcher: Launcher, spec: BatchSpec, run: FlowRun) -> list[JobSpec] | None:
+    """The batch's jobs as the flow expands them; None when the fleet cannot say (the journal still can)."""
+    try:
+        return (await launcher.preview(spec, run.id)).expansion.jobs
+    except ComfyBatchError as exc:
+        logger.info("no job list for batch %s: %s", run.id, type(exc).__name__)
+        return None
+
+
+async def _queued_images(launcher: Launcher, key_name: str) -> int:
+    """Images of this key's unfinished batches that have not finished yet."""
+    queued = 0
+    for run in await launcher.active_batches(key_name):
+        spec = launcher.spec_of(run)
+        jobs = await _planned_jobs(launcher, spec, run)
+        records = await launcher.records(spec)
+        finished = sum(1 for record in records.values() if record.result is not None)
+        queued += max((len(jobs) if jobs is not None else len(records)) - finished, 0)
+    return queued
+
+
+@router.post("/validate")
+async def validate_batch(
+    spec: BatchSpec, launcher: LauncherDep, settings: SettingsDep, _key: KeyName
+) -> ValidationReport:
+    """The fleet dry run of a request: expand it and check every job on every server; renders nothing."""
+    check_api_request(spec, settings)
+    preview = await launcher.preview(spec)
+    plan = preview.plan
+    index = {job.key: job.index for job in preview.expansion.jobs}
+    invalid = [ItemFailure(key=key, index=index.get(key), error=why) for key, why in plan.invalid.items()]
+    return ValidationReport(
+        ok=not invalid and plan.runnable > 0, total=len(preview.expansion.jobs),
+        duplicates=preview.expansion.duplicates, per_server=plan.per_server, invalid=invalid[:_INVALID_SHOWN],
+        plan=plan.summary_lines(), estimate_s=plan.estimate_s,
+    )  # fmt: skip
+
+
+@router.post("/batches", status_code=status.HTTP_202_ACCEPTED)
 async def create_batch(
     spec: BatchSpec,
     request: Request,
     launcher: LauncherDep,
+    settings: SettingsDep,
     key_name: KeyName,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> BatchStarted:
     """Start a batch: a flow run of `generate-batch` with `spec` as its parameter."""
+    check_api_request(spec, settings)
+    if (quota := settings.api_quota_images) is not None:
+        adds = len((await launcher.preview(spec)).expansion.jobs)
+        queued = await _queued_images(launcher, key_name)
+        if queued + adds > quota:
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                f"key {key_name!r} has {queued} image(s) queued and this batch adds {adds}: over its quota of "
+                f"{quota}; wait for a batch to finish or split this one",
+            )
     run = await launcher.start(spec, idempotency_key, key_name)
     return BatchStarted(batch_id=str(run.id), name=spec.name, state=_state(run)[0],
                         links=_links(request, run, launcher))  # fmt: skip
 
 
-@router.get("")
+@router.get("/batches")
 async def list_batches(
     launcher: LauncherDep,
     _key: KeyName,
@@ -71,21 +134,57 @@ async def list_batches(
     return BatchList(batches=summaries, limit=limit, offset=offset)
 
 
-@router.get("/{batch_id}")
-async def get_batch(batch_id: UUID, request: Request, launcher: LauncherDep, _key: KeyName) -> BatchStatus:
-    """A batch's state and its item counts from the job journal."""
+@router.get("/batches/{batch_id}")
+async def get_batch(batch_id: UUID, request: Request, launcher: LauncherDep, hub: HubDep, _key: KeyName) -> BatchStatus:
+    """A batch's state, counts, progress per server, ETA and first failures (from its job journal)."""
     run = await launcher.get(batch_id)
     spec = launcher.spec_of(run)
-    states = [_item_state(record) for record in (await launcher.records(spec)).values()]
-    counts = BatchCounts(total=len(states), done=sum(s in ("done", "skipped") for s in states),
-                         failed=states.count("failed"), pending=states.count("submitted"))  # fmt: skip
-    submitter = next((tag.removeprefix("submitted-by:") for tag in run.tags if tag.startswith("submitted-by:")), None)
+    records = await launcher.records(spec)
+    jobs = await _planned_jobs(launcher, spec, run)
+    states = [_item_state(record) for record in records.values()]
+    total = len(jobs) if jobs is not None else len(records)
+    finished = sum(s in ("done", "skipped", "failed") for s in states)
+    counts = BatchCounts(total=total, done=sum(s in ("done", "skipped") for s in states),
+                         failed=states.count("failed"), pending=total - finished)  # fmt: skip
+    servers: dict[str, ServerProgress] = defaultdict(ServerProgress)
+    for record in records.values():
+        if record.server is not None:
+            progress = servers[record.server]
+            state = _item_state(record)
+            progress.done += state == "done"
+            progress.failed += state == "failed"
+            progress.in_flight += state == "submitted"
+    index = {job.key: job.index for job in jobs or []}
+    failed = [record for record in records.values() if record.result is not None and record.result.status == "failed"]
+    failures = [ItemFailure(key=r.key, index=index.get(r.key), error=(r.result and r.result.error) or "failed")
+                for r in failed]  # fmt: skip
     state, state_name = _state(run)
     return BatchStatus(batch_id=str(run.id), name=spec.name, state=state, state_name=state_name,
-                       links=_links(request, run, launcher), counts=counts, submitted_by=submitter)  # fmt: skip
+                       links=_links(request, run, launcher), counts=counts, submitted_by=_tagged(run, "submitted-by"),
+                       cancelled_by=_cancelled_by(run), servers=dict(servers), eta_s=_eta(records, counts),
+                       failures=failures[:_FAILURES_SHOWN], events_seq=hub.latest(run.id))  # fmt: skip
 
 
-@router.get("/{batch_id}/items")
+def _tagged(run: FlowRun, name: str) -> str | None:
+    return next((tag.removeprefix(f"{name}:") for tag in run.tags if tag.startswith(f"{name}:")), None)
+
+
+def _cancelled_by(run: FlowRun) -> str | None:
+    message = run.state.message if run.state is not None else None
+    return message.removeprefix("cancelled by ") if message and message.startswith("cancelled by ") else None
+
+
+def _eta(records: dict[str, JobRecord], counts: BatchCounts) -> float | None:
+    """Remaining images at the rate of this run so far: (now - first submit) / finished."""
+    starts = [r.submitted_at or (r.result.queued_at if r.result else None) for r in records.values()]
+    first = min((t for t in starts if t), default=None)
+    finished = counts.done + counts.failed
+    if first is None or finished == 0 or counts.pending == 0:
+        return 0.0 if counts.total and counts.pending == 0 else None
+    return (time.time() - first) / finished * counts.pending
+
+
+@router.get("/batches/{batch_id}/items")
 async def list_items(
     batch_id: UUID,
     launcher: LauncherDep,
@@ -93,20 +192,35 @@ async def list_items(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> ItemList:
-    """The batch's jobs as the journal records them, sorted by key."""
-    spec = launcher.spec_of(await launcher.get(batch_id))
-    records = sorted((await launcher.records(spec)).values(), key=lambda record: record.key)
+    """Every job of the batch in order, queued ones included, with what its journal recorded."""
+    run = await launcher.get(batch_id)
+    spec = launcher.spec_of(run)
+    records = await launcher.records(spec)
+    jobs = await _planned_jobs(launcher, spec, run)
+    planned: list[tuple[str, JobSpec | None]] = (
+        [(job.key, job) for job in jobs] if jobs is not None else [(key, None) for key in sorted(records)]
+    )
     items = []
-    for record in records[offset : offset + limit]:
-        files = record.result.files if record.result else []
-        image = f"/api/batches/{batch_id}/items/{record.key}/image" if files else None
-        error = record.result.error if record.result else None
-        items.append(ItemStatus(key=record.key, state=_item_state(record), server=record.server, error=error,
-                                files=len(files), image=image))  # fmt: skip
-    return ItemList(items=items, total=len(records), limit=limit, offset=offset)
+    for key, job in planned[offset : offset + limit]:
+        record = records.get(key)
+        result = record.result if record else None
+        files = result.files if result else []
+        source = job or (result.job if result else None)
+        prompt = _prompt_of(source) if source else None
+        items.append(ItemStatus(
+            key=key, index=job.index if job else None, prompt=prompt, seed=job.seed if job else None,
+            state=_item_state(record), server=record.server if record else None, error=result.error if result else None,
+            files=len(files), image=f"/api/batches/{batch_id}/items/{key}/image" if files else None,
+        ))  # fmt: skip
+    return ItemList(items=items, total=len(planned), limit=limit, offset=offset)
 
 
-@router.get("/{batch_id}/manifest")
+def _prompt_of(job: JobSpec) -> str | None:
+    prompt = job.values.get("prompt")
+    return prompt if isinstance(prompt, str) else None
+
+
+@router.get("/batches/{batch_id}/manifest")
 async def get_manifest(
     batch_id: UUID, launcher: LauncherDep, _key: KeyName, format: Literal["csv", "parquet"] = "csv"
 ) -> Response:
@@ -119,8 +233,8 @@ async def get_manifest(
     return Response(await launcher.read_file(spec, relpath), media_type=_MEDIA[format], headers=headers)
 
 
-@router.post("/{batch_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
-async def cancel_batch(batch_id: UUID, request: Request, launcher: LauncherDep, _key: KeyName) -> BatchStarted:
-    """Ask Prefect to cancel the batch's flow run."""
-    run = await launcher.cancel(batch_id)
+@router.post("/batches/{batch_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
+async def cancel_batch(batch_id: UUID, request: Request, launcher: LauncherDep, key_name: KeyName) -> BatchStarted:
+    """Ask Prefect to cancel the batch's flow run; the key's name is recorded as who cancelled."""
+    run = await launcher.cancel(batch_id, key_name)
     return BatchStarted(batch_id=str(run.id), name=run.name, state=_state(run)[0], links=_links(request, run, launcher))

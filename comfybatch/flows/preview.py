@@ -1,0 +1,44 @@
+"""A batch before any GPU time: its jobs and which servers can run them (the dry run, outside a flow run).
+
+The dashboard uses it to validate a request, to list a batch's jobs before they start and to count
+queued images for quotas; expansion is deterministic, so the keys are the ones the flow computes.
+"""
+
+from dataclasses import dataclass
+
+from comfybatch.blocks.fleet import load_fleet
+from comfybatch.comfy.object_info import merge_object_infos
+from comfybatch.errors import ConfigError
+from comfybatch.expansion import Expansion, expand_batch
+from comfybatch.flows.plan import TEMPLATES_DIR, FleetPlan, plan_fleet, probe_fleet, resolve_workflow
+from comfybatch.models import BatchSpec
+from comfybatch.settings import Settings
+
+
+@dataclass(frozen=True)
+class BatchPreview:
+    """The expanded jobs of a request and the fleet's verdict on them."""
+
+    expansion: Expansion
+    plan: FleetPlan
+
+
+async def preview_batch(spec: BatchSpec, settings: Settings) -> BatchPreview:
+    """Expand `spec` and check every job against every reachable server's `/object_info`.
+
+    Raises:
+        BatchRequestError / WorkflowError naming what is wrong; ConfigError when no server answers.
+    """
+    servers = await load_fleet(settings, only=spec.servers)
+    probes, infos = await probe_fleet(servers)
+    if not infos:
+        raise ConfigError("no ComfyUI server is reachable: " + "; ".join(f"{p.name}: {p.error}" for p in probes))
+    template = resolve_workflow(spec.workflow, infos)
+    expansion = expand_batch(spec, template, object_info=merge_object_infos(infos.values()))
+    slots = {server.name: server.slots for server in servers if server.name in infos}
+    return BatchPreview(expansion, plan_fleet(expansion.jobs, probes, infos, slots=slots))
+
+
+def template_names() -> list[str]:
+    """The bundled workflow templates, by name."""
+    return sorted(path.stem for path in TEMPLATES_DIR.glob("*.json"))

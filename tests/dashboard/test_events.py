@@ -1,0 +1,89 @@
+"""`WS /api/batches/{id}/events` on a live dashboard: numbered events, replay with `after`, authentication."""
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+from tests.dashboard.conftest import API_KEY, AUTH, tiny_spec
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
+
+
+def _ws_url(base: str, batch_id: str, after: int = 0) -> str:
+    return f"{base.replace('http://', 'ws://')}/api/batches/{batch_id}/events?after={after}"
+
+
+async def _all_messages(url: str, **connect: Any) -> list[dict[str, Any]]:
+    """Every message until the server closes the stream (the batch's run ended)."""
+    async with websockets.connect(url, open_timeout=10, **connect) as socket:
+        return [json.loads(frame) async for frame in socket]
+
+
+@pytest.fixture(scope="module")
+async def streamed(live_dashboard: str) -> tuple[str, list[dict[str, Any]]]:
+    """A two-image batch created over HTTP and followed live from its first event to its end."""
+    async with httpx.AsyncClient(base_url=live_dashboard, timeout=30) as http:
+        created = await http.post("/api/batches", json=tiny_spec("dash-events", "an owl", "a lark"), headers=AUTH)
+    assert created.status_code == 202, created.text
+    batch_id = created.json()["batch_id"]
+    messages = await _all_messages(_ws_url(live_dashboard, batch_id), additional_headers=AUTH)
+    return batch_id, messages
+
+
+async def test_stream_numbers_events_from_one_without_gaps(streamed: tuple[str, list[dict[str, Any]]]) -> None:
+    """Sequence numbers run 1..N in the order sent."""
+    _, messages = streamed
+
+    assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
+
+
+async def test_stream_reports_each_item_done_and_the_run_ending(streamed: tuple[str, list[dict[str, Any]]]) -> None:
+    """Both items arrive as `item.done`, who submitted is recorded, and the last message is the run's completion."""
+    _, messages = streamed
+    types = [m["type"] for m in messages]
+
+    assert len({m["key"] for m in messages if m["type"] == "item.done"}) == 2
+    submitted = next(m for m in messages if m["type"] == "batch.submitted")
+    assert submitted["by"] == "ci"
+    assert types[-1] == "run.completed"
+
+
+async def test_reconnect_after_n_replays_exactly_the_rest(
+    live_dashboard: str, streamed: tuple[str, list[dict[str, Any]]]
+) -> None:
+    """A client that saw events 1..3 and reconnects with `after=3` receives events 4..N, identical."""
+    batch_id, messages = streamed
+
+    rest = await _all_messages(_ws_url(live_dashboard, batch_id, after=3), additional_headers=AUTH)
+
+    assert rest == messages[3:]
+
+
+async def test_first_message_auth_is_accepted(live_dashboard: str, streamed: tuple[str, list[dict[str, Any]]]) -> None:
+    """Browsers cannot send headers: `{"type": "auth", "token": ...}` as the first message opens the stream."""
+    batch_id, messages = streamed
+
+    async with websockets.connect(_ws_url(live_dashboard, batch_id)) as socket:
+        await socket.send(json.dumps({"type": "auth", "token": API_KEY}))
+        received = [json.loads(frame) async for frame in socket]
+
+    assert received == messages
+
+
+async def test_stream_without_key_is_closed_4401(
+    live_dashboard: str, streamed: tuple[str, list[dict[str, Any]]]
+) -> None:
+    """A wrong key gets no event: the socket closes with 4401."""
+    batch_id, _ = streamed
+
+    async with websockets.connect(_ws_url(live_dashboard, batch_id)) as socket:
+        await socket.send(json.dumps({"type": "auth", "token": "wrong"}))
+        with pytest.raises(ConnectionClosed) as closed:
+            await socket.recv()
+
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 4401
