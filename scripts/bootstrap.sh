@@ -18,14 +18,18 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# System packages the tests use: PostgreSQL (the production-database test). Root installs them; others
-# get a hint, and that test skips (under CI=true it fails instead).
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+# System packages the tests use: PostgreSQL (the production-database test) and Chromium (the dashboard
+# page, driven by Playwright; never a browser download). Root installs them; others get a hint, and
+# those tests skip (under CI=true they fail instead).
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "[bootstrap] installing PostgreSQL (Debian package) for the tests" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    echo "[bootstrap] installing ${missing[*]} (Debian packages) for the tests" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "[bootstrap] PostgreSQL is not installed (sudo apt-get install postgresql): its test will skip" >&2
+    echo "[bootstrap] not installed: ${missing[*]} (sudo apt-get install ${missing[*]}): their tests will skip" >&2
   fi
 fi
 
