@@ -43,9 +43,10 @@ class Settings(BaseSettings):
     )
     dashboard_port: int = Field(8600, ge=1, le=65535, description="Port of `python -m comfybatch.dashboard`.")
     api_quota_images: int | None = Field(
-        None, ge=1, description="Images one API key may have queued (unfinished) at once; 429 beyond. No limit when empty."
+        None, ge=1, description="Unfinished images one API key may have queued; 429 beyond. No limit when empty."
     )
     max_upload_bytes: int = Field(20_000_000, ge=1, description="Largest sheet `PUT /api/uploads/{name}` accepts.")
+    max_request_bytes: int = Field(10_000_000, ge=1, description="Largest JSON body of a batch or validate request.")
 
     @field_validator("comfyui_urls", mode="before")
     @classmethod

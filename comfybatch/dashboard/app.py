@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from comfybatch.dashboard.events import EventHub
+from comfybatch.dashboard.guard import ApiGuard
 from comfybatch.dashboard.launcher import Launcher
 from comfybatch.dashboard.routes import batches, images, meta, stream, uploads
 from comfybatch.errors import BatchNotFound, BatchRequestError, ComfyBatchError
@@ -56,7 +57,8 @@ def create_app(settings: Settings | None = None, launcher: Launcher | None = Non
     app.state.settings = settings
     app.state.launcher = launcher
     app.state.hub = hub
-    app.add_middleware(
+    app.add_middleware(ApiGuard, settings=settings)
+    app.add_middleware(  # outermost: refusals carry CORS headers too, so a browser can read them
         CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
         allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
     )  # fmt: skip

@@ -25,7 +25,7 @@ _MEDIA: dict[str, frozenset[str]] = {
 
 async def _body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it passes `limit` (whatever Content-Length claims)."""
-    too_large = HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"a sheet may have at most {limit} bytes")
+    too_large = HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"a sheet may have at most {limit} bytes")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large

@@ -1,0 +1,127 @@
+"""Requests before and around a batch: the dry run, uploads, what the API refuses, quotas, who cancelled."""
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from comfybatch.dashboard.app import create_app
+from comfybatch.dashboard.launcher import Launcher
+from comfybatch.settings import Settings
+from tests.dashboard.conftest import API_KEY, AUTH, DashboardPlatform, tiny_spec, wait_finished
+from tests.support.graphs import delay, unique
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
+
+
+def slow_spec(name: str, *nonces: str, seconds: float = 4.0) -> dict[str, Any]:
+    """One Delay job per nonce: a batch that stays queued or running for a while."""
+    return {"name": name, "workflow": delay(seconds, unique(name)), "bindings": {"nonce": "2.inputs.nonce"},
+            "sweep": {"axes": {"nonce": list(nonces)}}}  # fmt: skip
+
+
+@pytest.fixture
+async def quota_client(dashboard_platform: DashboardPlatform) -> AsyncIterator[httpx.AsyncClient]:
+    """The dashboard with a quota of 3 queued images per key."""
+    base = dashboard_platform.settings()
+    settings = Settings(output_root=base.output_root, api_keys={"ci": API_KEY}, api_quota_images=3)
+    app = create_app(settings, Launcher(settings, api_url=dashboard_platform.api_url))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dashboard") as http:
+        yield http
+
+
+async def test_validate_counts_jobs_each_server_can_run(
+    client: httpx.AsyncClient, dashboard_platform: DashboardPlatform
+) -> None:
+    """The dry run of a valid request: every job runs on every server, nothing is rendered."""
+    response = await client.post("/api/validate", json=tiny_spec("dash-validate", "a fox", "a jay"), headers=AUTH)
+
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert (report["ok"], report["total"], report["invalid"]) == (True, 2, [])
+    assert sorted(report["per_server"].values()) == [2] * len(dashboard_platform.fleet.servers)
+    assert not (dashboard_platform.out / "dash-validate").exists()
+
+
+async def test_validate_names_the_checkpoint_no_server_has(client: httpx.AsyncClient) -> None:
+    """A checkpoint missing on every server is a 400 naming the field, the value and what the fleet has."""
+    spec = {**tiny_spec("dash-no-ckpt", "a fox"), "defaults": {"steps": 1, "checkpoint": "absent.safetensors"}}
+
+    response = await client.post("/api/validate", json=spec, headers=AUTH)
+
+    assert response.status_code == 400, response.text
+    [problem] = response.json()["problems"]
+    assert problem["field"] == "defaults.checkpoint"
+    assert "'absent.safetensors' is not one of" in problem["message"]
+    assert "comfybatch-tiny-sd15.ckpt" in problem["message"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"workflow": "/etc/passwd.json"}, "workflow"), ({"output": "/tmp/elsewhere"}, "output"),
+     ({"sheet": "/etc/rows.csv"}, "sheet")],
+)  # fmt: skip
+async def test_api_refuses_paths_on_the_dashboard_machine(
+    client: httpx.AsyncClient, change: dict[str, str], field: str
+) -> None:
+    """Workflow files, output folders and sheets a client names are refused with 400 naming the field."""
+    response = await client.post("/api/batches", json={**tiny_spec("dash-paths", "a fox"), **change}, headers=AUTH)
+
+    assert response.status_code == 400, response.text
+    assert [problem["field"] for problem in response.json()["problems"]] == [field]
+
+
+async def test_uploaded_sheet_is_what_a_request_expands(client: httpx.AsyncClient) -> None:
+    """A CSV uploaded with PUT is stored and read; validating a request naming it counts one job per row."""
+    csv = "prompt,seed\na red fox,1\na blue jay,2\na green frog,3\n"
+    uploaded = await client.put("/api/uploads/animals.csv", content=csv, headers={**AUTH, "content-type": "text/csv"})
+    assert uploaded.status_code == 201, uploaded.text
+    spec = {"name": "dash-sheet", "workflow": "txt2img-tiny", "sheet": uploaded.json()["sheet"],
+            "defaults": {"steps": 1}}  # fmt: skip
+
+    report = await client.post("/api/validate", json=spec, headers=AUTH)
+
+    assert (uploaded.json()["rows"], uploaded.json()["columns"]) == (3, ["prompt", "seed"])
+    assert report.status_code == 200, report.text
+    assert report.json()["total"] == 3
+
+
+async def test_quota_refuses_a_batch_beyond_the_keys_queued_images(quota_client: httpx.AsyncClient) -> None:
+    """With 2 images queued and a quota of 3, a request for 2 more is refused with 429 naming the numbers."""
+    first = await quota_client.post("/api/batches", json=slow_spec("dash-quota-one", "a", "b"), headers=AUTH)
+    assert first.status_code == 202, first.text
+    try:
+        second = await quota_client.post("/api/batches", json=slow_spec("dash-quota-two", "c", "d"), headers=AUTH)
+    finally:
+        await quota_client.post(f"/api/batches/{first.json()['batch_id']}/cancel", headers=AUTH)
+
+    assert second.status_code == 429, second.text
+    assert "2 image(s) queued" in second.json()["detail"]
+    assert "quota of 3" in second.json()["detail"]
+
+
+async def test_items_list_every_planned_job_with_its_prompt_before_it_runs(client: httpx.AsyncClient) -> None:
+    """Right after creation, items list all jobs in order with their prompts, not only the started ones."""
+    prompts = ["a slow heron", "a slow crane", "a slow stork"]
+    created = await client.post("/api/batches", json=slow_spec("dash-planned", *prompts), headers=AUTH)
+    batch_id = created.json()["batch_id"]
+    try:
+        items = (await client.get(f"/api/batches/{batch_id}/items", headers=AUTH)).json()
+    finally:
+        await client.post(f"/api/batches/{batch_id}/cancel", headers=AUTH)
+
+    assert items["total"] == 3
+    assert [item["index"] for item in items["items"]] == [0, 1, 2]
+    assert {item["state"] for item in items["items"]} <= {"queued", "submitted"}
+
+
+async def test_who_cancelled_is_recorded(client: httpx.AsyncClient) -> None:
+    """The status of a cancelled batch names the key that cancelled it."""
+    created = await client.post("/api/batches", json=slow_spec("dash-who", "x"), headers=AUTH)
+    batch_id = created.json()["batch_id"]
+
+    await client.post(f"/api/batches/{batch_id}/cancel", headers=AUTH)
+    final = await wait_finished(client, batch_id, timeout_s=90)
+
+    assert (final["state"], final["cancelled_by"], final["submitted_by"]) == ("CANCELLED", "ci", "ci")
