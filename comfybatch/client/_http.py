@@ -1,6 +1,5 @@
 """Map the dashboard's HTTP answers onto the SDK's errors (`detail` and `problems` kept, no body dumps)."""
 
-import re
 from typing import Any
 
 import httpx
@@ -21,7 +20,6 @@ _BY_STATUS: dict[int, type[ApiError]] = {
     401: AuthenticationFailed, 403: AuthenticationFailed, 404: NotFound, 429: QuotaExceeded,
     502: DashboardUnavailable, 503: DashboardUnavailable, 504: DashboardUnavailable,
 }  # fmt: skip
-_SPACE = re.compile(r"\s+")
 
 
 def error_for(response: httpx.Response, request: str, *, secret: str | None) -> ApiError:
@@ -42,9 +40,9 @@ def _detail_of(response: httpx.Response) -> tuple[str, tuple[RequestProblem, ...
     except ValueError:
         body = None
     if not isinstance(body, dict) or "detail" not in body:
-        # A proxy's error page: its reason and a short one-line excerpt, never the whole body.
-        excerpt = _SPACE.sub(" ", response.text).strip()[:120]
-        return f"{response.reason_phrase or 'error'}" + (f" ({excerpt})" if excerpt else ""), ()
+        # A proxy's error page: its reason and what came, never the body (it may be a page or a traceback).
+        media = response.headers.get("content-type", "").split(";")[0] or "no content type"
+        return f"{response.reason_phrase or 'error'} ({media}, {len(response.content)} bytes, not JSON)", ()
     detail = body["detail"]
     if isinstance(detail, list):  # FastAPI's request validation: [{loc: ["body", field, ...], msg, type}]
         problems = tuple(
