@@ -1,0 +1,64 @@
+"""Debian's chromium, driven by Playwright, against the live dashboard on the real platform of `tests/dashboard`."""
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+
+from tests.dashboard.conftest import API_KEY, dashboard_platform, live_dashboard, platform_prefect
+
+__all__ = ["dashboard_platform", "live_dashboard", "platform_prefect"]
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; never `playwright install`
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Headless chromium; skipped when it is not installed, except under `CI=true` where that fails the run.
+
+    Session-scoped so the check happens before the module's platform is started.
+    """
+    if not CHROMIUM.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing: the CI image must install Debian's chromium", pytrace=False)
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@dataclass
+class Tab:
+    """A page of the dashboard, with every JavaScript dialog and uncaught error it produced."""
+
+    page: Page
+    dialogs: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def open_tab(browser: Browser, live_dashboard: str) -> Iterator[Callable[..., Tab]]:
+    """Open a tab on a fresh browser context; `with_key=True` stores the API key as the page would."""
+    contexts: list[BrowserContext] = []
+
+    def open_(*, with_key: bool = True) -> Tab:
+        context = browser.new_context(base_url=live_dashboard, viewport={"width": 1280, "height": 860},
+                                      accept_downloads=True)  # fmt: skip
+        context.set_default_timeout(30_000)
+        contexts.append(context)
+        if with_key:
+            context.add_init_script(f"localStorage.setItem('comfybatch.apiKey', {json.dumps(API_KEY)});")
+        tab = Tab(context.new_page())
+        tab.page.on("dialog", lambda dialog: (tab.dialogs.append(dialog.message), dialog.dismiss()))
+        tab.page.on("pageerror", lambda error: tab.errors.append(str(error)))
+        return tab
+
+    yield open_
+    for context in contexts:
+        context.close()
