@@ -6,6 +6,7 @@ after any crash knows which jobs are done and which prompt to recover instead of
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -47,14 +48,22 @@ class JobJournal:
         await self._write(JobRecord(key=result.job.key, state="finished", server=result.server,
                                     prompt_id=result.prompt_id, result=result))  # fmt: skip
 
-    async def load(self) -> dict[str, JobRecord]:
-        """Every readable record; unreadable ones (a torn write on a crash) are ignored."""
-        return await asyncio.to_thread(self._load_sync)
+    async def load(self, known: Mapping[str, JobRecord] | None = None) -> dict[str, JobRecord]:
+        """Every readable record; unreadable ones (a torn write on a crash) are ignored.
 
-    def _load_sync(self) -> dict[str, JobRecord]:
+        Finished records in `known` are taken as they are (a finished job's record never changes), so
+        a reader that polls a big batch reads only the files of jobs still in flight.
+        """
+        return await asyncio.to_thread(self._load_sync, known or {})
+
+    def _load_sync(self, known: Mapping[str, JobRecord]) -> dict[str, JobRecord]:
         records: dict[str, JobRecord] = {}
         for relpath in self.store.list(self.folder):
             if not relpath.endswith(".json"):
+                continue
+            cached = known.get(relpath.rpartition("/")[2].removesuffix(".json"))
+            if cached is not None and cached.state == "finished":
+                records[cached.key] = cached
                 continue
             try:
                 record = JobRecord.model_validate_json(self.store.read_bytes(relpath))

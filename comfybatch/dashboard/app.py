@@ -50,8 +50,10 @@ def create_app(settings: Settings | None = None, launcher: Launcher | None = Non
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         hub.start()  # subscribed before the first client asks, so no batch needs its history read back
+        launcher.open()
         yield
         await hub.stop()
+        await launcher.aclose()
 
     app = FastAPI(title="comfybatch", summary="Start ComfyUI batches and read their results.", lifespan=lifespan)
     app.state.settings = settings

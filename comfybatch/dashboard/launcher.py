@@ -1,12 +1,14 @@
 """The dashboard's only link to Prefect and the output store (the test seam)."""
 
 import asyncio
+import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 from uuid import UUID
+from weakref import WeakKeyDictionary
 
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
@@ -45,6 +47,7 @@ GENERATE_BATCH = "generate-batch/generate-batch"
 BATCH_COUNT_LIMIT = 200  # the Prefect API's page cap: `/metrics` counts the newest this many batches
 ACTIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
 _PREVIEWS_KEPT = 64
+_DEPLOYMENT_TTL_S = 30.0  # a re-served deployment gets a new id; within this a request may see the old one
 
 
 class Launcher:
@@ -54,17 +57,48 @@ class Launcher:
         self.settings = settings
         self.api_url = api_url
         self._previews: OrderedDict[UUID, BatchPreview] = OrderedDict()
+        self._journals: OrderedDict[UUID, dict[str, JobRecord]] = OrderedDict()
+        # Between `open()` and `aclose()` (the app's lifespan) one Prefect client serves every request:
+        # a new one per request costs a TLS context and a connection. Without a lifespan, one per call.
+        self._clients: WeakKeyDictionary[asyncio.AbstractEventLoop, PrefectClient] = WeakKeyDictionary()
+        self._keep_client = False
+        self._deployment: tuple[float, UUID] | None = None
+
+    def _new_client(self) -> PrefectClient:
+        api_url = self.api_url or PREFECT_API_URL.value()
+        return PrefectClient(api_url) if api_url else get_client()
 
     @asynccontextmanager
     async def _client(self) -> AsyncIterator[PrefectClient]:
-        async with PrefectClient(self.api_url) if self.api_url else get_client() as client:
-            yield client
+        if not self._keep_client:
+            async with self._new_client() as client:
+                yield client
+            return
+        loop = asyncio.get_running_loop()
+        kept = self._clients.get(loop)
+        if kept is None:
+            kept = self._clients[loop] = self._new_client()
+            await kept.__aenter__()
+        yield kept
+
+    def open(self) -> None:
+        """Keep one Prefect client open per event loop until `aclose()`."""
+        self._keep_client = True
+
+    async def aclose(self) -> None:
+        """Close this event loop's kept Prefect client."""
+        self._keep_client = False
+        if (client := self._clients.pop(asyncio.get_running_loop(), None)) is not None:
+            await client.__aexit__(None, None, None)
 
     async def _deployment_id(self, client: PrefectClient) -> UUID:
+        if self._deployment is not None and time.monotonic() - self._deployment[0] < _DEPLOYMENT_TTL_S:
+            return self._deployment[1]
         try:
             deployment = await client.read_deployment_by_name(GENERATE_BATCH)
         except ObjectNotFound as exc:
             raise ConfigError(f"deployment {GENERATE_BATCH!r} is not served (run `comfybatch serve`)") from exc
+        self._deployment = (time.monotonic(), deployment.id)
         return deployment.id
 
     async def start(self, spec: BatchSpec, idempotency_key: str | None, submitted_by: str) -> FlowRun:
@@ -228,9 +262,19 @@ class Launcher:
         """The output store the batch writes into."""
         return OutputStore(spec.output or self.settings.output_root)
 
-    async def records(self, spec: BatchSpec) -> dict[str, JobRecord]:
-        """The batch's job journal, by item key (empty before the first job was submitted)."""
-        return await JobJournal(self.store_of(spec), spec.name).load()
+    async def records(self, spec: BatchSpec, run_id: UUID | None = None) -> dict[str, JobRecord]:
+        """The batch's job journal, by item key (empty before the first job was submitted).
+
+        With `run_id`, finished records read before are reused: polling a big batch reads only new files.
+        """
+        known = self._journals.get(run_id) if run_id is not None else None
+        records = await JobJournal(self.store_of(spec), spec.name).load(known)
+        if run_id is not None:
+            self._journals[run_id] = records
+            self._journals.move_to_end(run_id)
+            while len(self._journals) > _PREVIEWS_KEPT:
+                self._journals.popitem(last=False)
+        return records
 
     async def read_file(self, spec: BatchSpec, relpath: str) -> bytes:
         """Bytes of a store file already checked to belong to the batch.

@@ -67,7 +67,7 @@ async def _queued_images(launcher: Launcher, key_name: str) -> int:
     for run in await launcher.active_batches(key_name):
         spec = launcher.spec_of(run)
         jobs = await _planned_jobs(launcher, spec, run)
-        records = await launcher.records(spec)
+        records = await launcher.records(spec, run.id)
         finished = sum(1 for record in records.values() if record.result is not None)
         queued += max((len(jobs) if jobs is not None else len(records)) - finished, 0)
     return queued
@@ -139,7 +139,7 @@ async def get_batch(batch_id: UUID, request: Request, launcher: LauncherDep, hub
     """A batch's state, counts, progress per server, ETA and first failures (from its job journal)."""
     run = await launcher.get(batch_id)
     spec = launcher.spec_of(run)
-    records = await launcher.records(spec)
+    records = await launcher.records(spec, run.id)
     jobs = await _planned_jobs(launcher, spec, run)
     states = [_item_state(record) for record in records.values()]
     total = len(jobs) if jobs is not None else len(records)
@@ -195,7 +195,7 @@ async def list_items(
     """Every job of the batch in order, queued ones included, with what its journal recorded."""
     run = await launcher.get(batch_id)
     spec = launcher.spec_of(run)
-    records = await launcher.records(spec)
+    records = await launcher.records(spec, run.id)
     jobs = await _planned_jobs(launcher, spec, run)
     planned: list[tuple[str, JobSpec | None]] = (
         [(job.key, job) for job in jobs] if jobs is not None else [(key, None) for key in sorted(records)]

@@ -28,8 +28,9 @@ async def get_image(
     batch_id: UUID, key: str, launcher: LauncherDep, _key: KeyName, thumb: Annotated[bool, Query()] = False
 ) -> Response:
     """The item's first stored image (or a PNG thumbnail); `key` only selects a journal record."""
-    spec = launcher.spec_of(await launcher.get(batch_id))
-    record = (await launcher.records(spec)).get(key)
+    run = await launcher.get(batch_id)
+    spec = launcher.spec_of(run)
+    record = (await launcher.records(spec, run.id)).get(key)
     files = record.result.files if record and record.result else []
     store = launcher.store_of(spec)
     for stored in files:

@@ -579,12 +579,13 @@ class BatchView {
     card.className = `card state-${card.dataset.state}`;
     const number = item.index != null ? `#${item.index + 1}` : item.key.slice(0, 8);
     card.setAttribute("aria-label", `Item ${number}: ${stateLabel(item, halted)}`);
-    card.replaceChildren(
+    const parts = [
       this.media(item, halted),
       h("p", { class: "prompt", testid: "item-prompt", title: item.prompt || "" }, item.prompt || "(no prompt)"),
       h("p", { class: "meta" }, [number, item.seed != null && `seed ${item.seed}`, item.server].filter(Boolean).join(" · ")),
-      item.state === "failed" ? h("p", { class: "error", testid: "item-error" }, item.error || "failed") : null,
-    );
+    ];
+    if (item.state === "failed") parts.push(h("p", { class: "error", testid: "item-error" }, item.error || "failed"));
+    card.replaceChildren(...parts);
     this.queueSummary();
   }
 
@@ -654,7 +655,7 @@ class BatchView {
     const overall = $(this.root, "overall");
     overall.max = Math.max(total, 1);
     overall.value = done + failed;
-    $(this.root, "eta").textContent = this.runEnded() ? "ended" : `ETA ${duration(this.status?.eta_s)}`;
+    $(this.root, "eta").textContent = this.runEnded() ? (this.status.state === "COMPLETED" ? "finished" : "ended") : `ETA ${duration(this.status?.eta_s)}`;
     const lanes = new Map();
     for (const name of Object.keys(this.status?.servers || {})) lanes.set(name, { done: 0, failed: 0, busy: 0 });
     for (const item of items) {

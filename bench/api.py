@@ -1,0 +1,200 @@
+"""API shim under load: latency of status/list/submit, WebSocket event latency, and the batch's slowdown.
+
+One run, real processes: a ComfyUI fleet with the Delay node, `prefect server start`, `comfybatch serve`
+and the dashboard (`python -m comfybatch.dashboard`). Then:
+
+1. **alone**: one reference batch created over the API; its makespan is read from its own events
+   (`batch.submitted` to `run.completed`).
+2. **under load**: the same batch again while N clients hammer the shim for D seconds (70 % status,
+   25 % list, 5 % submit of a dry run under one of a few idempotency keys, so the load creates a
+   handful of runs, not hundreds of processes). A WebSocket subscriber follows the batch and times
+   each item event from its `occurred` stamp (the engine's clock, when it heard from ComfyUI) to receipt.
+
+Targets (issue 6): status p99 < 50 ms, event p99 < 100 ms, 0 errors, batch slowed by at most 10 %.
+
+    python bench/api.py            # 50 clients for 60 s, 2 servers, Delay 0.5 s x 100 images
+    python bench/api.py --quick    # 10 clients for 10 s, Delay 0.2 s x 30 images
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import Bench, bench_environment, delay_graph, stop_process, warm_up
+
+from comfybatch.testing.fleet import free_port
+
+KEY = "bench-" + uuid.uuid4().hex
+AUTH = {"Authorization": f"Bearer {KEY}"}
+DEPLOYMENT = "generate-batch/generate-batch"
+
+
+@dataclass
+class Load:
+    latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+def _ms(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+
+def reference_spec(name: str, delay_s: float, images: int) -> dict[str, Any]:
+    return {"name": name, "workflow": delay_graph(delay_s, prefix=f"bench/{name}"),
+            "bindings": {"nonce": "2.inputs.nonce"},
+            "sweep": {"axes": {"nonce": [f"{name}-{i}" for i in range(images)]}}}  # fmt: skip
+
+
+def start_platform(bench: Bench) -> tuple[list[subprocess.Popen[bytes]], str]:
+    """`comfybatch serve` and the dashboard as child processes; returns them and the dashboard URL."""
+    port = free_port()
+    env = {**os.environ, "PREFECT_API_URL": bench.prefect.api_url, "PREFECT_HOME": str(bench.root / "prefect-client"),
+           "COMFYBATCH_API_KEYS": f"bench:{KEY}", "COMFYBATCH_DASHBOARD_PORT": str(port),
+           "PREFECT_RUNNER_POLL_FREQUENCY": "1", "PREFECT_LOGGING_LEVEL": "WARNING"}  # fmt: skip
+    logs = bench.root / "platform.log"
+    with logs.open("ab") as sink:
+        serve = subprocess.Popen([sys.executable, "-m", "comfybatch.cli", "serve"], env=env, cwd=bench.root,
+                                 stdout=sink, stderr=subprocess.STDOUT)  # fmt: skip
+        dashboard = subprocess.Popen([sys.executable, "-m", "comfybatch.dashboard"], env=env, cwd=bench.root,
+                                     stdout=sink, stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            ready = httpx.get(f"{bench.prefect.api_url}/deployments/name/{DEPLOYMENT}", timeout=5).status_code == 200
+            ready = ready and httpx.get(f"{url}/api/workflows", headers=AUTH, timeout=5).status_code == 200
+        except httpx.TransportError:
+            ready = False
+        if ready:
+            return [serve, dashboard], url
+        time.sleep(0.5)
+    raise RuntimeError(f"platform did not start; see {logs}")
+
+
+async def follow(url: str, batch_id: str, started: float) -> tuple[float, list[float]]:
+    """(makespan from `started` to the run's end, per item-event latencies in seconds)."""
+    latencies: list[float] = []
+    ws_url = f"{url.replace('http://', 'ws://')}/api/batches/{batch_id}/events"
+    end = time.time()
+    async with websockets.connect(ws_url, additional_headers=AUTH, max_size=None) as socket:
+        async for frame in socket:
+            message = json.loads(frame)
+            received = time.time()
+            occurred = datetime.fromisoformat(message["occurred"]).timestamp()
+            if message["type"].startswith("item.") and occurred >= started:  # live ones, not the replayed past
+                latencies.append(received - occurred)
+            if message["type"].startswith("run."):
+                end = occurred
+    return end - started, latencies
+
+
+async def run_reference(url: str, name: str, delay_s: float, images: int) -> tuple[float, list[float]]:
+    async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=60) as http:
+        started = time.time()
+        created = await http.post("/api/batches", json=reference_spec(name, delay_s, images))
+        created.raise_for_status()
+        return await follow(url, created.json()["batch_id"], started)
+
+
+async def hammer(url: str, clients: int, duration_s: float, batch_ids: list[str], load: Load) -> None:
+    deadline = time.monotonic() + duration_s
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async def client(number: int, http: httpx.AsyncClient) -> None:
+        rng = random.Random(number)
+        while time.monotonic() < deadline:
+            roll = rng.random()
+            if roll < 0.70:
+                op, request = "status", http.get(f"/api/batches/{rng.choice(batch_ids)}")
+            elif roll < 0.95:
+                op, request = "list", http.get("/api/batches", params={"limit": 20})
+            else:
+                key = f"bench-load-{rng.randrange(5)}"
+                spec = {"name": key, "workflow": delay_graph(0.0, prefix="bench/load"), "dry_run": True}
+                op, request = "submit", http.post("/api/batches", json=spec, headers={"Idempotency-Key": key})
+            began = time.perf_counter()
+            try:
+                response = await request
+                ok = response.status_code < 400
+            except httpx.HTTPError:
+                ok = False
+            load.latencies[op].append(time.perf_counter() - began)
+            load.errors[op] += not ok
+
+    async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30, limits=limits) as http:
+        await asyncio.gather(*(client(number, http) for number in range(clients)))
+
+
+async def measure(bench: Bench, url: str, *, clients: int, duration_s: float, delay_s: float,
+                  images: int) -> dict[str, Any]:  # fmt: skip
+    await warm_up(bench)
+    alone, _ = await run_reference(url, "bench-alone", delay_s, images)
+    print(f"  reference batch alone: {alone:.2f} s", flush=True)
+    async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30) as http:
+        listed = (await http.get("/api/batches", params={"limit": 5})).json()["batches"]
+    load = Load()
+    loaded_task = asyncio.create_task(run_reference(url, "bench-loaded", delay_s, images))
+    await hammer(url, clients, duration_s, [batch["batch_id"] for batch in listed], load)
+    loaded, event_latencies = await loaded_task
+    print(f"  reference batch under load: {loaded:.2f} s", flush=True)
+    requests = {op: len(values) for op, values in load.latencies.items()}
+    return {
+        "clients": clients, "duration_s": duration_s, "requests": requests,
+        "requests_per_s": round(sum(requests.values()) / duration_s, 1),
+        "errors": dict(load.errors), "error_total": sum(load.errors.values()),
+        **{f"{op}_p50_ms": _ms(values, 0.50) for op, values in load.latencies.items()},
+        **{f"{op}_p99_ms": _ms(values, 0.99) for op, values in load.latencies.items()},
+        "event_count": len(event_latencies), "event_p50_ms": _ms(event_latencies, 0.50),
+        "event_p99_ms": _ms(event_latencies, 0.99),
+        "event_mean_ms": round(1000 * statistics.fmean(event_latencies), 1) if event_latencies else None,
+        "batch_alone_s": round(alone, 2), "batch_loaded_s": round(loaded, 2),
+        "slowdown": round(loaded / alone - 1, 3) if alone else None,
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="10 clients for 10 s, a 30-image batch (CI)")
+    parser.add_argument("--servers", type=int, default=2)
+    args = parser.parse_args(argv)
+    clients, duration_s, delay_s, images = (10, 10.0, 0.2, 30) if args.quick else (50, 60.0, 0.5, 100)
+    print(f"api: {clients} clients for {duration_s:g} s; reference batch {images} x Delay {delay_s:g} s "
+          f"on {args.servers} servers", flush=True)  # fmt: skip
+    with bench_environment(args.servers) as bench:
+        processes, url = start_platform(bench)
+        try:
+            result = asyncio.run(measure(bench, url, clients=clients, duration_s=duration_s, delay_s=delay_s,
+                                         images=images))  # fmt: skip
+        finally:
+            for process in processes:
+                stop_process(process)
+    result["quick"] = args.quick
+    targets = {"status_p99_ms": 50, "event_p99_ms": 100}
+    for name, value in result.items():
+        mark = f"  (target < {targets[name]})" if name in targets else ""
+        print(f"{name:>18}: {value}{mark}")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
