@@ -42,21 +42,26 @@ class Tab:
     errors: list[str] = field(default_factory=list)
 
 
+def new_tab(browser: Browser, base_url: str, *, with_key: bool = True) -> tuple[BrowserContext, Tab]:
+    """A tab on a fresh browser context; `with_key=True` stores the API key as the page itself would."""
+    context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 860}, accept_downloads=True)
+    context.set_default_timeout(30_000)
+    if with_key:
+        context.add_init_script(f"localStorage.setItem('comfybatch.apiKey', {json.dumps(API_KEY)});")
+    tab = Tab(context.new_page())
+    tab.page.on("dialog", lambda dialog: (tab.dialogs.append(dialog.message), dialog.dismiss()))
+    tab.page.on("pageerror", lambda error: tab.errors.append(str(error)))
+    return context, tab
+
+
 @pytest.fixture
 def open_tab(browser: Browser, live_dashboard: str) -> Iterator[Callable[..., Tab]]:
-    """Open a tab on a fresh browser context; `with_key=True` stores the API key as the page would."""
+    """Open tabs on the live dashboard (see `new_tab`); their contexts close after the test."""
     contexts: list[BrowserContext] = []
 
     def open_(*, with_key: bool = True) -> Tab:
-        context = browser.new_context(base_url=live_dashboard, viewport={"width": 1280, "height": 860},
-                                      accept_downloads=True)  # fmt: skip
-        context.set_default_timeout(30_000)
+        context, tab = new_tab(browser, live_dashboard, with_key=with_key)
         contexts.append(context)
-        if with_key:
-            context.add_init_script(f"localStorage.setItem('comfybatch.apiKey', {json.dumps(API_KEY)});")
-        tab = Tab(context.new_page())
-        tab.page.on("dialog", lambda dialog: (tab.dialogs.append(dialog.message), dialog.dismiss()))
-        tab.page.on("pageerror", lambda error: tab.errors.append(str(error)))
         return tab
 
     yield open_

@@ -5,21 +5,23 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Page, WebSocketRoute, expect
+from playwright.sync_api import Browser, Page, WebSocketRoute, expect
 
-from tests.browser.conftest import Tab
+from tests.browser.conftest import Tab, new_tab
 from tests.dashboard.conftest import API_KEY, AUTH
 from tests.support import graphs
 
 pytestmark = pytest.mark.timeout(300)
 
 XSS = "<img src=x onerror=alert(1)>"
+PAGE_PROMPTS = ["a red fox in snow", "a blue jay on a branch", XSS]
 PENDING = {"queued", "submitted", "retrying", "running"}
 TERMINAL = {"done", "failed", "skipped"}
 BATCH_URL = re.compile(r"#/batches/([0-9a-f-]{36})$")
@@ -78,10 +80,14 @@ def _all_done(count: int) -> Callable[[list[Card]], bool]:
 
 
 def _assert_true_states(samples: list[list[Card]]) -> None:
-    """Pending items always spin and never claim "no image"; done items show no spinner; no item goes back."""
+    """Pending items always spin and never claim "no image"; done items show no spinner; no item goes back.
+
+    No card shows a missing value as "null" or "undefined".
+    """
     reached: dict[str, str] = {}
     for cards in samples:
         for card in cards:
+            assert not {"null", "undefined"} & set(card["text"].split()), card
             if card["state"] in PENDING:
                 assert card["spinner"], card
                 assert "no image" not in card["text"].lower(), card
@@ -98,47 +104,54 @@ def _wait_completed(page: Page) -> None:
     expect(page.get_by_test_id("conn-status")).to_have_attribute("data-conn", "ended", timeout=15_000)
 
 
-def test_page_submits_a_batch_and_thumbnails_fill_in(open_tab: Callable[..., Tab]) -> None:
-    """A batch typed into the form (the key entered once) runs and every item ends done with its thumbnail."""
-    tab = open_tab(with_key=False)
+@dataclass(frozen=True)
+class PageBatch:
+    """A batch submitted from the form, watched until it completed: the tab and every grid sample."""
+
+    tab: Tab
+    samples: list[list[Card]]
+
+
+@pytest.fixture(scope="module")
+def page_batch(browser: Browser, live_dashboard: str) -> Iterator[PageBatch]:
+    """Enter the key once, fill the form (txt2img-tiny, three prompts, one of them markup), submit, watch it finish."""
+    context, tab = new_tab(browser, live_dashboard, with_key=False)
     page = tab.page
     page.goto("/")
     page.get_by_test_id("key-input").fill(API_KEY)
     page.get_by_test_id("key-save").click()
     expect(page.get_by_test_id("template").locator("option", has_text="txt2img-tiny")).to_have_count(1)
-
     page.get_by_test_id("template").select_option("txt2img-tiny")
     page.get_by_test_id("batch-name").fill(_name("submit"))
-    page.get_by_test_id("prompts").fill(f"a red fox in snow\na blue jay on a branch\n{XSS}")
+    page.get_by_test_id("prompts").fill("\n".join(PAGE_PROMPTS))
     page.get_by_test_id("steps").fill("1")
     page.get_by_test_id("submit").click()
     page.wait_for_url(BATCH_URL)
     samples = _watch(page, _all_done(3))
     _wait_completed(page)
+    yield PageBatch(tab, samples)
+    context.close()
 
-    _assert_true_states(samples)
-    prompts = page.get_by_test_id("item-prompt").all_inner_texts()
-    assert sorted(prompts) == sorted(["a red fox in snow", "a blue jay on a branch", XSS])
+
+def test_page_submits_a_batch_and_thumbnails_fill_in(page_batch: PageBatch) -> None:
+    """A batch typed into the form runs; every item ends done with its thumbnail, its prompt and no state going back."""
+    page = page_batch.tab.page
+
+    _assert_true_states(page_batch.samples)
+    assert sorted(page.get_by_test_id("item-prompt").all_inner_texts()) == sorted(PAGE_PROMPTS)
     assert page.evaluate("localStorage.getItem('comfybatch.apiKey')") == API_KEY
-    assert tab.errors == []
+    assert page_batch.tab.errors == []
 
 
-def test_xss_prompt_is_shown_as_text_and_runs_nothing(open_tab: Callable[..., Tab], live_dashboard: str) -> None:
+def test_xss_prompt_is_shown_as_text_and_runs_nothing(page_batch: PageBatch) -> None:
     """A prompt that is an <img onerror=alert> tag appears literally, adds no element and opens no dialog."""
-    spec = {"name": _name("xss"), "workflow": "txt2img-tiny", "prompts": [XSS, "a calm lake"], "defaults": {"steps": 1}}
-    batch_id = _create(live_dashboard, spec)
-    tab = open_tab()
-    page = tab.page
-
-    page.goto(f"/#/batches/{batch_id}")
-    _watch(page, _all_done(2))
-    _wait_completed(page)
+    page = page_batch.tab.page
 
     expect(page.get_by_test_id("item-prompt").filter(has_text=XSS)).to_have_count(1)
     assert page.locator("img[src='x']").count() == 0
     assert page.locator('[data-testid="item"] img:not([data-testid="thumb"])').count() == 0
-    assert tab.dialogs == []
-    assert tab.errors == []
+    assert page_batch.tab.dialogs == []
+    assert page_batch.tab.errors == []
 
 
 def test_check_shows_dry_run_errors_before_submitting(open_tab: Callable[..., Tab], live_dashboard: str) -> None:
