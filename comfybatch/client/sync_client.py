@@ -161,4 +161,5 @@ class ComfyBatchClient:
                 except StopAsyncIteration:
                     return
         finally:
-            self._loop.portal.call(stream.aclose)  # closes the WebSocket when the caller stops early
+            if not self._closed:  # closes the WebSocket when the caller stops early
+                self._loop.portal.call(stream.aclose)
