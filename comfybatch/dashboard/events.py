@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 EVENT_PREFIXES = ["comfybatch.", "prefect.flow-run."]
 TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
 _RECONNECT_PAUSE_S = 1.0
+_RECONNECT_MAX_PAUSE_S = 30.0
 
 History = Callable[[UUID, datetime], Awaitable[list[Event]]]
 
@@ -132,19 +133,23 @@ class EventHub:
 
     async def _subscribe(self) -> None:
         event_filter = EventFilter(event=EventNameFilter(prefix=EVENT_PREFIXES))
+        pause = _RECONNECT_PAUSE_S
         while True:
             try:
                 async with PrefectEventSubscriber(
                     self.api_url, filter=event_filter, reconnection_attempts=5, reconnect_on_clean_close=True
                 ) as subscriber:
                     self.subscribed.set()
+                    pause = _RECONNECT_PAUSE_S
                     async for event in subscriber:
                         self.ingest(event)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the Prefect server went away: keep trying, the logs stay
-                logger.warning("event stream lost (%s); reconnecting", type(exc).__name__)
-            await asyncio.sleep(_RECONNECT_PAUSE_S)
+                logger.warning("Prefect event stream lost (%s: %s); reconnecting in %g s", type(exc).__name__,
+                               exc, pause)  # fmt: skip
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _RECONNECT_MAX_PAUSE_S)
 
     async def log(self, run_id: UUID, created: datetime) -> BatchLog:
         """The batch's numbered log, read back from Prefect's history the first time."""

@@ -4,7 +4,8 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from comfybatch.deployments.platform import DEFAULT_PREFECT_PORT, is_alive, load_state
+from comfybatch.deployments.platform import DEFAULT_PREFECT_PORT, PlatformState, home, is_alive, load_state
+from comfybatch.settings import get_settings
 
 
 def up(*, demo: bool = False, demo_servers: int = 2, port: int = DEFAULT_PREFECT_PORT) -> int:
@@ -23,11 +24,22 @@ def up(*, demo: bool = False, demo_servers: int = 2, port: int = DEFAULT_PREFECT
         if not (health := server_health(url)).startswith("ok"):
             print(f"warning: ComfyUI {url} is {health} (tried GET {url}/system_stats)", file=sys.stderr)
     ui = state.prefect_api_url.removesuffix("/api")
-    print(f"comfybatch is up.\n  Prefect UI:   {ui}\n  API docs:     {ui}/docs\n"
+    print(f"comfybatch is up.\n  dashboard:    {dashboard_link(state)}\n  Prefect UI:   {ui}\n"
           f"  deployments:  generate-batch/generate-batch, process-inbox/scheduled-production\n"
           f"  fleet:        {', '.join(state.comfyui_urls) or 'none configured'}{' (demo)' if state.demo else ''}\n"
           "  next:         comfybatch demo   |   comfybatch status   |   comfybatch stop")  # fmt: skip
     return 0
+
+
+def dashboard_link(state: PlatformState) -> str:
+    """The dashboard's URL; with the platform's own key in the fragment (never sent to a server or logged)."""
+    part = state.components.get("dashboard")
+    if part is None:
+        return "not started"
+    key_file = home() / "api-key"
+    settings = get_settings()
+    own_key = not settings.api_keys and not settings.api_auth_disabled and key_file.is_file()
+    return f"{part.url}/#key={key_file.read_text().strip()}" if own_key else f"{part.url}/"
 
 
 def stop() -> int:

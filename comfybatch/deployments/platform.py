@@ -7,6 +7,7 @@ server's SQLite database, logs, and `state.json` with the pid of every process `
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import httpx
 from comfybatch.errors import ConfigError
 
 DEFAULT_PREFECT_PORT = 4200
+_EXEC_GRACE_S = 5.0
 
 
 @dataclass
@@ -105,6 +107,53 @@ def start_serve(state: PlatformState) -> Component:
     return Component(pid=process.pid, marker="comfybatch.cli serve", log=str(log))
 
 
+def local_api_key() -> str:
+    """This platform's own dashboard key (`.comfybatch/api-key`, made once, readable by this user only)."""
+    path = home() / "api-key"
+    if not path.is_file():
+        home().mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(24))
+    return path.read_text().strip()
+
+
+def start_dashboard(state: PlatformState, *, port: int, api_key: str | None) -> Component:
+    """The dashboard (`python -m comfybatch.dashboard`) in the background, on this platform's Prefect and fleet.
+
+    With `api_key`, that is its only key (named `local`); otherwise the operator's settings decide.
+    """
+    log = home() / "logs" / "dashboard.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PREFECT_API_URL": state.prefect_api_url, "COMFYBATCH_DASHBOARD_PORT": str(port)}
+    if state.comfyui_urls:
+        env["COMFYUI_URLS"] = ",".join(state.comfyui_urls)
+    if api_key is not None:
+        env["COMFYBATCH_API_KEYS"] = f"local:{api_key}"
+    with log.open("ab") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "comfybatch.dashboard"], env=env, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    return Component(pid=process.pid, marker="comfybatch.dashboard", url=f"http://127.0.0.1:{port}", log=str(log))
+
+
+def wait_for_http(url: str, *, component: Component, what: str, timeout_s: float = 60.0) -> None:
+    """Block until `url` answers (any status below 500).
+
+    Raises:
+        ConfigError with the component's log tail when it exits or never answers.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _starting_or_alive(component, deadline - timeout_s):
+        try:
+            if httpx.get(url, timeout=5).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise ConfigError(f"{what} did not start; last lines of {component.log}:\n{_tail(Path(component.log))}")
+
+
 def wait_for_deployment(api_url: str, name: str, *, timeout_s: float = 90.0, serve: Component | None = None) -> None:
     """Block until the Prefect server knows deployment `flow/deployment`.
 
@@ -113,7 +162,7 @@ def wait_for_deployment(api_url: str, name: str, *, timeout_s: float = 90.0, ser
     """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if serve is not None and not is_alive(serve):
+        if serve is not None and not _starting_or_alive(serve, deadline - timeout_s):
             break
         try:
             if httpx.get(f"{api_url}/deployments/name/{name}", timeout=5).status_code == 200:
@@ -121,10 +170,17 @@ def wait_for_deployment(api_url: str, name: str, *, timeout_s: float = 90.0, ser
         except httpx.TransportError:
             pass
         time.sleep(0.5)
-    tail = ""
-    if serve is not None and Path(serve.log).is_file():
-        tail = "\n".join(Path(serve.log).read_text(errors="replace").splitlines()[-30:])
+    tail = _tail(Path(serve.log)) if serve is not None else ""
     raise ConfigError(f"the deployments did not come up (no {name} after {timeout_s:g} s)\n{tail}")
+
+
+def _starting_or_alive(component: Component, since: float) -> bool:
+    # Between fork and exec a child's command line is still ours, without the marker: allow it a moment.
+    return is_alive(component) or time.monotonic() - since < _EXEC_GRACE_S
+
+
+def _tail(log: Path, lines: int = 30) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.is_file() else ""
 
 
 def server_health(url: str) -> str:

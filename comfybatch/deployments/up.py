@@ -12,12 +12,15 @@ from comfybatch.deployments.platform import (
     home,
     is_alive,
     load_state,
+    local_api_key,
     port_free,
     save_state,
     server_health,
+    start_dashboard,
     start_serve,
     stop_component,
     wait_for_deployment,
+    wait_for_http,
 )
 from comfybatch.errors import ConfigError
 from comfybatch.settings import get_settings
@@ -40,7 +43,23 @@ def up(*, demo: bool, demo_servers: int = 2, port: int = DEFAULT_PREFECT_PORT) -
     state.components["serve"] = serve
     save_state(state)
     wait_for_deployment(state.prefect_api_url, GENERATE_BATCH, serve=serve)
+    _restart_dashboard(state)
+    save_state(state)
     return state
+
+
+def _restart_dashboard(state: PlatformState) -> None:
+    """The dashboard on the configured port; its own local key unless the operator configured keys."""
+    if (old := state.components.pop("dashboard", None)) is not None:
+        stop_component(old)
+    settings = get_settings()
+    if not port_free(settings.dashboard_port):
+        raise ConfigError(f"port {settings.dashboard_port} (the dashboard) is taken by another program: stop it, "
+                          "or set COMFYBATCH_DASHBOARD_PORT")  # fmt: skip
+    own_key = None if settings.api_keys or settings.api_auth_disabled else local_api_key()
+    dashboard = start_dashboard(state, port=settings.dashboard_port, api_key=own_key)
+    state.components["dashboard"] = dashboard
+    wait_for_http(f"{dashboard.url}/openapi.json", component=dashboard, what="the dashboard")
 
 
 def _ensure_prefect(state: PlatformState, port: int) -> None:
@@ -101,7 +120,7 @@ def _ask(question: str) -> bool:
 def stop() -> list[str]:
     """Stop everything `up` started (serve first, Prefect last); return what was stopped."""
     state = load_state()
-    order = sorted(state.components, key=lambda name: {"serve": 0, "prefect": 2}.get(name, 1))
+    order = sorted(state.components, key=lambda name: {"dashboard": 0, "serve": 0, "prefect": 2}.get(name, 1))
     stopped = [name for name in order if stop_component(state.components[name])]
     save_state(PlatformState())
     return stopped

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from comfybatch.deployments.platform import Component, is_alive, stop_component
@@ -26,6 +27,7 @@ class Platform:
     cwd: Path
     env: dict[str, str]
     home: Path
+    up_output: str
 
     def read_state(self) -> dict[str, Any]:
         """state.json as `up`, `restart` or `stop` last wrote it."""
@@ -44,7 +46,7 @@ def _comfybatch(*args: str, cwd: Path, env: dict[str, str], timeout_s: float) ->
 def _platform_env(root: Path) -> dict[str, str]:
     """No fleet configured: no COMFYUI_URLS and no fleet file; everything `up` keeps lives under `root/home`."""
     return clean_env(COMFYBATCH_HOME=str(root / "home"), COMFYBATCH_CONFIG_FILE="/dev/null",
-                     PREFECT_HOME=str(root / "prefect-client"))  # fmt: skip
+                     PREFECT_HOME=str(root / "prefect-client"), COMFYBATCH_DASHBOARD_PORT=str(free_port()))  # fmt: skip
 
 
 def _components(home: Path) -> dict[str, Component]:
@@ -63,7 +65,7 @@ def platform_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         up = _comfybatch("up", "--demo", "--demo-servers", "1", "--port", str(free_port()), cwd=root, env=env,
                          timeout_s=120)  # fmt: skip
         assert up.returncode == 0, f"up exited {up.returncode}\n{up.stdout}\n{up.stderr}"
-        yield Platform(root, env, home)
+        yield Platform(root, env, home, up.stdout)
     finally:
         for component in _components(home).values():  # by pid, only if it still runs what up started
             if is_alive(component):
@@ -76,10 +78,26 @@ def test_status_lists_every_component_running_and_a_healthy_server(platform_up: 
 
     assert status.returncode == 0, status.stdout + status.stderr
     lines = status.stdout.splitlines()
-    assert {line.split()[0] for line in lines if " running " in line} == {"prefect", "serve", "comfyui:local-0"}
+    assert {line.split()[0] for line in lines if " running " in line} == {
+        "prefect", "serve", "dashboard", "comfyui:local-0"
+    }  # fmt: skip
     (url,) = platform_up.read_state()["comfyui_urls"]
     assert any(line.startswith("comfyui ") and url in line and "ok, 0 prompt(s) in its queue" in line
                for line in lines), status.stdout  # fmt: skip
+
+
+def test_dashboard_link_carries_the_platforms_own_key(platform_up: Platform) -> None:
+    """`up` prints the dashboard URL with its generated key in the fragment; the API accepts that key only."""
+    link = next(line.split()[-1] for line in platform_up.up_output.splitlines() if "dashboard:" in line)
+    base, _, fragment = link.partition("/#key=")
+
+    with_key = httpx.get(f"{base}/api/workflows", headers={"Authorization": f"Bearer {fragment}"}, timeout=10)
+    without = httpx.get(f"{base}/api/workflows", timeout=10)
+    page = httpx.get(f"{base}/", timeout=10)
+
+    assert (with_key.status_code, without.status_code, page.status_code) == (200, 401, 200)
+    assert "txt2img-tiny" in with_key.json()["workflows"]
+    assert oct((platform_up.home / "api-key").stat().st_mode & 0o777) == "0o600"
 
 
 def test_restart_comes_back_on_the_same_port_with_the_same_demo_fleet(platform_up: Platform) -> None:
@@ -91,7 +109,9 @@ def test_restart_comes_back_on_the_same_port_with_the_same_demo_fleet(platform_u
     after = platform_up.read_state()
     assert restart.returncode == 0, restart.stdout + restart.stderr
     assert after["prefect_api_url"] == before["prefect_api_url"]
-    assert sorted(after["components"]) == sorted(before["components"]) == ["comfyui:local-0", "prefect", "serve"]
+    assert sorted(after["components"]) == sorted(before["components"]) == [
+        "comfyui:local-0", "dashboard", "prefect", "serve"
+    ]  # fmt: skip
     assert [part["pid"] for part in before["components"].values() if running(part["pid"])] == []
     assert all(running(part["pid"]) for part in after["components"].values())
 
@@ -104,7 +124,7 @@ def test_stop_ends_every_process_up_started(platform_up: Platform) -> None:
     status = platform_up.comfybatch("status")
 
     assert stop.returncode == 0, stop.stdout + stop.stderr
-    assert len(pids) == 3
+    assert len(pids) == 4
     assert [pid for pid in pids if running(pid)] == []
     assert status.returncode != 0, status.stdout
 
