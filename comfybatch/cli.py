@@ -173,7 +173,8 @@ async def demo(*, servers: int = 2, out: str = "out", name: str = "demo") -> int
         out: Output folder.
         name: Batch name.
     """
-    from comfybatch.deployments.commands import platform_demo_target
+    from comfybatch.deployments.commands import dashboard_link, platform_demo_target
+    from comfybatch.deployments.platform import load_state
 
     output = _absolute(out)  # the served flow runs in another process and folder
     spec = BatchSpec(name=name, workflow="picture-book-tiny", prompts=list(DEMO_PROMPTS), output=output,
@@ -181,6 +182,7 @@ async def demo(*, servers: int = 2, out: str = "out", name: str = "demo") -> int
     if (target := platform_demo_target()) is not None:
         from comfybatch.runner import run_on_platform
 
+        print(f"watch it fill in on the dashboard: {dashboard_link(load_state())}", file=sys.stderr)
         return await run_on_platform(spec, api_url=target[0])
     return await _standalone_demo(spec, servers)
 
