@@ -1,39 +1,45 @@
 """`generate-batch`: the batch flow. One task run per image job, fed through per-server slots."""
 
 import asyncio
+import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable
-from typing import cast
+from collections.abc import Awaitable, Coroutine, Sequence
+from typing import Any, TypeVar, cast
 
+import httpx
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
     acreate_markdown_artifact,
     acreate_progress_artifact,
     acreate_table_artifact,
-    aupdate_progress_artifact,
 )
 from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
 from prefect.tasks import exponential_backoff
 
-from comfybatch.blocks.fleet import load_fleet
+from comfybatch.blocks.fleet import configured_servers, load_fleet
+from comfybatch.blocks.server import ServerConfig
 from comfybatch.comfy.follow import Timeouts
-from comfybatch.comfy.object_info import merge_object_infos
+from comfybatch.comfy.object_info import ObjectInfo, merge_object_infos
 from comfybatch.errors import BatchIncomplete, ConfigError
 from comfybatch.expansion import expand_batch
-from comfybatch.flows.plan import FleetPlan, plan_fleet, probe_fleet, resolve_workflow
+from comfybatch.flows.plan import FleetPlan, ServerProbe, plan_fleet, probe_fleet, resolve_workflow
 from comfybatch.models import BatchReport, BatchSpec, JobResult, JobSpec
 from comfybatch.outputs.contact_sheet import preview_data_uri, write_contact_sheets
 from comfybatch.outputs.manifest import write_manifest
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.records import JobJournal, JobRecord
-from comfybatch.settings import get_settings
+from comfybatch.settings import Settings, get_settings
 from comfybatch.tasks.dispatch import SlotBroker
 from comfybatch.tasks.events import emit_batch_event, emit_item_event
 from comfybatch.tasks.job import JobContext, run_job
+from comfybatch.tasks.leases import LeaseApi
 
 _PROGRESS_EVERY_S = 1.0
+_NO_CONTENT = 204
+_T = TypeVar("_T")
+_S = TypeVar("_S")
 
 
 @flow(name="generate-batch", flow_run_name="{spec.name}", log_prints=False)
@@ -45,8 +51,7 @@ async def generate_batch(spec: BatchSpec) -> BatchReport:
         BatchIncomplete (after writing the manifest) when some jobs failed.
     """
     settings = get_settings()
-    servers = await load_fleet(settings, only=spec.servers)
-    probes, infos = await probe_fleet(servers)
+    servers, probes, infos = await _load_and_probe(settings, only=spec.servers)
     if not infos:
         raise ConfigError("no ComfyUI server is reachable: " + "; ".join(f"{p.name}: {p.error}" for p in probes))
     template = resolve_workflow(spec.workflow, infos)
@@ -57,7 +62,8 @@ async def generate_batch(spec: BatchSpec) -> BatchReport:
     stored = await asyncio.to_thread(_still_stored, store, records)
     slots = {server.name: server.slots for server in servers if server.name in infos}
     plan = plan_fleet(expansion.jobs, probes, infos, history=list(stored.values()), slots=slots)
-    await _publish_plan(spec, plan, len(expansion.jobs), expansion.duplicates)
+    if spec.dry_run or (expansion.jobs and plan.runnable == 0):
+        await _publish_plan(spec, plan, len(expansion.jobs), expansion.duplicates)
     if spec.dry_run:
         return BatchReport(name=spec.name, dry_run=True, total=len(expansion.jobs), duplicates=expansion.duplicates,
                            output=store.uri(spec.name), plan=plan.summary_lines())  # fmt: skip
@@ -82,10 +88,42 @@ async def generate_batch(spec: BatchSpec) -> BatchReport:
         recoverable={key: record for key, record in records.items() if record.state == "submitted"},
     )  # fmt: skip
     emit_batch_event(spec.name, "started", total=len(expansion.jobs), skipped=len(results))
+    # The plan artifact is written beside the first jobs: a slow Prefect write must not delay the first prompt.
     async with broker:
-        results += await _drain(spec, runnable, context, total=len(expansion.jobs), already=len(results))
+        drained, _ = await _beside(
+            _drain(spec, runnable, context, total=len(expansion.jobs), already=len(results)),
+            _publish_plan(spec, plan, len(expansion.jobs), expansion.duplicates, required=False),
+        )
+    results += drained
     return await _finish(spec, store, expansion.jobs, results, skipped=len(stored), plan=plan,
                          duplicates=expansion.duplicates)  # fmt: skip
+
+
+async def _load_and_probe(
+    settings: Settings, *, only: Sequence[str]
+) -> tuple[list[ServerConfig], list[ServerProbe], dict[str, ObjectInfo]]:
+    """The fleet and what each server says. Configured servers are probed while the fleet syncs to Prefect
+    (block and limit writes), so the two round trips overlap; servers known only from blocks are probed after."""
+    configured = [server for server in configured_servers(settings) if not only or server.name in only]
+    servers, (early_probes, infos) = await _beside(load_fleet(settings, only=only), probe_fleet(configured))
+    by_name = {probe.name: probe for probe, server in zip(early_probes, configured, strict=True) if server in servers}
+    late_probes, late_infos = await probe_fleet([server for server in servers if server.name not in by_name])
+    by_name.update({probe.name: probe for probe in late_probes})
+    infos = {name: info for name, info in (infos | late_infos).items() if name in by_name}
+    return servers, [by_name[server.name] for server in servers], infos
+
+
+async def _beside(main: Awaitable[_T], side: Coroutine[Any, Any, _S]) -> tuple[_T, _S]:
+    """Await `main` while `side` runs alongside. Unlike a TaskGroup's, `main`'s errors come out ungrouped
+    (callers catch ConfigError and friends); `side` is cancelled then."""
+    task = asyncio.create_task(side)
+    try:
+        result = await main
+    except BaseException:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
+    return result, await task
 
 
 async def _drain(
@@ -93,32 +131,50 @@ async def _drain(
 ) -> list[JobResult]:
     """Run the queue with enough workers to keep every slot busy; each worker awaits one task at a time."""
     settings = get_settings()
+    # No task tags: Prefect takes a `tag:<tag>` concurrency lease (a write on its server) around every tagged
+    # task run, and on SQLite a "database is locked" 503 there makes its client sleep 2 s or more with a free
+    # GPU. The flow run (named after the batch) already groups the task runs.
     job_task = run_job.with_options(
         retries=settings.job_retries, retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_backoff_s),
-        tags=[f"batch:{spec.name}"],
     )  # fmt: skip
     results: list[JobResult] = []
-    progress_id = await acreate_progress_artifact(progress=100.0 * already / max(total, 1),
-                                                  description=f"{spec.name}: images finished")  # fmt: skip
-    last_update = 0.0
 
     async def worker() -> None:
-        nonlocal last_update
         while queue:
             job = queue.popleft()
             # An async task called from an async flow returns an awaitable, whatever the overloads say.
             state = await cast(Awaitable[State[JobResult]], job_task(job, context, return_state=True))
             results.append(await _result_of(job, state))
-            if time.monotonic() - last_update >= _PROGRESS_EVERY_S or not queue:
-                last_update = time.monotonic()
-                await aupdate_progress_artifact(progress_id, 100.0 * (already + len(results)) / max(total, 1))
 
     # Extra workers beyond the slot count wait in the broker, so a retry's back-off never idles a server.
     workers = min(len(queue), sum(s.slots for s in context.broker.servers.values()) + len(context.broker.servers))
+    drained = asyncio.Event()
     async with asyncio.TaskGroup() as group:
-        for _ in range(workers):
-            group.create_task(worker())
+        group.create_task(_report_progress(spec, results, drained, total=total, already=already))
+        async with asyncio.TaskGroup() as jobs:
+            for _ in range(workers):
+                jobs.create_task(worker())
+        drained.set()
     return results
+
+
+async def _report_progress(
+    spec: BatchSpec, results: list[JobResult], drained: asyncio.Event, *, total: int, already: int
+) -> None:
+    """Keep the progress artifact current from beside the workers: a slow Prefect write never holds up a job."""
+    progress_id = await acreate_progress_artifact(progress=100.0 * already / max(total, 1),
+                                                  description=f"{spec.name}: images finished")  # fmt: skip
+    reported = 0
+    async with LeaseApi() as api:  # fast 503 retries: the last update must not hold up the batch's return
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(drained.wait(), _PROGRESS_EVERY_S)
+            if len(results) != reported:
+                reported = len(results)
+                body = {"data": 100.0 * (already + reported) / max(total, 1)}
+                await api.send("PATCH", f"/artifacts/{progress_id}", body, accept=(_NO_CONTENT,))
+            if drained.is_set():
+                return
 
 
 async def _result_of(job: JobSpec, state: State[JobResult]) -> JobResult:
@@ -148,7 +204,7 @@ def _still_stored(store: OutputStore, records: dict[str, JobRecord]) -> dict[str
     return done
 
 
-async def _publish_plan(spec: BatchSpec, plan: FleetPlan, jobs: int, duplicates: int) -> None:
+async def _publish_plan(spec: BatchSpec, plan: FleetPlan, jobs: int, duplicates: int, *, required: bool = True) -> None:
     title = "Dry run" if spec.dry_run else "Plan"
     lines = [
         f"# {title}: {spec.name}",
@@ -157,9 +213,14 @@ async def _publish_plan(spec: BatchSpec, plan: FleetPlan, jobs: int, duplicates:
         "",
         *plan.summary_lines(),
     ]
-    await acreate_markdown_artifact(
-        markdown="\n".join(lines), key=f"{spec.name}-plan", description=f"{title} of {spec.name}"
-    )
+    try:
+        await acreate_markdown_artifact(
+            markdown="\n".join(lines), key=f"{spec.name}-plan", description=f"{title} of {spec.name}"
+        )
+    except httpx.HTTPError as exc:
+        if required:
+            raise
+        get_run_logger().warning("plan artifact not written: %r", exc)  # the batch itself is unaffected
     get_run_logger().info("%s: %s job(s); %s", spec.name, jobs, " ".join(plan.summary_lines()))
 
 

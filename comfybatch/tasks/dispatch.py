@@ -23,7 +23,7 @@ from typing import Self
 from uuid import UUID
 
 import httpx
-from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.orchestration import get_client
 
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.errors import ConfigError
@@ -68,15 +68,14 @@ class SlotBroker:
         self._failures = dict.fromkeys(self.servers, 0)
         self._leases: set[UUID] = set()
         self._changed = asyncio.Condition()
-        self._client: PrefectClient | None = None
+        self._increments = asyncio.Lock()
         self._leases_api: LeaseApi | None = None
         self._renewer: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
-        self._client = await get_client().__aenter__()
         self._leases_api = await LeaseApi().__aenter__()
         if self._run_id:
-            self._board = DemandBoard(self._client, batch=self._batch, priority=self._priority, run_id=self._run_id)
+            self._board = DemandBoard(self._leases_api, batch=self._batch, priority=self._priority, run_id=self._run_id)
         self._renewer = asyncio.create_task(self._housekeeping())
         return self
 
@@ -94,8 +93,6 @@ class SlotBroker:
                 await self._board.withdraw()
         if self._leases_api is not None:
             await self._leases_api.__aexit__(exc_type, exc, tb)
-        if self._client is not None:
-            await self._client.__aexit__(exc_type, exc, tb)
 
     # -- health (circuit breaker) ---------------------------------------------------------------
 
@@ -187,7 +184,10 @@ class SlotBroker:
         server = self.servers[name]
         self._reserving[name] += 1  # counted as held while the request is out: no local race past `slots`
         try:
-            granted = await self._api.increment(server.limit_name)
+            # One new lease at a time: the server serialises these writes anyway (SQLite), and a burst of
+            # them (every worker at a batch's start) mostly collides into "database is locked" 503s.
+            async with self._increments:
+                granted = await self._api.increment(server.limit_name)
         finally:
             self._reserving[name] -= 1
         if granted is None:  # full: other batches or processes hold its slots

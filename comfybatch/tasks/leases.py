@@ -1,8 +1,9 @@
-"""Prefect's concurrency-lease endpoints, with retries that suit a slot hand-off.
+"""Prefect's concurrency-lease endpoints (and comfybatch's other small writes), with fast retries.
 
-On SQLite the lease increment often collides with other writes and answers 503 "database is
-locked" without a Retry-After; Prefect's own client then sleeps 2 s, 4 s, … per attempt, which
-leaves GPUs idle. A collision clears in milliseconds, so this client retries after 30-150 ms.
+On SQLite a write often collides with other writes and answers 503 "database is locked" without a
+Retry-After; Prefect's own client then sleeps 2 s, 4 s, … per attempt, which leaves GPUs idle (or,
+at a batch's end, holds up its return). A collision clears in milliseconds, so this client retries
+after 30-150 ms.
 """
 
 import asyncio
@@ -22,7 +23,10 @@ _ATTEMPTS = 40
 
 
 class LeaseApi:
-    """increment / renew / release of `comfy:<server>` leases. Use `async with`."""
+    """increment / renew / release of `comfy:<server>` leases, and `send` for other small writes.
+
+    Use `async with`.
+    """
 
     def __init__(self) -> None:
         headers = {}
@@ -59,10 +63,24 @@ class LeaseApi:
         await self._post("/v2/concurrency_limits/decrement-with-lease", {"lease_id": str(lease_id)}, accept=(204, 404))
 
     async def _post(self, path: str, body: dict[str, object], *, accept: tuple[int, ...]) -> httpx.Response:
-        for _ in range(_ATTEMPTS):
-            response = await self._http.post(path, json=body)
-            if response.status_code != _UNAVAILABLE:
-                break
+        return await self.send("POST", path, body, accept=accept)
+
+    async def send(self, method: str, path: str, body: object = None, *, accept: tuple[int, ...]) -> httpx.Response:
+        """One request to the Prefect API (`path` below `/api`), retried quickly while SQLite is locked.
+
+        Raises:
+            httpx.HTTPStatusError for an answer outside `accept`, httpx.TransportError when the server stays away.
+        """
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                response = await self._http.request(method, path, json=body)
+            except httpx.TransportError:
+                # Under a burst the server drops some connections (ReadError); Prefect's own client retries these too.
+                if attempt == _ATTEMPTS:
+                    raise
+            else:
+                if response.status_code != _UNAVAILABLE:
+                    break
             await asyncio.sleep(random.uniform(0.03, 0.15))  # a locked SQLite database frees up quickly
         if response.status_code not in accept:
             response.raise_for_status()

@@ -6,26 +6,23 @@ server while a higher-priority batch is waiting for it; posts older than `_STALE
 batch) are ignored.
 """
 
-import contextlib
 import time
 from typing import Any
 
-import httpx
-from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.actions import VariableCreate, VariableUpdate
-from prefect.exceptions import ObjectNotFound
+from comfybatch.tasks.leases import LeaseApi
 
 PREFIX = "comfybatch_demand_"
 _STALE_S = 10.0
 _HEARTBEAT_S = 3.0
-_NOT_FOUND = 404
+_OK, _CREATED, _NO_CONTENT, _NOT_FOUND, _CONFLICT = 200, 201, 204, 404, 409
 
 
 class DemandBoard:
     """This batch's post on the board, and what the other batches posted."""
 
-    def __init__(self, client: PrefectClient, *, batch: str, priority: int, run_id: str) -> None:
-        self._client = client
+    def __init__(self, api: LeaseApi, *, batch: str, priority: int, run_id: str) -> None:
+        # Writes go through the fast-retry client: Prefect's own sleeps 2 s and more on a SQLite 503.
+        self._api = api
         self.batch = batch
         self.priority = priority
         self.name = PREFIX + run_id.replace("-", "")
@@ -49,9 +46,8 @@ class DemandBoard:
         waiting = {server: 1 for server, count in waiting.items() if count > 0}
         if waiting != self._posted or time.monotonic() - self._posted_at >= _HEARTBEAT_S:
             await self._post(waiting)
-        response = await self._client.request(  # the typed client has no name filter for variables
-            "POST", "/variables/filter", json={"variables": {"name": {"like_": PREFIX}}, "limit": 200}
-        )
+        body = {"variables": {"name": {"like_": PREFIX}}, "limit": 200}
+        response = await self._api.send("POST", "/variables/filter", body, accept=(_OK,))
         self._others = [
             variable["value"] for variable in response.json()
             if variable.get("name", "").startswith(PREFIX) and variable.get("name") != self.name
@@ -59,15 +55,13 @@ class DemandBoard:
         ]  # fmt: skip
 
     async def withdraw(self) -> None:
-        with contextlib.suppress(ObjectNotFound):
-            await self._client.delete_variable_by_name(self.name)
+        await self._api.send("DELETE", f"/variables/name/{self.name}", accept=(_NO_CONTENT, _NOT_FOUND))
 
     async def _post(self, waiting: dict[str, int]) -> None:
         value = {"batch": self.batch, "priority": self.priority, "waiting": waiting, "at": time.time()}
-        try:
-            await self._client.update_variable(VariableUpdate(name=self.name, value=value))
-        except httpx.HTTPStatusError as exc:
-            if exc.response.status_code != _NOT_FOUND:
-                raise
-            await self._client.create_variable(VariableCreate(name=self.name, value=value, tags=["comfybatch"]))
+        response = await self._api.send("PATCH", f"/variables/name/{self.name}", {"value": value},
+                                        accept=(_NO_CONTENT, _NOT_FOUND))  # fmt: skip
+        if response.status_code == _NOT_FOUND:
+            body = {"name": self.name, "value": value, "tags": ["comfybatch"]}
+            await self._api.send("POST", "/variables/", body, accept=(_CREATED, _CONFLICT))
         self._posted, self._posted_at = waiting, time.monotonic()
