@@ -4,23 +4,37 @@ Also the measurements every bench needs: prompt spans, CPU time per process grou
 and the test nodes' execution journal (the server-side truth of when each node ran).
 """
 
+import asyncio
 import contextlib
 import itertools
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 import tempfile
 import time
-from collections import Counter
+import uuid
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
 from comfybatch.blocks.server import name_from_url
+from comfybatch.comfy.client import ComfyClient
+from comfybatch.comfy.workflow import ApiWorkflow
+from comfybatch.errors import BatchIncomplete
+from comfybatch.flows.batch import generate_batch
+from comfybatch.models import BatchSpec, Sweep
+from comfybatch.outputs.manifest import read_manifest
+from comfybatch.outputs.storage import OutputStore
 from comfybatch.settings import get_settings
 from comfybatch.testing.fleet import LocalComfyServer, LocalFleet
 from comfybatch.testing.prefect_server import LocalPrefectServer
@@ -32,6 +46,8 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PREFECT_SERVER_DIAGNOSTICS = {"PREFECT_API_LOG_RETRYABLE_ERRORS": "true"}
 _RETRYABLE_MARK = "Encountered retryable exception in request"
 _API_FRAME = re.compile(r'prefect/server/api/(?!server\.py)(\w+)\.py", line \d+, in (\w+)')
+DIRECT_LANES = 2  # the minimal direct feeder: one prompt running per server, one queued behind it
+NONCE_INPUT = "2.inputs.nonce"
 
 
 @dataclass(frozen=True)
@@ -94,14 +110,22 @@ class Bench:
     fleet: LocalFleet
     prefect: LocalPrefectServer
     output_root: Path
+    urls: list[str]  # what every client talks to: the servers themselves, or their delaying proxies
 
     @property
     def servers(self) -> list[LocalComfyServer]:
         return self.fleet.servers
 
+    def url_of(self, server: LocalComfyServer) -> str:
+        return self.urls[self.servers.index(server)]
+
     def comfybatch_name(self, server: LocalComfyServer) -> str:
         """The name comfybatch gives a server configured by URL (its manifest's `server` column)."""
-        return name_from_url(server.url)
+        return name_from_url(self.url_of(server))
+
+    def lanes(self) -> list[tuple[str, str]]:
+        """(server name, label) per server, for the timeline."""
+        return [(self.comfybatch_name(s), f"{s.name} :{s.port}") for s in self.servers]
 
     def cpu_groups(self) -> dict[str, list[int]]:
         """Process ids to account CPU to, by component (the servers with their descendants)."""
@@ -146,27 +170,35 @@ class Bench:
 
 
 @contextlib.contextmanager
-def bench_environment(servers: int, *, log: Iterable[str] | None = None) -> Iterator[Bench]:
+def bench_environment(
+    servers: int, *, log: Iterable[str] | None = None, proxy_delay_s: float = 0.0, prefect_env: Mapping[str, str] = {}
+) -> Iterator[Bench]:
     """Start `servers` ComfyUI processes (test nodes, no checkpoint) and a Prefect server in a temp dir.
 
+    With `proxy_delay_s`, every client reaches each server through a `TcpProxy` (in its own process,
+    so it costs the orchestrator no CPU) that delays traffic that long each way.
     Everything is stopped by pid and the folder removed on exit, also on Ctrl-C.
     """
     with tempfile.TemporaryDirectory(prefix="comfybatch-bench-") as tmp:
         root = Path(tmp)
         fleet = LocalFleet(root / "comfy", count=servers, checkpoint=False)
         prefect = LocalPrefectServer(root / "prefect")
+        proxy: subprocess.Popen[str] | None = None
         try:
             started = time.monotonic()
             for server in fleet.servers:  # spawn all first: start-up is mostly imports, overlap it
                 server.start()
-            with _environ(_PREFECT_SERVER_DIAGNOSTICS):
+            with _environ({**_PREFECT_SERVER_DIAGNOSTICS, **prefect_env}):
                 prefect.start()
             for server in fleet.servers:
                 server.wait_ready()
+            urls = [server.url for server in fleet.servers]
+            if proxy_delay_s > 0:
+                proxy, urls = start_proxies([server.port for server in fleet.servers], delay_s=proxy_delay_s)
             print(f"  fleet and Prefect server ready in {time.monotonic() - started:.1f} s", flush=True)
-            bench = Bench(root=root, fleet=fleet, prefect=prefect, output_root=root / "out")
+            bench = Bench(root=root, fleet=fleet, prefect=prefect, output_root=root / "out", urls=urls)
             env = {
-                "COMFYUI_URLS": ",".join(server.url for server in fleet.servers),
+                "COMFYUI_URLS": ",".join(urls),
                 "COMFYBATCH_OUTPUT_ROOT": str(bench.output_root),
                 "COMFYBATCH_CONFIG_FILE": str(root / "absent.toml"),
             }
@@ -179,8 +211,33 @@ def bench_environment(servers: int, *, log: Iterable[str] | None = None) -> Iter
                     flush_prefect()
                     get_settings.cache_clear()
         finally:
+            if proxy is not None:
+                stop_process(proxy)
             prefect.stop()
             fleet.stop()
+
+
+def start_proxies(ports: list[int], *, delay_s: float) -> tuple["subprocess.Popen[str]", list[str]]:
+    """`bench/_proxy.py` in a child process: one delaying proxy per port; returns it and the proxy URLs."""
+    command = [sys.executable, str(BENCH_DIR / "_proxy.py"), "--delay", str(delay_s), *map(str, ports)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    urls = [process.stdout.readline().strip() for _ in ports]
+    if not all(url.startswith("http://") for url in urls):
+        stop_process(process)
+        raise RuntimeError(f"proxy process did not start: {urls}")
+    return process, urls
+
+
+def stop_process(process: "subprocess.Popen[Any]") -> None:
+    """SIGTERM our own child, SIGKILL if it lingers."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
 
 
 def flush_prefect(timeout_s: float = 10.0) -> None:
@@ -244,3 +301,108 @@ def idle_gaps(runs: list[NodeRun]) -> list[float]:
         server_runs.sort(key=lambda run: run.start)
         gaps += [max(0.0, b.start - a.end) for a, b in itertools.pairwise(server_runs)]
     return gaps
+
+
+def delay_graph(seconds: float, *, nonce: str = "", prefix: str = "bench/delay") -> dict[str, Any]:
+    """EmptyImage(16x16) -> ComfybatchDelay -> SaveImage, API format (titled, as some clients need)."""
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": 0},
+              "_meta": {"title": "Empty Image"}},
+        "2": {"class_type": "ComfybatchDelay", "inputs": {"image": ["1", 0], "seconds": seconds, "nonce": nonce},
+              "_meta": {"title": "Delay"}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix},
+              "_meta": {"title": "Save Image"}},
+    }  # fmt: skip
+
+
+async def warm_up(bench: Bench) -> None:
+    """One trivial prompt per server, so no phase pays ComfyUI's first-execution costs."""
+
+    async def one(url: str) -> None:
+        async with ComfyClient(url) as comfy:
+            await comfy.run(ApiWorkflow(delay_graph(0.0, nonce=f"warmup-{uuid.uuid4().hex}", prefix="bench/warmup")))
+
+    await asyncio.gather(*(one(url) for url in bench.urls))
+
+
+def cpu_delta(bench: Bench, before: dict[str, float]) -> dict[str, float]:
+    return {name: seconds - before.get(name, 0.0) for name, seconds in bench.cpu_snapshot().items()}
+
+
+async def feed_directly(
+    bench: Bench, *, delay_s: float, images: int, run_id: str, lanes: int = DIRECT_LANES,
+    graph: Any = delay_graph,
+) -> Phase:  # fmt: skip
+    """The physical limit: `lanes` per server pull from one shared queue, `ComfyClient` only, no Prefect."""
+    prefix = f"direct-{run_id}-"
+    queue = deque(
+        ApiWorkflow(graph(delay_s, nonce=f"{prefix}{index:05d}", prefix=f"bench/direct/{index:05d}"))
+        for index in range(images)
+    )
+    spans: list[PromptSpan] = []
+    downloads = bench.root / "direct-downloads"
+
+    async def lane(comfy: ComfyClient, name: str) -> None:
+        while queue:
+            workflow = queue.popleft()
+            result = await comfy.run(workflow)
+            for output in result.outputs:  # same work as a comfybatch job: fetch what was saved
+                await comfy.download(output, downloads / output.filename)
+            spans.append(PromptSpan(name, result.queued_at or 0.0, result.started_at or 0.0, result.finished_at))
+
+    cpu_before = bench.cpu_snapshot()
+    called_at = time.time()
+    async with AsyncExitStack() as stack:
+        clients: list[tuple[ComfyClient, str]] = []
+        for server in bench.servers:
+            comfy = ComfyClient(bench.url_of(server))
+            stack.push_async_callback(comfy.aclose)
+            clients.append((comfy, bench.comfybatch_name(server)))
+        async with asyncio.TaskGroup() as group:
+            for comfy, name in clients:
+                for _ in range(lanes):
+                    group.create_task(lane(comfy, name))
+    returned_at = time.time()
+    return Phase("direct", called_at, returned_at, spans, cpu_delta(bench, cpu_before), nonce_prefix=prefix)
+
+
+async def run_comfybatch(
+    bench: Bench, *, delay_s: float, images: int, run_id: str, graph: Any = delay_graph
+) -> tuple[Phase, str]:
+    """`generate_batch` on the same workload; prompt times come from the batch's manifest. Also the batch name."""
+    prefix = f"cb-{run_id}-"
+    spec = BatchSpec(
+        name=f"bench-{run_id}", workflow=graph(delay_s), bindings={"nonce": NONCE_INPUT},
+        sweep=Sweep(axes={"nonce": [f"{prefix}{index:05d}" for index in range(images)]}),
+    )  # fmt: skip
+    cpu_before, log_before = bench.cpu_snapshot(), bench.prefect_log_size()
+    called_at = time.time()
+    error = None
+    try:
+        await generate_batch(spec)
+    except BatchIncomplete as exc:
+        error = str(exc)
+    returned_at = time.time()
+    cpu = cpu_delta(bench, cpu_before)
+    manifest = read_manifest(OutputStore(str(bench.output_root)), spec.name)
+    spans: list[PromptSpan] = []
+    if manifest is not None:
+        for row in manifest[manifest["status"] == "done"].itertuples():
+            times = [row.queued_at, row.started_at, row.finished_at]
+            spans.append(PromptSpan(str(row.server), *(t.timestamp() for t in times)))
+    phase = Phase("comfybatch", called_at, returned_at, spans, cpu, nonce_prefix=prefix, error=error)
+    phase.prefect_503s = bench.prefect_503s(log_before, bench.prefect_log_size())
+    return phase, spec.name
+
+
+def busy_fraction(runs: list[NodeRun], servers: int, span_s: float) -> float | None:
+    return sum(run.end - run.start for run in runs) / (servers * span_s) if runs and span_s > 0 else None
+
+
+def gap_ms(runs: list[NodeRun], stat: Any) -> float | None:
+    gaps = idle_gaps(runs)
+    return 1000 * stat(gaps) if gaps else None
+
+
+def p95(values: list[float]) -> float:
+    return sorted(values)[min(len(values) - 1, round(0.95 * (len(values) - 1)))]

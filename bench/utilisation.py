@@ -10,111 +10,28 @@ import asyncio
 import os
 import statistics
 import sys
-import time
 import uuid
-from collections import deque
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-from _common import OUT_DIR, Bench, NodeRun, Phase, PromptSpan, bench_environment, idle_gaps
+from _common import (
+    DIRECT_LANES,
+    OUT_DIR,
+    Bench,
+    NodeRun,
+    Phase,
+    bench_environment,
+    busy_fraction,
+    feed_directly,
+    gap_ms,
+    p95,
+    run_comfybatch,
+    warm_up,
+)
 from _profile import SpyRecorder
 from _timeline import draw_timeline
 
-from comfybatch.comfy.client import ComfyClient
-from comfybatch.comfy.workflow import ApiWorkflow
-from comfybatch.errors import BatchIncomplete
-from comfybatch.flows.batch import generate_batch
-from comfybatch.models import BatchSpec, Sweep
-from comfybatch.outputs.manifest import read_manifest
-from comfybatch.outputs.storage import OutputStore
-
-SLOTS = 2  # comfybatch's default `slots` per server: one prompt running, one queued behind it
-NONCE_INPUT = "2.inputs.nonce"
-
-
-def delay_graph(seconds: float, *, nonce: str = "", prefix: str = "bench/delay") -> dict[str, Any]:
-    """EmptyImage(16x16) -> ComfybatchDelay -> SaveImage, API format."""
-    return {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": 0}},
-        "2": {"class_type": "ComfybatchDelay", "inputs": {"image": ["1", 0], "seconds": seconds, "nonce": nonce}},
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
-    }
-
-
-async def warm_up(bench: Bench) -> None:
-    """One trivial prompt per server, so neither phase pays ComfyUI's first-execution costs."""
-
-    async def one(index: int, url: str) -> None:
-        async with ComfyClient(url) as comfy:
-            await comfy.run(ApiWorkflow(delay_graph(0.0, nonce=f"warmup-{uuid.uuid4().hex}", prefix="bench/warmup")))
-
-    await asyncio.gather(*(one(i, server.url) for i, server in enumerate(bench.servers)))
-
-
-async def feed_directly(bench: Bench, *, delay_s: float, images: int, run_id: str) -> Phase:
-    """The physical limit: `SLOTS` lanes per server pull from one shared queue, `ComfyClient` only."""
-    prefix = f"direct-{run_id}-"
-    queue = deque(
-        ApiWorkflow(delay_graph(delay_s, nonce=f"{prefix}{index:05d}", prefix=f"bench/direct/{index:05d}"))
-        for index in range(images)
-    )
-    spans: list[PromptSpan] = []
-    downloads = bench.root / "direct-downloads"
-
-    async def lane(comfy: ComfyClient, name: str) -> None:
-        while queue:
-            workflow = queue.popleft()
-            result = await comfy.run(workflow)
-            for output in result.outputs:  # same work as a comfybatch job: fetch what was saved
-                await comfy.download(output, downloads / output.filename)
-            spans.append(PromptSpan(name, result.queued_at or 0.0, result.started_at or 0.0, result.finished_at))
-
-    cpu_before = bench.cpu_snapshot()
-    called_at = time.time()
-    async with AsyncExitStack() as stack:
-        clients: list[tuple[ComfyClient, str]] = []
-        for server in bench.servers:
-            comfy = ComfyClient(server.url)
-            stack.push_async_callback(comfy.aclose)
-            clients.append((comfy, bench.comfybatch_name(server)))
-        async with asyncio.TaskGroup() as group:
-            for comfy, name in clients:
-                for _ in range(SLOTS):
-                    group.create_task(lane(comfy, name))
-    returned_at = time.time()
-    return Phase("direct", called_at, returned_at, spans, _cpu_delta(bench, cpu_before), nonce_prefix=prefix)
-
-
-async def run_comfybatch(bench: Bench, *, delay_s: float, images: int, run_id: str) -> Phase:
-    """`generate_batch` on the same workload; prompt times come from the batch's manifest."""
-    prefix = f"cb-{run_id}-"
-    spec = BatchSpec(
-        name=f"bench-{run_id}", workflow=delay_graph(delay_s), bindings={"nonce": NONCE_INPUT},
-        sweep=Sweep(axes={"nonce": [f"{prefix}{index:05d}" for index in range(images)]}),
-    )  # fmt: skip
-    cpu_before, log_before = bench.cpu_snapshot(), bench.prefect_log_size()
-    called_at = time.time()
-    error = None
-    try:
-        await generate_batch(spec)
-    except BatchIncomplete as exc:
-        error = str(exc)
-    returned_at = time.time()
-    cpu = _cpu_delta(bench, cpu_before)
-    manifest = read_manifest(OutputStore(str(bench.output_root)), spec.name)
-    spans: list[PromptSpan] = []
-    if manifest is not None:
-        for row in manifest[manifest["status"] == "done"].itertuples():
-            times = [row.queued_at, row.started_at, row.finished_at]
-            spans.append(PromptSpan(str(row.server), *(t.timestamp() for t in times)))
-    phase = Phase("comfybatch", called_at, returned_at, spans, cpu, nonce_prefix=prefix, error=error)
-    phase.prefect_503s = bench.prefect_503s(log_before, bench.prefect_log_size())
-    return phase
-
-
-def _cpu_delta(bench: Bench, before: dict[str, float]) -> dict[str, float]:
-    return {name: seconds - before.get(name, 0.0) for name, seconds in bench.cpu_snapshot().items()}
+SLOTS = DIRECT_LANES  # comfybatch's default `slots` per server is the same
 
 
 def report(phases: list[Phase], runs: dict[str, list[NodeRun]], *, servers: int, delay_s: float, images: int) -> None:
@@ -133,9 +50,9 @@ def report(phases: list[Phase], runs: dict[str, list[NodeRun]], *, servers: int,
     row("wrap-up: last finish -> return [s]", "{:.2f}", lambda p: p.returned_at - p.last_finish)
     row("utilisation = ideal / makespan", "{:.1%}", lambda p: ideal / p.makespan_s)
     row("utilisation = ideal / (submit..finish)", "{:.1%}", lambda p: ideal / p.span_s if p.span_s > 0 else None)
-    row("server busy (node journal / span)", "{:.1%}", lambda p: _busy(runs[p.name], servers, p.span_s))
-    row("idle gap between prompts, mean [ms]", "{:.0f}", lambda p: _gap_ms(runs[p.name], statistics.fmean))
-    row("idle gap between prompts, p95 [ms]", "{:.0f}", lambda p: _gap_ms(runs[p.name], _p95))
+    row("server busy (node journal / span)", "{:.1%}", lambda p: busy_fraction(runs[p.name], servers, p.span_s))
+    row("idle gap between prompts, mean [ms]", "{:.0f}", lambda p: gap_ms(runs[p.name], statistics.fmean))
+    row("idle gap between prompts, p95 [ms]", "{:.0f}", lambda p: gap_ms(runs[p.name], p95))
     row("client-seen run - node run, mean [ms]", "{:.0f}", lambda p: _waste_ms(p, runs[p.name]))
     row("prompts done", "{}", lambda p: len(p.prompts))
     for component in ("client", "prefect-server", "comfyui"):
@@ -164,19 +81,6 @@ def report(phases: list[Phase], runs: dict[str, list[NodeRun]], *, servers: int,
             print(f"{phase.name}: {phase.error}")
 
 
-def _busy(runs: list[NodeRun], servers: int, span_s: float) -> float | None:
-    return sum(run.end - run.start for run in runs) / (servers * span_s) if runs and span_s > 0 else None
-
-
-def _gap_ms(runs: list[NodeRun], stat: Any) -> float | None:
-    gaps = idle_gaps(runs)
-    return 1000 * stat(gaps) if gaps else None
-
-
-def _p95(values: list[float]) -> float:
-    return sorted(values)[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
-
-
 def _waste_ms(phase: Phase, runs: list[NodeRun]) -> float | None:
     """Mean (client-seen run time - node execution time): history read, event latency, result handling."""
     if not phase.prompts or not runs:
@@ -195,7 +99,7 @@ async def measure(bench: Bench, args: argparse.Namespace, spy: SpyRecorder | Non
     if spy is not None:
         spy.start({"client": os.getpid(), "prefect-server": bench.cpu_groups()["prefect-server"][0]})
     try:
-        flow = await run_comfybatch(bench, delay_s=args.delay, images=args.images, run_id=run_id)
+        flow, _ = await run_comfybatch(bench, delay_s=args.delay, images=args.images, run_id=run_id)
     finally:
         if spy is not None:
             spy.stop()
@@ -215,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     with bench_environment(args.servers) as bench:
         phases = asyncio.run(measure(bench, args, spy))
         runs = {phase.name: bench.node_runs(phase.nonce_prefix) for phase in phases}
-        lanes = [(bench.comfybatch_name(s), f"{s.name} :{s.port}") for s in bench.servers]
+        lanes = bench.lanes()
     report(phases, runs, servers=args.servers, delay_s=args.delay, images=args.images)
     title = f"{args.servers} servers x {SLOTS} slots, Delay {args.delay:g} s, {args.images} images per phase"
     print(f"timeline: {draw_timeline(phases, runs, lanes, args.timeline, title=title)}")
