@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Dialog, Page, sync_playwright
 
 from tests.dashboard.conftest import API_KEY, dashboard_platform, live_dashboard, platform_prefect
 
@@ -49,7 +49,12 @@ def new_tab(browser: Browser, base_url: str, *, with_key: bool = True) -> tuple[
     if with_key:
         context.add_init_script(f"localStorage.setItem('comfybatch.apiKey', {json.dumps(API_KEY)});")
     tab = Tab(context.new_page())
-    tab.page.on("dialog", lambda dialog: (tab.dialogs.append(dialog.message), dialog.dismiss()))
+
+    def record_dialog(dialog: Dialog) -> None:
+        tab.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    tab.page.on("dialog", record_dialog)
     tab.page.on("pageerror", lambda error: tab.errors.append(str(error)))
     return context, tab
 

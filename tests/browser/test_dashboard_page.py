@@ -210,7 +210,7 @@ def test_reload_and_dropped_stream_resume_without_losing_events(
         """Pass the stream through, recording it, and cut the second connection after its first item.done."""
         seqs: list[int] = []
         connections.append((int(re.search(r"after=(\d+)", route.url).group(1)), seqs))  # type: ignore[union-attr]
-        cut, dropped = len(connections) == 2, []
+        cut, dropped = len(connections) == 2, list[bool]()
         server = route.connect_to_server()
 
         def forward(message: str | bytes) -> None:
