@@ -81,7 +81,8 @@ async def _run_on(job: JobSpec, slot: Slot, context: JobContext, attempt: int, *
             comfyui_version=context.versions.get(server.name), on_event=_progress_reporter(job, server.name),
         )  # fmt: skip
     context.broker.mark_up(server.name)
-    emit_item_event(job, "done", server=server.name, prompt_id=result.prompt_id,
+    seconds = result.finished_at - result.started_at if result.finished_at and result.started_at else None
+    emit_item_event(job, "done", server=server.name, prompt_id=result.prompt_id, seconds=seconds,
                     files=[file.uri for file in result.files])  # fmt: skip
     return result
 
