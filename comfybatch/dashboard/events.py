@@ -21,6 +21,8 @@ from prefect.events.clients import PrefectEventSubscriber
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 from prefect.events.schemas.events import Event
 
+from comfybatch.dashboard.metrics import EventMetrics
+
 logger = logging.getLogger(__name__)
 
 EVENT_PREFIXES = ["comfybatch.", "prefect.flow-run."]
@@ -103,6 +105,7 @@ class EventHub:
         self._logs: OrderedDict[UUID, BatchLog] = OrderedDict()
         self._sealing: dict[UUID, asyncio.Lock] = {}
         self._task: asyncio.Task[None] | None = None
+        self.metrics = EventMetrics()
 
     def start(self) -> None:
         """Subscribe from now on (idempotent): by the app's lifespan, or by the first stream where there is none."""
@@ -128,8 +131,9 @@ class EventHub:
         return log
 
     def ingest(self, event: Event) -> None:
-        if (run_id := run_id_of(event)) is not None:
-            self._log(run_id).add(event)
+        run_id = run_id_of(event)
+        if run_id is not None and self._log(run_id).add(event):
+            self.metrics.observe(event, run_id)
 
     async def _subscribe(self) -> None:
         event_filter = EventFilter(event=EventNameFilter(prefix=EVENT_PREFIXES))

@@ -87,3 +87,25 @@ async def test_stream_without_key_is_closed_4401(
 
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 4401
+
+
+def _samples(text: str, name: str) -> dict[str, float]:
+    """`{labels: value}` of one metric in Prometheus text."""
+    found = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels, _, value = line[len(name) :].rpartition(" ")
+            found[labels] = float(value)
+    return found
+
+
+async def test_metrics_count_what_the_event_stream_saw(
+    live_dashboard: str, streamed: tuple[str, list[dict[str, Any]]]
+) -> None:
+    """After a 2-image batch: done items counted, prompt seconds per server, one completed batch duration."""
+    async with httpx.AsyncClient(base_url=live_dashboard, timeout=30) as http:
+        text = (await http.get("/metrics")).text
+
+    assert _samples(text, "comfybatch_item_events_total")['{state="done"}'] >= 2
+    assert sum(_samples(text, "comfybatch_prompt_seconds_count").values()) >= 2
+    assert _samples(text, "comfybatch_batch_seconds_count")['{state="completed"}'] >= 1

@@ -10,8 +10,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from comfybatch.blocks.fleet import configured_servers
 from comfybatch.blocks.server import ServerConfig
-from comfybatch.dashboard.deps import KeyName, LauncherDep, SettingsDep
+from comfybatch.dashboard.deps import HubDep, KeyName, LauncherDep, SettingsDep
 from comfybatch.dashboard.launcher import Launcher
+from comfybatch.dashboard.metrics import Summary
 from comfybatch.dashboard.schemas import Health, ServerList, ServerStatus, WorkflowList
 from comfybatch.errors import ComfyBatchError
 from comfybatch.settings import Settings
@@ -108,9 +109,18 @@ def _family(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, 
     return lines
 
 
+def _summary(name: str, help_text: str, label: str, summaries: dict[str, Summary]) -> list[str]:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} summary"]
+    for value, summary in sorted(summaries.items()):
+        lines += [f'{name}_count{{{label}="{_label(value)}"}} {float(summary.count)!r}',
+                  f'{name}_sum{{{label}="{_label(value)}"}} {summary.total!r}']  # fmt: skip
+    return lines
+
+
 @router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(settings: SettingsDep, launcher: LauncherDep) -> PlainTextResponse:
-    """Prometheus text format: per-server up, queue depth, in-flight and slots; batches by state.
+async def metrics(settings: SettingsDep, launcher: LauncherDep, hub: HubDep) -> PlainTextResponse:
+    """Prometheus text format: per-server up, queue depth, in-flight, slots and prompt seconds; items by state;
+    batches by state and their durations.
 
     Unauthenticated like `/health` (scrapers rarely carry bearer keys); it shows server names and counts only.
     """
@@ -127,5 +137,11 @@ async def metrics(settings: SettingsDep, launcher: LauncherDep) -> PlainTextResp
                  [(labels, float(s.slots)) for labels, s in per_server]),
         *_family("comfybatch_batches", "gauge", "generate-batch flow runs by state type (newest 200).",
                  [({"state": state}, float(count)) for state, count in sorted(batches.items())]),
+        *_family("comfybatch_item_events_total", "counter", "Item state changes seen since the dashboard started.",
+                 [({"state": state}, float(count)) for state, count in sorted(hub.metrics.items.items())]),
+        *_summary("comfybatch_prompt_seconds", "Prompt run time (submit to outputs stored), per server.", "server",
+                  hub.metrics.prompt_seconds),
+        *_summary("comfybatch_batch_seconds", "Batch run time (running to final state), per final state.", "state",
+                  hub.metrics.batch_seconds),
     ]  # fmt: skip
     return PlainTextResponse("\n".join(lines) + "\n", media_type=PROMETHEUS_CONTENT_TYPE)
