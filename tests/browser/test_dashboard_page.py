@@ -275,3 +275,15 @@ def test_finished_batch_view_lanes_links_manifest_and_screenshot(
         shutil.copyfile(shot, README_IMAGE)
     assert shot.stat().st_size > 10_000
     assert tab.errors == []
+
+
+def test_link_with_key_in_the_fragment_signs_the_page_in(open_tab: Callable[..., Tab]) -> None:
+    """`/#key=<key>` (what `comfybatch up` prints) stores the key, drops it from the address, and the list loads."""
+    tab = open_tab(with_key=False)
+
+    tab.page.goto(f"/#key={API_KEY}")
+
+    expect(tab.page.get_by_test_id("template")).to_contain_text("txt2img-tiny")
+    assert tab.page.evaluate("localStorage.getItem('comfybatch.apiKey')") == API_KEY
+    assert "key=" not in tab.page.url
+    assert tab.page.get_by_test_id("key-panel").is_hidden()

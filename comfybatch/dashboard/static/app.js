@@ -774,6 +774,15 @@ function stateLabel(item, halted) {
   }
 }
 
+/** `#key=<key>` (the link `comfybatch up` prints): keep the key, then drop it from the address bar and history. */
+function takeKeyFromLink() {
+  const match = location.hash.match(/^#key=([A-Za-z0-9_-]+)$/);
+  if (!match) return;
+  localStorage.setItem(KEY_STORE, match[1]);
+  history.replaceState(null, "", location.pathname + location.search);
+}
+
+takeKeyFromLink();
 setUpKeyPanel();
 window.addEventListener("hashchange", route);
 route();
