@@ -1,63 +1,35 @@
-"""What the dashboard answers, as the SDK reads it; unknown fields are ignored so newer servers still parse."""
+"""What the dashboard answers: its own HTTP shapes (pydantic only, no FastAPI or Prefect), plus the SDK's helpers.
+
+Unknown fields are ignored (pydantic's default), so answers from newer servers still parse.
+"""
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
+
+from comfybatch.dashboard import schemas
+from comfybatch.dashboard.schemas import (
+    BatchCounts,
+    BatchLinks,
+    BatchStarted,
+    BatchSummary,
+    ItemFailure,
+    ItemStatus,
+    ServerProgress,
+    Uploaded,
+    ValidationReport,
+)
+
+__all__ = [
+    "BatchCounts", "BatchEvent", "BatchLinks", "BatchStarted", "BatchStatus", "BatchSummary", "ItemFailure",
+    "ItemStatus", "ServerProgress", "Uploaded", "ValidationReport",
+]  # fmt: skip
 
 TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
 
 
-class _Answer(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-
-class BatchLinks(_Answer):
-    self: str
-    items: str
-    manifest: str
-    events: str
-    prefect_ui: str | None = None
-
-
-class BatchStarted(_Answer):
-    """A batch the dashboard started (or cancelled): pass it, or its `batch_id`, to the other methods."""
-
-    batch_id: str = Field(description="The flow run id.")
-    name: str
-    state: str
-    links: BatchLinks
-
-
-class BatchCounts(_Answer):
-    total: int = 0
-    done: int = 0
-    failed: int = 0
-    pending: int = 0
-
-
-class ServerProgress(_Answer):
-    done: int = 0
-    failed: int = 0
-    in_flight: int = 0
-
-
-class ItemFailure(_Answer):
-    key: str
-    index: int | None = None
-    error: str
-
-
-class BatchStatus(BatchStarted):
+class BatchStatus(schemas.BatchStatus):
     """A batch's state (SCHEDULED … COMPLETED, FAILED, CANCELLED, CRASHED), counts, progress and first failures."""
-
-    state_name: str = ""
-    counts: BatchCounts = Field(default_factory=BatchCounts)
-    submitted_by: str | None = None
-    cancelled_by: str | None = None
-    servers: dict[str, ServerProgress] = Field(default_factory=dict)
-    eta_s: float | None = None
-    failures: list[ItemFailure] = Field(default_factory=list)
-    events_seq: int = 0
 
     @property
     def finished(self) -> bool:
@@ -68,48 +40,6 @@ class BatchStatus(BatchStarted):
     def succeeded(self) -> bool:
         """The run completed and no item failed."""
         return self.state == "COMPLETED" and self.counts.failed == 0
-
-
-class BatchSummary(_Answer):
-    batch_id: str
-    name: str
-    state: str
-    state_name: str = ""
-    created: str | None = None
-
-
-class ItemStatus(_Answer):
-    """One image job of a batch: `state` is queued, submitted, done, failed or skipped."""
-
-    key: str
-    index: int | None = None
-    prompt: str | None = None
-    seed: int | None = None
-    state: str
-    server: str | None = None
-    error: str | None = None
-    files: int = 0
-    image: str | None = Field(None, description="Path of the item's image on the dashboard, once it has one.")
-
-
-class ValidationReport(_Answer):
-    """The fleet's dry run of a request: nothing rendered."""
-
-    ok: bool
-    total: int
-    duplicates: int = 0
-    per_server: dict[str, int] = Field(default_factory=dict)
-    invalid: list[ItemFailure] = Field(default_factory=list)
-    plan: list[str] = Field(default_factory=list)
-    estimate_s: float | None = None
-
-
-class Uploaded(_Answer):
-    """A sheet stored by the dashboard: its `sheet` goes into a batch request."""
-
-    sheet: str
-    rows: int
-    columns: list[str]
 
 
 class BatchEvent(BaseModel):

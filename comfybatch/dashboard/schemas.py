@@ -36,8 +36,8 @@ class ServerProgress(BaseModel):
 class BatchStatus(BatchStarted):
     """A batch with counts from its job journal."""
 
-    state_name: str
-    counts: BatchCounts
+    state_name: str = ""
+    counts: BatchCounts = Field(default_factory=BatchCounts)
     submitted_by: str | None = None
     cancelled_by: str | None = None
     servers: dict[str, ServerProgress] = Field(default_factory=dict, description="Progress per ComfyUI server.")
