@@ -1,7 +1,6 @@
 """Before any GPU time: resolve the workflow, probe the fleet, and decide which server can run which job."""
 
 import asyncio
-import json
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
@@ -13,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.comfy.object_info import ObjectInfo
 from comfybatch.comfy.preflight import check_workflow, split_problems
-from comfybatch.comfy.workflow import ApiWorkflow, load_workflow
+from comfybatch.comfy.workflow import ApiWorkflow, decode_workflow, load_workflow
 from comfybatch.errors import ComfyBatchError, ConfigError, NodeProblem
 from comfybatch.models import JobResult, JobSpec
 
@@ -72,10 +71,10 @@ def read_template(source: str | dict[str, Any]) -> Any:
         return source
     candidate = TEMPLATES_DIR / f"{source}.json"
     if candidate.is_file():
-        return json.loads(candidate.read_text(encoding="utf-8"))
+        return decode_workflow(candidate)
     path = Path(source)
     if path.suffix == ".json" and path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
+        return decode_workflow(path)  # a broken file is a WorkflowFormatError naming it, not a JSONDecodeError
     offered = sorted(p.stem for p in TEMPLATES_DIR.glob("*.json"))
     raise ConfigError(f"workflow {source!r} is neither a template ({', '.join(offered)}) nor a JSON file")
 
