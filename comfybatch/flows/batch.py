@@ -142,6 +142,8 @@ async def _drain(
     async def worker() -> None:
         while queue:
             job = queue.popleft()
+            if not queue:
+                context.broker.last_jobs()
             # An async task called from an async flow returns an awaitable, whatever the overloads say.
             state = await cast(Awaitable[State[JobResult]], job_task(job, context, return_state=True))
             results.append(await _result_of(job, state))

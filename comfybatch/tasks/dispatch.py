@@ -69,6 +69,7 @@ class SlotBroker:
         self._leases: set[UUID] = set()
         self._changed = asyncio.Condition()
         self._increments = asyncio.Lock()
+        self._last_jobs = False
         self._leases_api: LeaseApi | None = None
         self._renewer: asyncio.Task[None] | None = None
 
@@ -208,8 +209,13 @@ class SlotBroker:
             self._busy[name] -= 1
             self._idle[name].append((lease_id, time.monotonic()))
             self._changed.notify_all()
-        if self._outranked(name):
+        if self._outranked(name) or (self._last_jobs and self._waiting[name] == 0):
             await self._release_idle(name, older_than_s=0.0)
+
+    def last_jobs(self) -> None:
+        """No further jobs will ask for slots (retries aside): a lease nobody waits for goes back at once,
+        during the batch's tail rather than at its end."""
+        self._last_jobs = True
 
     async def _release_idle(self, name: str, *, older_than_s: float) -> None:
         now = time.monotonic()

@@ -1,6 +1,7 @@
 """`render-image`: one Prefect task run per image job, failing over between servers."""
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 from prefect import get_run_logger, task
@@ -119,11 +120,20 @@ async def _recovery_slot(
 
 def _progress_reporter(job: JobSpec, server: str) -> EventHandler:
     throttle = ProgressThrottle()
+    started = time.monotonic()
 
     def report(event: ComfyEvent) -> None:
+        nonlocal started
         if event.type == "execution_start":
+            started = time.monotonic()
             emit_item_event(job, "running", server=server)
-        elif (progress := event.progress) is not None and throttle.ready(final=progress[0] >= progress[1]):
+        # Progress only once a prompt has run a while: "done" follows short ones at once, and every event is work
+        # for the Prefect server, whose in-memory event queue drops messages when it falls behind.
+        elif (
+            (progress := event.progress) is not None
+            and time.monotonic() - started >= throttle.interval_s
+            and throttle.ready(final=progress[0] >= progress[1])
+        ):
             emit_item_event(job, "progress", server=server, node=event.node, value=progress[0], max=progress[1])
 
     return report
