@@ -217,6 +217,20 @@ def bench_environment(
             fleet.stop()
 
 
+async def wait_prefect_idle(bench: Bench, *, max_s: float = 180.0, busy_fraction: float = 0.1) -> float:
+    """Wait until the Prefect server has worked off its backlog (task runs and events recorded after a
+    batch): under `busy_fraction` of a core for a second. So the next phase does not share the CPU with it.
+    Returns the seconds waited."""
+    started = time.monotonic()
+    pids = bench.cpu_groups()["prefect-server"]
+    while time.monotonic() - started < max_s:
+        before = sum(cpu_seconds(pid) for pid in pids)
+        await asyncio.sleep(1.0)
+        if sum(cpu_seconds(pid) for pid in pids) - before < busy_fraction:
+            break
+    return time.monotonic() - started
+
+
 def start_proxies(ports: list[int], *, delay_s: float) -> tuple["subprocess.Popen[str]", list[str]]:
     """`bench/_proxy.py` in a child process: one delaying proxy per port; returns it and the proxy URLs."""
     command = [sys.executable, str(BENCH_DIR / "_proxy.py"), "--delay", str(delay_s), *map(str, ports)]

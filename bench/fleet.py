@@ -33,6 +33,7 @@ from _common import (
     gap_ms,
     p95,
     run_comfybatch,
+    wait_prefect_idle,
     warm_up,
 )
 from _profile import SpyRecorder
@@ -120,6 +121,8 @@ async def measure(bench: Bench, scenario: Scenario, spy: SpyRecorder | None) -> 
     finally:
         if spy is not None:
             spy.stop()
+    waited = await wait_prefect_idle(bench)
+    print(f"  (Prefect server worked off its backlog in {waited:.0f} s)", flush=True)
     print(f"  (c) peer comfy-api-simplified: {scenario.images} images ...", flush=True)
     peer = await asyncio.to_thread(feed_peer, bench, delay_s=scenario.delay_s, images=scenario.images, run_id=run_id)
     return [direct, flow, peer]

@@ -16,7 +16,17 @@ import time
 import uuid
 from typing import Any
 
-from _common import OUT_DIR, Bench, Phase, bench_environment, cpu_seconds, feed_directly, run_comfybatch, warm_up
+from _common import (
+    OUT_DIR,
+    Bench,
+    Phase,
+    bench_environment,
+    cpu_seconds,
+    feed_directly,
+    run_comfybatch,
+    wait_prefect_idle,
+    warm_up,
+)
 from _profile import SpyRecorder
 from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -53,6 +63,7 @@ def rates(phase: Phase, images: int) -> dict[str, float]:
 async def measure(bench: Bench, images: int, spy: SpyRecorder | None) -> tuple[Phase, Phase]:
     run_id = uuid.uuid4().hex[:8]
     await warm_up(bench)
+    await wait_prefect_idle(bench)  # the no-op map's task runs are still being recorded
     print(f"  direct feeding: {images} trivial prompts ...", flush=True)
     direct = await feed_directly(bench, delay_s=0.0, images=images, run_id=run_id)
     print(f"  comfybatch: {images} trivial prompts ...", flush=True)

@@ -24,6 +24,7 @@ from prefect.client.orchestration import get_client
 from comfybatch.tasks.events import add_listener
 
 RSS_TARGET_BYTES = 1 << 30
+_DROPPED = "Subscription queue is full, dropping message"  # Prefect's in-memory broker, in its server log
 _SETTLE_S = 60.0  # the server records task runs and events from a backlog: wait until the counts stop moving
 
 
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         flush_prefect(timeout_s=120.0)  # hand every queued event to the server before counting
         print("  waiting for Prefect to record task runs and events ...", flush=True)
         task_runs, stored, settle_s = asyncio.run(settle(batch, emitted, args.images))
+        log = bench.prefect.log_path.read_text(errors="replace") if bench.prefect.log_path.exists() else ""
+        server_drops = log.count(_DROPPED)
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     done = len(phase.prompts)
     missing = {state: emitted[state] - stored.get(state, 0) for state in emitted if emitted[state] != stored.get(state)}
@@ -130,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         ("events emitted", ", ".join(f"{k} {v}" for k, v in sorted(emitted.items()))),
         ("events stored", ", ".join(f"{k} {v}" for k, v in sorted(stored.items()))),
         ("seconds until Prefect caught up", f"{settle_s:.0f}"),
+        ("server log: messages dropped", f"{server_drops}"),
     ]
     for label, value in rows:
         print(f"{label:34}{value}")
@@ -142,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         "done": done, "makespan_s": round(phase.makespan_s, 2), "images_per_s": round(done / phase.makespan_s, 2),
         "rss_before_mb": round(rss_before / 2**20), "peak_rss_mb": round(peak / 2**20),
         "max_rss_mb": round(max_rss / 2**20), "task_runs": task_runs, "events_emitted": dict(emitted),
-        "events_stored": stored, "events_missing": missing, "settle_s": round(settle_s, 1), "met": met,
+        "events_stored": stored, "events_missing": missing, "settle_s": round(settle_s, 1),
+        "server_dropped_messages": server_drops, "met": met,
     }  # fmt: skip
     print(json.dumps(result))
     return 0
