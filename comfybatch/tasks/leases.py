@@ -9,6 +9,7 @@ after 30-150 ms.
 import asyncio
 import base64
 import random
+import time
 from types import TracebackType
 from typing import Self
 from uuid import UUID
@@ -20,6 +21,12 @@ from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_A
 LEASE_S = 60.0  # Prefect's minimum: a dead holder's unjournaled slot returns after ~75 s
 _LOCKED, _UNAVAILABLE = 423, 503
 _ATTEMPTS = 40
+# A restarting Prefect server refuses connections for seconds (up to ~20 s when it waits for open
+# sockets on shutdown). Wait for it rather than give up: a release given up on leaves the slot taken
+# until the lease expires, and a failed progress write would fail the batch. Prefect's own client
+# gives up after ~60 s.
+_AWAY_S = 90.0
+_AWAY_PAUSE_S = (0.1, 1.0)
 
 
 class LeaseApi:
@@ -66,21 +73,29 @@ class LeaseApi:
         return await self.send("POST", path, body, accept=accept)
 
     async def send(self, method: str, path: str, body: object = None, *, accept: tuple[int, ...]) -> httpx.Response:
-        """One request to the Prefect API (`path` below `/api`), retried quickly while SQLite is locked.
+        """One request to the Prefect API (`path` below `/api`), retried quickly while SQLite is locked
+        and patiently while the server is away (restarting).
 
         Raises:
-            httpx.HTTPStatusError for an answer outside `accept`, httpx.TransportError when the server stays away.
+            httpx.HTTPStatusError for an answer outside `accept`, httpx.TransportError when the server stays
+            away for `_AWAY_S`.
         """
-        for attempt in range(1, _ATTEMPTS + 1):
+        answers, away_since, pause_s = 0, None, _AWAY_PAUSE_S[0]
+        while True:
             try:
                 response = await self._http.request(method, path, json=body)
             except httpx.TransportError:
-                # Under a burst the server drops some connections (ReadError); Prefect's own client retries these too.
-                if attempt == _ATTEMPTS:
+                # Under a burst the server drops some connections (ReadError); Prefect's own client retries
+                # these too, increments included (a lost answer's lease then expires by itself).
+                away_since = away_since or time.monotonic()
+                if time.monotonic() - away_since >= _AWAY_S:
                     raise
-            else:
-                if response.status_code != _UNAVAILABLE:
-                    break
+                await asyncio.sleep(pause_s)
+                pause_s = min(pause_s * 2, _AWAY_PAUSE_S[1])
+                continue
+            answers, away_since, pause_s = answers + 1, None, _AWAY_PAUSE_S[0]
+            if response.status_code != _UNAVAILABLE or answers == _ATTEMPTS:
+                break
             await asyncio.sleep(random.uniform(0.03, 0.15))  # a locked SQLite database frees up quickly
         if response.status_code not in accept:
             response.raise_for_status()
