@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     max_task_workers: int = Field(64, ge=1, le=512, description="Thread pool size of the batch flow.")
     job_retries: int = Field(2, ge=0, le=10, description="Prefect retries of a job after failover is exhausted.")
     retry_backoff_s: float = Field(10.0, ge=0, description="Base of the exponential retry back-off.")
+    max_unrecorded_task_runs: int = Field(
+        1000, ge=0, description="Start no new job while the Prefect server has this many of the batch's task runs "
+        "still to record (its in-memory event queue drops messages beyond 10,000); 0 = never wait.",
+    )  # fmt: skip
     inbox: str = Field("inbox", description="Folder or fsspec URL where job sheets are dropped.")
     inbox_workflow: str | None = Field(None, description="Workflow for inbox sheets that name none.")
     inbox_cron: str = Field("*/5 * * * *", description="When scheduled-production looks at the inbox.")

@@ -37,7 +37,9 @@ from comfybatch.tasks.job import JobContext, run_job
 from comfybatch.tasks.leases import LeaseApi
 
 _PROGRESS_EVERY_S = 1.0
-_NO_CONTENT = 204
+_OK, _NO_CONTENT = 200, 204
+_PACE_EVERY_S = 1.0
+_PACE_STALL_S = 15.0
 _T = TypeVar("_T")
 _S = TypeVar("_S")
 
@@ -91,7 +93,7 @@ async def generate_batch(spec: BatchSpec) -> BatchReport:
     # The plan artifact is written beside the first jobs: a slow Prefect write must not delay the first prompt.
     async with broker:
         drained, _ = await _beside(
-            _drain(spec, runnable, context, total=len(expansion.jobs), already=len(results)),
+            _drain(spec, runnable, context, total=len(expansion.jobs), already=len(results), run_id=run_id),
             _publish_plan(spec, plan, len(expansion.jobs), expansion.duplicates, required=False),
         )
     results += drained
@@ -127,7 +129,7 @@ async def _beside(main: Awaitable[_T], side: Coroutine[Any, Any, _S]) -> tuple[_
 
 
 async def _drain(
-    spec: BatchSpec, queue: deque[JobSpec], context: JobContext, *, total: int, already: int
+    spec: BatchSpec, queue: deque[JobSpec], context: JobContext, *, total: int, already: int, run_id: str
 ) -> list[JobResult]:
     """Run the queue with enough workers to keep every slot busy; each worker awaits one task at a time."""
     settings = get_settings()
@@ -138,12 +140,17 @@ async def _drain(
         retries=settings.job_retries, retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_backoff_s),
     )  # fmt: skip
     results: list[JobResult] = []
+    pacer = _RecorderPacer(run_id, limit=settings.max_unrecorded_task_runs)
 
     async def worker() -> None:
         while queue:
+            await pacer.open.wait()
+            if not queue:
+                return
             job = queue.popleft()
             if not queue:
                 context.broker.last_jobs()
+            pacer.started += 1
             # An async task called from an async flow returns an awaitable, whatever the overloads say.
             state = await cast(Awaitable[State[JobResult]], job_task(job, context, return_state=True))
             results.append(await _result_of(job, state))
@@ -153,11 +160,53 @@ async def _drain(
     drained = asyncio.Event()
     async with asyncio.TaskGroup() as group:
         group.create_task(_report_progress(spec, results, drained, total=total, already=already))
+        group.create_task(pacer.run(drained))
         async with asyncio.TaskGroup() as jobs:
             for _ in range(workers):
                 jobs.create_task(worker())
         drained.set()
     return results
+
+
+class _RecorderPacer:
+    """Holds back new jobs while the Prefect server lags behind in recording this flow run's task runs.
+
+    The server records task runs (and stores events) from an in-memory queue that drops messages
+    beyond 10,000; GPUs that finish faster than it records (SQLite: some 50 task runs/s) would
+    otherwise leave task runs and events missing for good. A read of the recorded count every
+    second; jobs resume once the lag is down to half the limit.
+    """
+
+    def __init__(self, run_id: str, *, limit: int) -> None:
+        self.run_id, self.limit = run_id, limit
+        self.started = 0
+        self.open = asyncio.Event()
+        self.open.set()
+
+    async def run(self, drained: asyncio.Event) -> None:
+        if not self.run_id or self.limit <= 0:
+            return
+        last_recorded, moved_at = 0, time.monotonic()
+        async with LeaseApi() as api:
+            while not drained.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(drained.wait(), _PACE_EVERY_S)
+                if self.started < self.limit // 2:
+                    continue
+                try:
+                    body = {"flow_runs": {"id": {"any_": [self.run_id]}}}
+                    recorded = int((await api.send("POST", "/task_runs/count", body, accept=(_OK,))).json())
+                except httpx.HTTPError:
+                    self.open.set()  # monitoring must never stall the batch
+                    continue
+                if recorded > last_recorded:
+                    last_recorded, moved_at = recorded, time.monotonic()
+                lag = self.started - recorded
+                if lag <= self.limit // 2 or time.monotonic() - moved_at > _PACE_STALL_S:
+                    self.open.set()  # caught up, or not recording at all (then waiting would only idle the GPUs)
+                elif lag > self.limit:
+                    self.open.clear()
+        self.open.set()
 
 
 async def _report_progress(
