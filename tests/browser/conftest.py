@@ -17,11 +17,12 @@ CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; never `playwright inst
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Headless chromium; skipped when it is not installed, except under `CI=true` where that fails the run.
 
-    Session-scoped so the check happens before the module's platform is started.
+    Requested before the platform fixtures, so the check happens before a platform is started. Module-scoped:
+    sync Playwright runs an event loop in this thread, which must be gone before the next module's async tests.
     """
     if not CHROMIUM.exists():
         if os.environ.get("CI") == "true":
