@@ -224,6 +224,14 @@ class ComfyClient:
         Raises:
             DownloadError.
         """
+        try:
+            return await self._download(output, dest)
+        except ServerUnavailable as exc:
+            raise DownloadError(f"GET /view {output.filename}: {exc}", server=self.name) from exc
+
+    @stamina.retry(on=ServerUnavailable, attempts=3, timeout=30.0)
+    async def _download(self, output: OutputFile, dest: Path) -> DownloadedFile:
+        # A broken connection is retried like other reads: failing here would render the image again.
         dest.parent.mkdir(parents=True, exist_ok=True)
         partial = dest.with_name(f".{dest.name}.{os.getpid()}.part")
         digest, size = hashlib.sha256(), 0
@@ -237,6 +245,8 @@ class ComfyClient:
                         digest.update(chunk)
                         size += len(chunk)
             partial.replace(dest)
+        except httpx.TransportError as exc:
+            raise ServerUnavailable(f"GET /view {output.filename}: {exc!r}", server=self.name) from exc
         except httpx.HTTPError as exc:
             raise DownloadError(f"GET /view {output.filename}: {exc!r}", server=self.name) from exc
         finally:

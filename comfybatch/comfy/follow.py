@@ -8,6 +8,7 @@ re-used client id can silently stop receiving (comfyui-protocol.md §2.5).
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 EventHandler = Callable[[ComfyEvent], None]
 _CONNECTION_TYPES = frozenset({"status", "feature_flags"})  # about the socket or queue, not our prompt
 _HISTORY_SETTLE_S = 5.0  # history is written before executing(null), but proxies may reorder
+logger = logging.getLogger(__name__)
 
 
 class Timeouts(BaseModel):
@@ -99,9 +101,16 @@ async def run_prompt(
 ) -> PromptResult:  # fmt: skip
     """Queue `workflow` as `prompt_id` on a fresh socket and follow it to its end."""
     async with client.events() as socket, _cancel_on_exit(client, prompt_id):
-        await client.queue_prompt(workflow, prompt_id=prompt_id, client_id=socket.client_id)
         watch = _Watch(timeouts)
-        entry = await _listen(client, socket, prompt_id, watch, on_event)
+        try:
+            await client.queue_prompt(workflow, prompt_id=prompt_id, client_id=socket.client_id)
+        except ServerUnavailable:
+            # The connection broke after sending: the server may have queued it. Never submit twice.
+            if not await _is_known(client, prompt_id):
+                raise
+            entry = await _reconcile(client, prompt_id, watch, "POST /prompt lost its answer")
+        else:
+            entry = await _listen(client, socket, prompt_id, watch, on_event)
     return _result(client.name, prompt_id, entry, watch)
 
 
@@ -120,8 +129,7 @@ async def _listen(
         try:
             event = await socket.receive(watch.remaining_s(listening=True))
         except ServerUnavailable:
-            watch.reconnects += 1
-            return await _poll(client, prompt_id, watch)  # dropped: reconcile, never re-submit
+            return await _reconcile(client, prompt_id, watch, "event socket dropped")  # never re-submit
         if event is None:
             if watch.remaining_s(listening=True) <= 0:
                 return await _expire(client, prompt_id, watch)
@@ -134,6 +142,20 @@ async def _listen(
             on_event(event)
         if event.is_terminal:
             return await _settled_history(client, prompt_id)
+
+
+async def _reconcile(client: "ComfyClient", prompt_id: str, watch: _Watch, why: str) -> HistoryEntry:
+    """Follow a prompt whose connection broke through `/history` and `/queue`."""
+    watch.reconnects += 1
+    logger.info("[%s] %s: %s; following it by /history", client.name, prompt_id, why, extra={"prompt_id": prompt_id})
+    return await _poll(client, prompt_id, watch)
+
+
+async def _is_known(client: "ComfyClient", prompt_id: str) -> bool:
+    """Whether the server holds `prompt_id` (queued, running or finished). Raises: ServerUnavailable."""
+    if await client.get_history(prompt_id) is not None:
+        return True
+    return (await client.get_queue()).position(prompt_id) is not None or await client.get_history(prompt_id) is not None
 
 
 async def _poll(client: "ComfyClient", prompt_id: str, watch: _Watch) -> HistoryEntry:
