@@ -235,6 +235,8 @@ def _link(source: Path | None, folder: Path) -> None:
 
 
 def die_with_parent() -> None:
-    # Runs in the child: if the test run is killed, its servers go with it (Linux only).
+    # Runs in the child: if the test run is killed, its servers go with it (Linux only). The signal
+    # follows the *thread* that spawned the child: spawn from the main thread, never from a worker
+    # thread (asyncio.to_thread) that may end while the server should live on.
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -42,6 +42,11 @@ class LocalPrefectServer:
         Raises:
             ServerStartError with the log tail.
         """
+        self.spawn()
+        self.wait_ready(timeout_s=timeout_s)
+
+    def spawn(self) -> None:
+        """Start the process without waiting (from a thread that outlives it: see `die_with_parent`)."""
         self.home.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **SERVER_ENV, "PREFECT_HOME": str(self.home), "PREFECT_UI_ENABLED": str(self.ui).lower(),
                "PREFECT_API_URL": self.api_url}  # fmt: skip
@@ -55,6 +60,15 @@ class LocalPrefectServer:
                 preexec_fn=die_with_parent if self.die_with_parent else None,
                 start_new_session=not self.die_with_parent,
             )  # fmt: skip
+
+    def wait_ready(self, *, timeout_s: float = 90.0) -> None:
+        """Block until `/api/health` answers (stopping the process on failure).
+
+        Raises:
+            ServerStartError with the log tail.
+        """
+        if self.process is None:
+            raise ServerStartError("the Prefect server was never started")
         try:
             wait_for_http(f"{self.api_url}/health", self.process, what="Prefect server", timeout_s=timeout_s,
                           log=self.log_path)  # fmt: skip

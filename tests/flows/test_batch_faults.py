@@ -1,101 +1,26 @@
-"""Faults during a batch: a server killed, the orchestrator killed, flaky and failing jobs."""
+"""Faults during a batch: flaky, failing, rejected and cancelled jobs (process kills: `tests/reliability`)."""
 
 import asyncio
 import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
-from comfybatch.blocks.server import name_from_url
 from comfybatch.comfy.client import ComfyClient
 from comfybatch.errors import BatchIncomplete
 from comfybatch.flows.batch import generate_batch
 from comfybatch.models import BatchSpec, Sweep
 from comfybatch.outputs.manifest import read_manifest
 from comfybatch.outputs.storage import OutputStore
-from comfybatch.settings import Settings, get_settings
-from comfybatch.testing.fleet import LocalComfyServer
+from comfybatch.settings import Settings
 from tests.conftest import SuiteFleet
 from tests.flows.conftest import PREFECT_SOCKETS, server_names
 from tests.support import batches
+from tests.support.faults import wait_for
 
 pytestmark = [pytest.mark.anyio, PREFECT_SOCKETS]
-
-
-def _use_fleet(monkeypatch: pytest.MonkeyPatch, *urls: str) -> None:
-    monkeypatch.setenv("COMFYUI_URLS", ",".join(urls))
-    get_settings.cache_clear()
-
-
-async def _wait_for(predicate, *, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout_s):
-        while not predicate():  # noqa: ASYNC110 - watching files another process writes
-            await asyncio.sleep(0.05)
-
-
-async def test_server_killed_mid_batch_reroutes_every_job(
-    batch_settings: Settings, comfy_fleet: SuiteFleet, victim: LocalComfyServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """SIGKILL of one of two servers mid-batch: all 12 images still arrive, each exactly once in the batch."""
-    survivor = comfy_fleet.servers[0]
-    _use_fleet(monkeypatch, survivor.url, victim.url)
-    spec = batches.delay_spec("kill-server", seconds=0.4, count=12,
-                              servers=[name_from_url(survivor.url), name_from_url(victim.url)])  # fmt: skip
-    running = asyncio.create_task(generate_batch(spec))
-    await _wait_for(lambda: sum(batches.executions(victim).values()) >= 2)
-    victim.kill()
-    report = await running
-
-    manifest = read_manifest(OutputStore(batch_settings.output_root), "kill-server")
-    assert manifest is not None
-    assert (report.done, report.failed) == (12, 0)
-    assert manifest["key"].is_unique
-    assert all(len(files) == 1 for files in manifest["outputs"])
-    assert name_from_url(survivor.url) in set(manifest["server"])
-    assert survivor.local is not None
-    assert max(batches.executions(survivor.local).values()) == 1
-
-
-async def test_orchestrator_killed_mid_batch_rerun_regenerates_nothing(
-    batch_settings: Settings, comfy_fleet: SuiteFleet, prefect_api: str, tmp_path: Path
-) -> None:
-    """SIGKILL of the process running the flow, then a rerun: every job ran exactly once on the servers."""
-    servers = [server.local for server in comfy_fleet.servers]
-    if None in servers:
-        pytest.skip("needs local servers (reads their node journals)")
-    nonces = batches.nonces("orch", 10)
-    workflow = tmp_path / "delay.json"
-    workflow.write_text(json.dumps(batches.through_graph("ComfybatchDelay", seconds=0.5)))
-    sheet = tmp_path / "nonces.csv"
-    sheet.write_text("nonce\n" + "\n".join(nonces) + "\n")
-    out = Path(batch_settings.output_root)
-    command = [sys.executable, "-m", "comfybatch.cli", "run", "--workflow", str(workflow), "--sheet", str(sheet),
-               "--bind", "nonce=2.inputs.nonce", "--name", "orch-kill", "--out", str(out),
-               *(arg for server in comfy_fleet.servers for arg in ("--server", server.url))]  # fmt: skip
-    child = subprocess.Popen(  # noqa: ASYNC220 - started once; the test then watches its files
-        command, env={**os.environ, "PREFECT_API_URL": prefect_api},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        await _wait_for(lambda: batches.finished_records(out / "orch-kill") >= 3, timeout_s=120)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(10)
-    spec = BatchSpec(name="orch-kill", workflow=str(workflow), sheet=str(sheet), bindings={"nonce": "2.inputs.nonce"},
-                     output=str(out), servers=server_names(comfy_fleet))  # fmt: skip
-
-    report = await generate_batch(spec)
-
-    ran = batches.executions(*servers)  # type: ignore[arg-type]
-    assert (report.done + report.skipped, report.failed) == (10, 0)
-    assert report.skipped >= 3
-    assert [ran.get(nonce, 0) for nonce in nonces] == [1] * 10
 
 
 async def test_flaky_job_succeeds_on_retry(batch_settings: Settings, comfy_fleet: SuiteFleet, tmp_path: Path) -> None:
@@ -162,7 +87,7 @@ async def test_cancelling_a_batch_clears_its_prompts_from_the_servers(
     clients = [ComfyClient(server.url) for server in comfy_fleet.servers]
     running = asyncio.create_task(generate_batch(spec))
     try:
-        await _wait_for(lambda: batches.submitted_records(Path(batch_settings.output_root) / "cancel-me") >= 3)
+        await wait_for(lambda: batches.submitted_records(Path(batch_settings.output_root) / "cancel-me") >= 3)
         await asyncio.sleep(0.3)
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):

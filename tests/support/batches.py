@@ -25,11 +25,20 @@ def nonces(name: str, count: int) -> list[str]:
 
 def delay_spec(name: str, *, seconds: float, count: int, servers: list[str], **fields: Any) -> BatchSpec:
     """`count` jobs of the Delay node, one per nonce."""
+    return node_spec(name, through_graph("ComfybatchDelay", seconds=seconds), count=count, servers=servers, **fields)
+
+
+def node_spec(name: str, graph: dict[str, Any], *, count: int, servers: list[str], **fields: Any) -> BatchSpec:
+    """`count` jobs of a `through_graph`, one per nonce (the manifest's `param.nonce`)."""
     return BatchSpec(
-        name=name, workflow=through_graph("ComfybatchDelay", seconds=seconds),
-        bindings={"nonce": "2.inputs.nonce"}, sweep=Sweep(axes={"nonce": list(nonces(name, count))}),
-        servers=servers, **fields,
+        name=name, workflow=graph, bindings={"nonce": "2.inputs.nonce"},
+        sweep=Sweep(axes={"nonce": list(nonces(name, count))}), servers=servers, **fields,
     )  # fmt: skip
+
+
+def spec_nonces(spec: BatchSpec) -> list[str]:
+    """The nonces of a `node_spec` or `delay_spec`, in job order."""
+    return [str(nonce) for nonce in spec.sweep.axes["nonce"]]
 
 
 def executions(*servers: LocalComfyServer, outcome: str = "ok") -> dict[str, int]:

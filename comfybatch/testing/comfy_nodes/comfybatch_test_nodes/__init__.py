@@ -12,7 +12,7 @@ tests set a fresh nonce per job so identical graphs are not answered from ComfyU
 | ComfybatchDelay | seconds FLOAT | sleeps in 0.1 s ticks with ProgressBar updates (interruptible) |
 | ComfybatchFail | message STRING | raises RuntimeError(message) |
 | ComfybatchFlaky | key STRING, failures INT, state_dir STRING | fails the first `failures` runs per key |
-| ComfybatchHang | seconds FLOAT, report_progress BOOLEAN | long sleep; ticks progress only if asked |
+| ComfybatchHang | seconds FLOAT, report_progress BOOLEAN, only_on_port INT | long sleep; progress only if asked |
 | ComfybatchCrash | after_seconds FLOAT, exit_code INT | `os._exit(exit_code)` after the delay |
 
 Execution journal: when the environment variable `COMFYBATCH_TEST_NODE_LOG` names a file, every
@@ -233,7 +233,8 @@ class ComfybatchHang:
 
     DESCRIPTION = (
         "Sleeps `seconds`. With report_progress it ticks progress and can be interrupted; "
-        "without it emits nothing and only a process kill ends it early."
+        "without it emits nothing and only a process kill ends it early. With only_on_port, only the "
+        "server listening on that port hangs; elsewhere the image passes straight through."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE",)
@@ -247,11 +248,17 @@ class ComfybatchHang:
                 "seconds": ("FLOAT", {"default": 3600.0, "min": 0.0, "max": 86400.0, "step": 0.01}),
                 "report_progress": ("BOOLEAN", {"default": False}),
                 "nonce": _NONCE,
-            }
+            },
+            # One graph for the whole fleet, one broken server: the fault follows the server, not the job.
+            "optional": {"only_on_port": ("INT", {"default": 0, "min": 0, "max": 65535, "step": 1})},
         }
 
-    def run(self, image: Any, seconds: float, report_progress: bool, nonce: str) -> tuple[Any, ...]:
+    def run(
+        self, image: Any, seconds: float, report_progress: bool, nonce: str, only_on_port: int = 0
+    ) -> tuple[Any, ...]:
         def body() -> tuple[Any, ...]:
+            if only_on_port and only_on_port != _server_port():
+                return (image,)
             if report_progress:
                 _sleep_ticking(seconds)
             else:
