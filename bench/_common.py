@@ -339,6 +339,25 @@ async def warm_up(bench: Bench) -> None:
     await asyncio.gather(*(one(url) for url in bench.urls))
 
 
+async def direct_then_comfybatch(
+    bench: Bench, *, delay_s: float, images: int, run_id: str, spy: Any | None = None
+) -> tuple[Phase, Phase]:
+    """Warm every server up, feed it directly, then run the same images through comfybatch (sampled by `spy`)."""
+    print("  warming up every server ...", flush=True)
+    await warm_up(bench)
+    print(f"  direct feeding: {images} images ...", flush=True)
+    direct = await feed_directly(bench, delay_s=delay_s, images=images, run_id=run_id)
+    print(f"  comfybatch generate_batch: {images} images ...", flush=True)
+    if spy is not None:
+        spy.start({"client": os.getpid(), "prefect-server": bench.cpu_groups()["prefect-server"][0]})
+    try:
+        flow, _ = await run_comfybatch(bench, delay_s=delay_s, images=images, run_id=run_id)
+    finally:
+        if spy is not None:
+            spy.stop()
+    return direct, flow
+
+
 def cpu_delta(bench: Bench, before: dict[str, float]) -> dict[str, float]:
     return {name: seconds - before.get(name, 0.0) for name, seconds in bench.cpu_snapshot().items()}
 

@@ -8,7 +8,6 @@ Prints a table and, as its last line, JSON; writes `bench/out/fleet-s<N>-timelin
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import threading
@@ -29,12 +28,10 @@ from _common import (
     busy_fraction,
     cpu_delta,
     delay_graph,
-    feed_directly,
+    direct_then_comfybatch,
     gap_ms,
     p95,
-    run_comfybatch,
     wait_prefect_idle,
-    warm_up,
 )
 from _profile import SpyRecorder
 from _timeline import draw_timeline
@@ -109,21 +106,11 @@ def feed_peer(bench: Bench, *, delay_s: float, images: int, run_id: str) -> Phas
 
 async def measure(bench: Bench, scenario: Scenario, spy: SpyRecorder | None) -> list[Phase]:
     run_id = uuid.uuid4().hex[:8]
-    print("  warming up every server ...", flush=True)
-    await warm_up(bench)
-    print(f"  (a) direct feeding: {scenario.images} images ...", flush=True)
-    direct = await feed_directly(bench, delay_s=scenario.delay_s, images=scenario.images, run_id=run_id)
-    print(f"  (b) comfybatch generate_batch: {scenario.images} images ...", flush=True)
-    if spy is not None:
-        spy.start({"client": os.getpid(), "prefect-server": bench.cpu_groups()["prefect-server"][0]})
-    try:
-        flow, _ = await run_comfybatch(bench, delay_s=scenario.delay_s, images=scenario.images, run_id=run_id)
-    finally:
-        if spy is not None:
-            spy.stop()
+    direct, flow = await direct_then_comfybatch(bench, delay_s=scenario.delay_s, images=scenario.images,
+                                                run_id=run_id, spy=spy)  # fmt: skip
     waited = await wait_prefect_idle(bench)
     print(f"  (Prefect server worked off its backlog in {waited:.0f} s)", flush=True)
-    print(f"  (c) peer comfy-api-simplified: {scenario.images} images ...", flush=True)
+    print(f"  peer comfy-api-simplified: {scenario.images} images ...", flush=True)
     peer = await asyncio.to_thread(feed_peer, bench, delay_s=scenario.delay_s, images=scenario.images, run_id=run_id)
     return [direct, flow, peer]
 

@@ -7,7 +7,6 @@ Prints figures (no assertions) and writes `bench/out/utilisation-timeline.png`; 
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import uuid
@@ -22,11 +21,9 @@ from _common import (
     Phase,
     bench_environment,
     busy_fraction,
-    feed_directly,
+    direct_then_comfybatch,
     gap_ms,
     p95,
-    run_comfybatch,
-    warm_up,
 )
 from _profile import SpyRecorder
 from _timeline import draw_timeline
@@ -91,19 +88,7 @@ def _waste_ms(phase: Phase, runs: list[NodeRun]) -> float | None:
 
 async def measure(bench: Bench, args: argparse.Namespace, spy: SpyRecorder | None) -> list[Phase]:
     run_id = uuid.uuid4().hex[:8]
-    print("  warming up every server ...", flush=True)
-    await warm_up(bench)
-    print(f"  direct feeding: {args.images} images ...", flush=True)
-    direct = await feed_directly(bench, delay_s=args.delay, images=args.images, run_id=run_id)
-    print(f"  comfybatch generate_batch: {args.images} images ...", flush=True)
-    if spy is not None:
-        spy.start({"client": os.getpid(), "prefect-server": bench.cpu_groups()["prefect-server"][0]})
-    try:
-        flow, _ = await run_comfybatch(bench, delay_s=args.delay, images=args.images, run_id=run_id)
-    finally:
-        if spy is not None:
-            spy.stop()
-    return [direct, flow]
+    return list(await direct_then_comfybatch(bench, delay_s=args.delay, images=args.images, run_id=run_id, spy=spy))
 
 
 def main(argv: list[str] | None = None) -> int:
