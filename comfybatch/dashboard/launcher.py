@@ -3,10 +3,10 @@
 import asyncio
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 from weakref import WeakKeyDictionary
 
@@ -47,7 +47,49 @@ GENERATE_BATCH = "generate-batch/generate-batch"
 BATCH_COUNT_LIMIT = 200  # the Prefect API's page cap: `/metrics` counts the newest this many batches
 ACTIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
 _PREVIEWS_KEPT = 64
+_POLL_TTL_S = 1.0  # how stale a polled run, list or journal may be while many clients poll
+_FINAL_TTL_S = 3600.0
+_FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
+T = TypeVar("T")
 _DEPLOYMENT_TTL_S = 30.0  # a re-served deployment gets a new id; within this a request may see the old one
+
+
+def _failed(task: "asyncio.Task[Any]") -> bool:
+    return task.done() and (task.cancelled() or task.exception() is not None)
+
+
+class _Recent:
+    """Answers shared for `ttl_s`: many clients polling one batch cost Prefect one read per interval.
+
+    Concurrent misses share one fetch (the in-flight task), so a burst of polls is one request too.
+    """
+
+    def __init__(self, ttl_s: float, size: int = 512) -> None:
+        self.ttl_s = ttl_s
+        self.size = size
+        self._entries: OrderedDict[Hashable, tuple[float, asyncio.Task[Any]]] = OrderedDict()
+
+    async def get(self, key: Hashable, fetch: Callable[[], Awaitable[T]]) -> T:
+        entry = self._entries.get(key)
+        if entry is None or time.monotonic() > entry[0] or _failed(entry[1]):
+            entry = (time.monotonic() + self.ttl_s, asyncio.ensure_future(fetch()))
+            self._entries[key] = entry
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        self._entries.move_to_end(key)
+        result: T = await asyncio.shield(entry[1])
+        return result
+
+    def keep(self, key: Hashable, ttl_s: float) -> None:
+        """Keep a fetched answer for `ttl_s` from now."""
+        if (entry := self._entries.get(key)) is not None:
+            self._entries[key] = (time.monotonic() + ttl_s, entry[1])
+
+    def forget(self, key: Hashable) -> None:
+        self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 class Launcher:
@@ -62,7 +104,9 @@ class Launcher:
         # a new one per request costs a TLS context and a connection. Without a lifespan, one per call.
         self._clients: WeakKeyDictionary[asyncio.AbstractEventLoop, PrefectClient] = WeakKeyDictionary()
         self._keep_client = False
+        self._events_client: PrefectEventsClient | None = None
         self._deployment: tuple[float, UUID] | None = None
+        self._recent = _Recent(ttl_s=_POLL_TTL_S)  # only while kept open: tasks belong to the app's loop
 
     def _new_client(self) -> PrefectClient:
         api_url = self.api_url or PREFECT_API_URL.value()
@@ -86,10 +130,20 @@ class Launcher:
         self._keep_client = True
 
     async def aclose(self) -> None:
-        """Close this event loop's kept Prefect client."""
+        """Close this event loop's kept Prefect clients."""
         self._keep_client = False
+        self._recent.clear()
         if (client := self._clients.pop(asyncio.get_running_loop(), None)) is not None:
             await client.__aexit__(None, None, None)
+        if (events := self._events_client) is not None:
+            self._events_client = None
+            await events.__aexit__(None, None, None)
+
+    async def _shared(self, key: Hashable, fetch: Callable[[], Awaitable[T]]) -> T:
+        """`fetch()`, shared between requests for a moment while the app runs (see `_Recent`)."""
+        if not self._keep_client:
+            return await fetch()
+        return await self._recent.get(key, fetch)
 
     async def _deployment_id(self, client: PrefectClient) -> UUID:
         if self._deployment is not None and time.monotonic() - self._deployment[0] < _DEPLOYMENT_TTL_S:
@@ -120,6 +174,10 @@ class Launcher:
 
     async def list_batches(self, *, state: str | None, name: str | None, limit: int, offset: int) -> list[FlowRun]:
         """Flow runs of `generate-batch`, newest first, filtered by state type and batch name."""
+        key = ("list", state, name, limit, offset)
+        return await self._shared(key, lambda: self._list_batches(state=state, name=name, limit=limit, offset=offset))
+
+    async def _list_batches(self, *, state: str | None, name: str | None, limit: int, offset: int) -> list[FlowRun]:
         run_filter = FlowRunFilter(
             name=FlowRunFilterName(any_=[name]) if name else None,
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(state.upper())])) if state else None,
@@ -137,6 +195,12 @@ class Launcher:
         Raises:
             BatchNotFound: no such flow run, or not one of `generate-batch`.
         """
+        run = await self._shared(("run", flow_run_id), lambda: self._read_run(flow_run_id))
+        if run.state_type is not None and run.state_type.value in _FINAL_STATES:
+            self._recent.keep(("run", flow_run_id), _FINAL_TTL_S)  # a finished run no longer changes
+        return run
+
+    async def _read_run(self, flow_run_id: UUID) -> FlowRun:
         async with self._client() as client:
             try:
                 run = await client.read_flow_run(flow_run_id)
@@ -164,6 +228,7 @@ class Launcher:
             if result.status != SetStateStatus.ACCEPT and not started:  # it started meanwhile
                 await client.set_flow_run_state(flow_run_id, Cancelling(message=message))
             run = await client.read_flow_run(run.id)
+        self._recent.forget(("run", flow_run_id))
         await self.record(run, "cancel-requested", by=cancelled_by)
         return run
 
@@ -178,8 +243,19 @@ class Launcher:
                                       "prefect.resource.role": "flow-run"})],
             payload=payload,
         )  # fmt: skip
-        async with PrefectEventsClient(self.api_url) if self.api_url else get_events_client() as events:
-            await events.emit(event)
+        if not self._keep_client:
+            async with self._new_events_client() as events:
+                await events.emit(event)
+            return
+        if self._events_client is None:  # one socket for the app's life: a new one per submit costs a handshake
+            self._events_client = self._new_events_client()
+            await self._events_client.__aenter__()
+        await self._events_client.emit(event)
+
+    def _new_events_client(self) -> PrefectEventsClient:
+        client = PrefectEventsClient(self.api_url) if self.api_url else get_events_client()
+        assert isinstance(client, PrefectEventsClient)
+        return client
 
     async def history(self, flow_run_id: UUID, since: datetime) -> list[Event]:
         """The run's stored `comfybatch.*` and flow-run state events, oldest first (every page)."""
@@ -268,7 +344,8 @@ class Launcher:
         With `run_id`, finished records read before are reused: polling a big batch reads only new files.
         """
         known = self._journals.get(run_id) if run_id is not None else None
-        records = await JobJournal(self.store_of(spec), spec.name).load(known)
+        journal = JobJournal(self.store_of(spec), spec.name)
+        records = await (self._shared(("journal", run_id), lambda: journal.load(known)) if run_id else journal.load())
         if run_id is not None:
             self._journals[run_id] = records
             self._journals.move_to_end(run_id)
