@@ -147,7 +147,7 @@ async def hammer(url: str, clients: int, duration_s: float, batch_ids: list[str]
 async def measure(bench: Bench, url: str, *, clients: int, duration_s: float, delay_s: float,
                   images: int) -> dict[str, Any]:  # fmt: skip
     await warm_up(bench)
-    alone, _ = await run_reference(url, "bench-alone", delay_s, images)
+    alone, quiet_latencies = await run_reference(url, "bench-alone", delay_s, images)
     print(f"  reference batch alone: {alone:.2f} s", flush=True)
     async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30) as http:
         listed = (await http.get("/api/batches", params={"limit": 5})).json()["batches"]
@@ -163,6 +163,7 @@ async def measure(bench: Bench, url: str, *, clients: int, duration_s: float, de
         "errors": dict(load.errors), "error_total": sum(load.errors.values()),
         **{f"{op}_p50_ms": _ms(values, 0.50) for op, values in load.latencies.items()},
         **{f"{op}_p99_ms": _ms(values, 0.99) for op, values in load.latencies.items()},
+        "event_alone_p50_ms": _ms(quiet_latencies, 0.50), "event_alone_p99_ms": _ms(quiet_latencies, 0.99),
         "event_count": len(event_latencies), "event_p50_ms": _ms(event_latencies, 0.50),
         "event_p99_ms": _ms(event_latencies, 0.99),
         "event_mean_ms": round(1000 * statistics.fmean(event_latencies), 1) if event_latencies else None,

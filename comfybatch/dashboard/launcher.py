@@ -47,6 +47,7 @@ GENERATE_BATCH = "generate-batch/generate-batch"
 BATCH_COUNT_LIMIT = 200  # the Prefect API's page cap: `/metrics` counts the newest this many batches
 ACTIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
 _PREVIEWS_KEPT = 64
+_STARTED_KEPT = 10_000
 _POLL_TTL_S = 1.0  # how stale a polled run, list or journal may be while many clients poll
 _FINAL_TTL_S = 3600.0
 _FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
@@ -100,6 +101,7 @@ class Launcher:
         self.api_url = api_url
         self._previews: OrderedDict[UUID, BatchPreview] = OrderedDict()
         self._journals: OrderedDict[UUID, dict[str, JobRecord]] = OrderedDict()
+        self._started: OrderedDict[str, UUID] = OrderedDict()  # idempotency key -> the run it created
         # Between `open()` and `aclose()` (the app's lifespan) one Prefect client serves every request:
         # a new one per request costs a TLS context and a connection. Without a lifespan, one per call.
         self._clients: WeakKeyDictionary[asyncio.AbstractEventLoop, PrefectClient] = WeakKeyDictionary()
@@ -161,14 +163,21 @@ class Launcher:
         Raises:
             ConfigError: the deployment is not served.
         """
+        # Namespaced by key name, so two clients choosing the same key never share a batch.
+        scoped_key = f"{submitted_by}:{idempotency_key}" if idempotency_key else None
+        if scoped_key is not None and (known := self._started.get(scoped_key)) is not None:
+            return await self.get(known)  # a retry: no write to Prefect at all
         async with self._client() as client:
             run = await client.create_flow_run_from_deployment(
                 await self._deployment_id(client),
                 parameters={"spec": spec.model_dump(mode="json")},
-                # Namespaced by key name, so two clients choosing the same key never share a batch.
-                idempotency_key=f"{submitted_by}:{idempotency_key}" if idempotency_key else None,
+                idempotency_key=scoped_key,
                 tags=["comfybatch", "dashboard", f"submitted-by:{submitted_by}"],
             )
+        if scoped_key is not None:
+            self._started[scoped_key] = run.id
+            while len(self._started) > _STARTED_KEPT:
+                self._started.popitem(last=False)
         await self.record(run, "submitted", by=submitted_by)
         return run
 
