@@ -102,6 +102,7 @@ class Launcher:
         self._previews: OrderedDict[UUID, BatchPreview] = OrderedDict()
         self._journals: OrderedDict[UUID, dict[str, JobRecord]] = OrderedDict()
         self._started: OrderedDict[str, UUID] = OrderedDict()  # idempotency key -> the run it created
+        self._creating: dict[str, asyncio.Future[FlowRun]] = {}
         # Between `open()` and `aclose()` (the app's lifespan) one Prefect client serves every request:
         # a new one per request costs a TLS context and a connection. Without a lifespan, one per call.
         self._clients: WeakKeyDictionary[asyncio.AbstractEventLoop, PrefectClient] = WeakKeyDictionary()
@@ -165,8 +166,18 @@ class Launcher:
         """
         # Namespaced by key name, so two clients choosing the same key never share a batch.
         scoped_key = f"{submitted_by}:{idempotency_key}" if idempotency_key else None
-        if scoped_key is not None and (known := self._started.get(scoped_key)) is not None:
+        if scoped_key is None:
+            return await self._create(spec, None, submitted_by)
+        if (known := self._started.get(scoped_key)) is not None:
             return await self.get(known)  # a retry: no write to Prefect at all
+        # Retries racing the first request wait for its answer instead of each writing to Prefect.
+        creating = self._creating.get(scoped_key)
+        if creating is None or creating.done():
+            creating = self._creating[scoped_key] = asyncio.ensure_future(self._create(spec, scoped_key, submitted_by))
+            creating.add_done_callback(lambda _: self._creating.pop(scoped_key, None))
+        return await asyncio.shield(creating)
+
+    async def _create(self, spec: BatchSpec, scoped_key: str | None, submitted_by: str) -> FlowRun:
         async with self._client() as client:
             run = await client.create_flow_run_from_deployment(
                 await self._deployment_id(client),
