@@ -58,8 +58,12 @@ def _restart_dashboard(state: PlatformState) -> None:
                           "or set COMFYBATCH_DASHBOARD_PORT")  # fmt: skip
     own_key = None if settings.api_keys or settings.api_auth_disabled else local_api_key()
     dashboard = start_dashboard(state, port=settings.dashboard_port, api_key=own_key)
+    try:
+        wait_for_http(f"{dashboard.url}/openapi.json", component=dashboard, what="the dashboard")
+    except ConfigError:
+        stop_component(dashboard)  # never leave a process behind that state.json does not name
+        raise
     state.components["dashboard"] = dashboard
-    wait_for_http(f"{dashboard.url}/openapi.json", component=dashboard, what="the dashboard")
 
 
 def _ensure_prefect(state: PlatformState, port: int) -> None:
