@@ -216,7 +216,7 @@ async def _standalone_demo(spec: BatchSpec, servers: int) -> int:
 
 @app.command
 def dashboard() -> int:
-    """Serve the REST API shim on 127.0.0.1 (COMFYBATCH_DASHBOARD_PORT, default 8600; OpenAPI at /docs).
+    """Serve the dashboard page and API on COMFYBATCH_DASHBOARD_HOST:PORT (127.0.0.1:8600; OpenAPI at /docs).
 
     Every /api route needs a bearer key from COMFYBATCH_API_KEYS (name:key,...), unless
     COMFYBATCH_API_AUTH_DISABLED=true for a local single-user setup.

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated origins allowed cross-origin; none when empty."
     )
     dashboard_port: int = Field(8600, ge=1, le=65535, description="Port of `python -m comfybatch.dashboard`.")
+    dashboard_host: str = Field("127.0.0.1", description="Address the dashboard listens on (0.0.0.0 in a container).")
     api_quota_images: int | None = Field(
         None, ge=1, description="Unfinished images one API key may have queued; 429 beyond. No limit when empty."
     )

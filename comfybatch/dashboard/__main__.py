@@ -1,4 +1,4 @@
-"""`python -m comfybatch.dashboard`: serve the dashboard API on 127.0.0.1."""
+"""`python -m comfybatch.dashboard`: serve the dashboard on COMFYBATCH_DASHBOARD_HOST:PORT (127.0.0.1:8600)."""
 
 import uvicorn
 
@@ -8,7 +8,7 @@ from comfybatch.settings import get_settings
 
 def main() -> None:
     settings = get_settings()
-    uvicorn.run(create_app(settings), host="127.0.0.1", port=settings.dashboard_port)
+    uvicorn.run(create_app(settings), host=settings.dashboard_host, port=settings.dashboard_port)
 
 
 if __name__ == "__main__":
