@@ -59,7 +59,7 @@ async def test_validate_names_the_checkpoint_no_server_has(client: httpx.AsyncCl
 
 @pytest.mark.parametrize(
     ("change", "field"),
-    [({"workflow": "/etc/passwd.json"}, "workflow"), ({"output": "/tmp/elsewhere"}, "output"),
+    [({"workflow": "/srv/workflows/secret.json"}, "workflow"), ({"output": "/srv/elsewhere"}, "output"),
      ({"sheet": "/etc/rows.csv"}, "sheet")],
 )  # fmt: skip
 async def test_api_refuses_paths_on_the_dashboard_machine(
