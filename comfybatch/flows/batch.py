@@ -4,8 +4,8 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Coroutine, Sequence
-from typing import Any, TypeVar, cast
+from collections.abc import Awaitable
+from typing import cast
 
 import httpx
 from prefect import flow, get_run_logger
@@ -18,19 +18,17 @@ from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
 from prefect.tasks import exponential_backoff
 
-from comfybatch.blocks.fleet import configured_servers, load_fleet
-from comfybatch.blocks.server import ServerConfig
 from comfybatch.comfy.follow import Timeouts
-from comfybatch.comfy.object_info import ObjectInfo, merge_object_infos
+from comfybatch.comfy.object_info import merge_object_infos
 from comfybatch.errors import BatchIncomplete, ConfigError
 from comfybatch.expansion import expand_batch
-from comfybatch.flows.plan import FleetPlan, ServerProbe, plan_fleet, probe_fleet, resolve_workflow
+from comfybatch.flows.plan import FleetPlan, beside, load_and_probe, plan_fleet, resolve_workflow
 from comfybatch.models import BatchReport, BatchSpec, JobResult, JobSpec
 from comfybatch.outputs.contact_sheet import preview_data_uri, write_contact_sheets
 from comfybatch.outputs.manifest import write_manifest
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.records import JobJournal, JobRecord
-from comfybatch.settings import Settings, get_settings
+from comfybatch.settings import get_settings
 from comfybatch.tasks.dispatch import SlotBroker
 from comfybatch.tasks.events import emit_batch_event, emit_item_event
 from comfybatch.tasks.job import JobContext, run_job
@@ -40,8 +38,6 @@ _PROGRESS_EVERY_S = 1.0
 _OK, _NO_CONTENT = 200, 204
 _PACE_EVERY_S = 1.0
 _PACE_STALL_S = 15.0
-_T = TypeVar("_T")
-_S = TypeVar("_S")
 
 
 @flow(name="generate-batch", flow_run_name="{spec.name}", log_prints=False)
@@ -53,9 +49,7 @@ async def generate_batch(spec: BatchSpec) -> BatchReport:
         BatchIncomplete (after writing the manifest) when some jobs failed.
     """
     settings = get_settings()
-    servers, probes, infos = await _load_and_probe(settings, only=spec.servers)
-    if not infos:
-        raise ConfigError("no ComfyUI server is reachable: " + "; ".join(f"{p.name}: {p.error}" for p in probes))
+    servers, probes, infos = await load_and_probe(settings, only=spec.servers)
     template = resolve_workflow(spec.workflow, infos)
     expansion = expand_batch(spec, template, object_info=merge_object_infos(infos.values()))
     store = OutputStore(spec.output or settings.output_root)
@@ -92,40 +86,13 @@ async def generate_batch(spec: BatchSpec) -> BatchReport:
     emit_batch_event(spec.name, "started", total=len(expansion.jobs), skipped=len(results))
     # The plan artifact is written beside the first jobs: a slow Prefect write must not delay the first prompt.
     async with broker:
-        drained, _ = await _beside(
+        drained, _ = await beside(
             _drain(spec, runnable, context, total=len(expansion.jobs), already=len(results), run_id=run_id),
             _publish_plan(spec, plan, len(expansion.jobs), expansion.duplicates, required=False),
         )
     results += drained
     return await _finish(spec, store, expansion.jobs, results, skipped=len(stored), plan=plan,
                          duplicates=expansion.duplicates)  # fmt: skip
-
-
-async def _load_and_probe(
-    settings: Settings, *, only: Sequence[str]
-) -> tuple[list[ServerConfig], list[ServerProbe], dict[str, ObjectInfo]]:
-    """The fleet and what each server says. Configured servers are probed while the fleet syncs to Prefect
-    (block and limit writes), so the two round trips overlap; servers known only from blocks are probed after."""
-    configured = [server for server in configured_servers(settings) if not only or server.name in only]
-    servers, (early_probes, infos) = await _beside(load_fleet(settings, only=only), probe_fleet(configured))
-    by_name = {probe.name: probe for probe, server in zip(early_probes, configured, strict=True) if server in servers}
-    late_probes, late_infos = await probe_fleet([server for server in servers if server.name not in by_name])
-    by_name.update({probe.name: probe for probe in late_probes})
-    infos = {name: info for name, info in (infos | late_infos).items() if name in by_name}
-    return servers, [by_name[server.name] for server in servers], infos
-
-
-async def _beside(main: Awaitable[_T], side: Coroutine[Any, Any, _S]) -> tuple[_T, _S]:
-    """Await `main` while `side` runs alongside. Unlike a TaskGroup's, `main`'s errors come out ungrouped
-    (callers catch ConfigError and friends); `side` is cancelled then."""
-    task = asyncio.create_task(side)
-    try:
-        result = await main
-    except BaseException:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise
-    return result, await task
 
 
 async def _drain(

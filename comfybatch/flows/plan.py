@@ -3,19 +3,23 @@
 import asyncio
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from comfybatch.blocks.fleet import configured_servers, load_fleet
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.comfy.object_info import ObjectInfo
 from comfybatch.comfy.preflight import check_workflow, split_problems
 from comfybatch.comfy.workflow import ApiWorkflow, decode_workflow, load_workflow
 from comfybatch.errors import ComfyBatchError, ConfigError, NodeProblem
 from comfybatch.models import JobResult, JobSpec
+from comfybatch.settings import Settings
 
+_T = TypeVar("_T")
+_S = TypeVar("_S")
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 
 
@@ -157,3 +161,37 @@ def _estimate(count: int, history: Sequence[JobResult], slots: dict[str, int]) -
         return None
     running_at_once = max(1, len(slots))  # one prompt executes per server at a time
     return statistics.median(durations) * count / running_at_once
+
+
+async def load_and_probe(
+    settings: Settings, *, only: Sequence[str]
+) -> tuple[list[ServerConfig], list[ServerProbe], dict[str, ObjectInfo]]:
+    """The fleet and what each server says. Configured servers are probed while the fleet syncs to Prefect
+    (block and limit writes), so the two round trips overlap; servers known only from blocks are probed after.
+
+    Raises:
+        ConfigError when the fleet is empty or no server answers.
+    """
+    configured = [server for server in configured_servers(settings) if not only or server.name in only]
+    servers, (early_probes, infos) = await beside(load_fleet(settings, only=only), probe_fleet(configured))
+    by_name = {probe.name: probe for probe, server in zip(early_probes, configured, strict=True) if server in servers}
+    late_probes, late_infos = await probe_fleet([server for server in servers if server.name not in by_name])
+    by_name.update({probe.name: probe for probe in late_probes})
+    infos = {name: info for name, info in (infos | late_infos).items() if name in by_name}
+    probes = [by_name[server.name] for server in servers]
+    if not infos:
+        raise ConfigError("no ComfyUI server is reachable: " + "; ".join(f"{p.name}: {p.error}" for p in probes))
+    return servers, probes, infos
+
+
+async def beside(main: Awaitable[_T], side: Coroutine[Any, Any, _S]) -> tuple[_T, _S]:
+    """Await `main` while `side` runs alongside. Unlike a TaskGroup's, `main`'s errors come out ungrouped
+    (callers catch ConfigError and friends); `side` is cancelled then."""
+    task = asyncio.create_task(side)
+    try:
+        result = await main
+    except BaseException:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
+    return result, await task

@@ -6,11 +6,9 @@ queued images for quotas; expansion is deterministic, so the keys are the ones t
 
 from dataclasses import dataclass
 
-from comfybatch.blocks.fleet import load_fleet
 from comfybatch.comfy.object_info import merge_object_infos
-from comfybatch.errors import ConfigError
 from comfybatch.expansion import Expansion, expand_batch
-from comfybatch.flows.plan import TEMPLATES_DIR, FleetPlan, plan_fleet, probe_fleet, resolve_workflow
+from comfybatch.flows.plan import TEMPLATES_DIR, FleetPlan, load_and_probe, plan_fleet, resolve_workflow
 from comfybatch.models import BatchSpec
 from comfybatch.settings import Settings
 
@@ -29,10 +27,7 @@ async def preview_batch(spec: BatchSpec, settings: Settings) -> BatchPreview:
     Raises:
         BatchRequestError / WorkflowError naming what is wrong; ConfigError when no server answers.
     """
-    servers = await load_fleet(settings, only=spec.servers)
-    probes, infos = await probe_fleet(servers)
-    if not infos:
-        raise ConfigError("no ComfyUI server is reachable: " + "; ".join(f"{p.name}: {p.error}" for p in probes))
+    servers, probes, infos = await load_and_probe(settings, only=spec.servers)
     template = resolve_workflow(spec.workflow, infos)
     expansion = expand_batch(spec, template, object_info=merge_object_infos(infos.values()))
     slots = {server.name: server.slots for server in servers if server.name in infos}
