@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from comfybatch.dashboard import schemas
 from comfybatch.dashboard.schemas import (
+    TERMINAL_STATES,
     BatchCounts,
     BatchLinks,
     BatchStarted,
@@ -24,8 +25,6 @@ __all__ = [
     "BatchCounts", "BatchEvent", "BatchLinks", "BatchStarted", "BatchStatus", "BatchSummary", "ItemFailure",
     "ItemStatus", "ServerProgress", "Uploaded", "ValidationReport",
 ]  # fmt: skip
-
-TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
 
 
 class BatchStatus(schemas.BatchStatus):

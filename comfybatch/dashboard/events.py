@@ -18,15 +18,21 @@ from typing import Any
 from uuid import UUID
 
 from prefect.events.clients import PrefectEventSubscriber
-from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+from prefect.events.filters import (
+    EventAnyResourceFilter,
+    EventFilter,
+    EventNameFilter,
+    EventOccurredFilter,
+    EventOrder,
+)
 from prefect.events.schemas.events import Event
 
 from comfybatch.dashboard.metrics import EventMetrics
+from comfybatch.dashboard.schemas import TERMINAL_STATES
 
 logger = logging.getLogger(__name__)
 
 EVENT_PREFIXES = ["comfybatch.", "prefect.flow-run."]
-TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
 _RECONNECT_PAUSE_S = 1.0
 _RECONNECT_MAX_PAUSE_S = 30.0
 
@@ -189,8 +195,6 @@ class EventHub:
 
 def history_filter(run_id: UUID, since: datetime) -> EventFilter:
     """Prefect's stored events of one batch's run, oldest first."""
-    from prefect.events.filters import EventAnyResourceFilter, EventOrder
-
     return EventFilter(
         occurred=EventOccurredFilter(since=since, until=datetime.now(since.tzinfo) + timedelta(days=1)),
         event=EventNameFilter(prefix=EVENT_PREFIXES),

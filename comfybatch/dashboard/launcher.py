@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from comfybatch.blocks.fleet import saved_servers
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.dashboard.events import history_filter
+from comfybatch.dashboard.schemas import TERMINAL_STATES
 from comfybatch.errors import BatchNotFound, ConfigError
 from comfybatch.flows.preview import BatchPreview, preview_batch
 from comfybatch.models import BatchSpec
@@ -50,7 +51,6 @@ _PREVIEWS_KEPT = 64
 _STARTED_KEPT = 10_000
 _POLL_TTL_S = 1.0  # how stale a polled run, list or journal may be while many clients poll
 _FINAL_TTL_S = 3600.0
-_FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
 T = TypeVar("T")
 _DEPLOYMENT_TTL_S = 30.0  # a re-served deployment gets a new id; within this a request may see the old one
 
@@ -216,7 +216,7 @@ class Launcher:
             BatchNotFound: no such flow run, or not one of `generate-batch`.
         """
         run = await self._shared(("run", flow_run_id), lambda: self._read_run(flow_run_id))
-        if run.state_type is not None and run.state_type.value in _FINAL_STATES:
+        if run.state_type is not None and run.state_type.value in TERMINAL_STATES:
             self._recent.keep(("run", flow_run_id), _FINAL_TTL_S)  # a finished run no longer changes
         return run
 

@@ -10,7 +10,7 @@ from uuid import UUID
 
 from prefect.events.schemas.events import Event
 
-TERMINAL_RUN_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
+from comfybatch.dashboard.schemas import TERMINAL_STATES
 
 
 @dataclass
@@ -42,6 +42,6 @@ class EventMetrics:
             state = (event.resource.get("prefect.state-type") or "").upper()
             if state == "RUNNING":
                 self._running_since[run_id] = event.occurred
-            elif state in TERMINAL_RUN_STATES and (began := self._running_since.pop(run_id, None)) is not None:
+            elif state in TERMINAL_STATES and (began := self._running_since.pop(run_id, None)) is not None:
                 seconds = (event.occurred - began).total_seconds()
                 self.batch_seconds.setdefault(state.lower(), Summary()).observe(seconds)

@@ -2,6 +2,8 @@
 
 from pydantic import BaseModel, Field
 
+TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})  # a batch's run has ended
+
 
 class BatchLinks(BaseModel):
     self: str

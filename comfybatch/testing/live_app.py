@@ -20,7 +20,7 @@ def serve_in_thread(app: ASGIApp, *, timeout_s: float = 20.0) -> Iterator[str]:
             httpx.get(f"{url}/health")
     """
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout_s
