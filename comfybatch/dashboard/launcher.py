@@ -49,7 +49,7 @@ BATCH_COUNT_LIMIT = 200  # the Prefect API's page cap: `/metrics` counts the new
 ACTIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
 _PREVIEWS_KEPT = 64
 _STARTED_KEPT = 10_000
-_POLL_TTL_S = 1.0  # how stale a polled run, list or journal may be while many clients poll
+_POLL_TTL_S = 1.0  # how stale a polled run or list may be while many clients poll
 _FINAL_TTL_S = 3600.0
 T = TypeVar("T")
 _DEPLOYMENT_TTL_S = 30.0  # a re-served deployment gets a new id; within this a request may see the old one
@@ -364,8 +364,9 @@ class Launcher:
         With `run_id`, finished records read before are reused: polling a big batch reads only new files.
         """
         known = self._journals.get(run_id) if run_id is not None else None
-        journal = JobJournal(self.store_of(spec), spec.name)
-        records = await (self._shared(("journal", run_id), lambda: journal.load(known)) if run_id else journal.load())
+        # Read afresh every time (only unfinished records cost a file read): a page reloaded mid-batch must never see
+        # an item older than the events it already showed, so no shared, seconds-old answer here.
+        records = await JobJournal(self.store_of(spec), spec.name).load(known)
         if run_id is not None:
             self._journals[run_id] = records
             self._journals.move_to_end(run_id)
