@@ -1,9 +1,11 @@
 """Every error comfybatch raises, with two flags that drive recovery.
 
 `failover`: another server may succeed now.  `retryable`: trying again later may succeed.
+`http_status`: what the dashboard's API answers when the error reaches it (400 unless noted).
 
     ComfyBatchError
     ├── ConfigError                    bad settings or missing configuration
+    │   └── PlatformUnavailable        deployment not served, no server reachable   retryable, 503
     ├── BatchRequestError              a batch request / sheet is wrong (names row and column)
     ├── WorkflowError                  the workflow itself is wrong (no server will run it)
     │   ├── WorkflowFormatError        not JSON, not a graph, cannot be converted
@@ -20,7 +22,12 @@
     ├── DownloadError                  GET /view failed                        retryable
     ├── StorageError                   output storage failed                   retryable
     │   └── UnsafePath                 a relative path escapes or is malformed
-    └── BatchNotFound                  the dashboard knows no such batch or item
+    ├── FleetExhausted                 every eligible server failed a job     retryable if a cause is
+    ├── BatchIncomplete                some jobs of a batch failed (the record is written)
+    ├── BatchConflict                  the batch's name or state forbids this          409
+    └── BatchNotFound                  the dashboard knows no such batch or item       404
+
+    BatchRequestError also has IdempotencyKeyReused (422) and RequestTooLarge (413).
 """
 
 from dataclasses import dataclass
@@ -31,6 +38,7 @@ class ComfyBatchError(Exception):
 
     failover: bool = False
     retryable: bool = False
+    http_status: int = 400
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -40,6 +48,13 @@ def is_retryable(exc: BaseException) -> bool:
 
 class ConfigError(ComfyBatchError):
     """Raised when settings, a server URL or another piece of configuration is unusable."""
+
+
+class PlatformUnavailable(ConfigError):
+    """Raised when the platform cannot take work now: the deployment is not served, no server answers."""
+
+    retryable = True
+    http_status = 503
 
 
 @dataclass(frozen=True)
@@ -66,6 +81,18 @@ class BatchRequestError(ComfyBatchError):
         super().__init__(message + detail)
         self.summary = message
         self.problems = problems
+
+
+class IdempotencyKeyReused(BatchRequestError):
+    """Raised when an Idempotency-Key already created a batch from a different request body."""
+
+    http_status = 422
+
+
+class RequestTooLarge(BatchRequestError):
+    """Raised when a request is larger than the platform can store as run parameters."""
+
+    http_status = 413
 
 
 @dataclass(frozen=True)
@@ -114,6 +141,7 @@ class ServerError(ComfyBatchError):
 
     failover = True
     retryable = True
+    http_status = 502
 
     def __init__(self, message: str, *, server: str, prompt_id: str | None = None) -> None:
         super().__init__(f"[{server}] {message}")
@@ -196,12 +224,14 @@ class StorageError(ComfyBatchError):
     """Raised when the output store cannot read or write a file (disk, permissions, network)."""
 
     retryable = True
+    http_status = 503
 
 
 class UnsafePath(StorageError):
     """Raised when a store-relative path is absolute, has `..`, backslashes or control characters."""
 
     retryable = False  # the same path is rejected every time
+    http_status = 400
 
 
 class FleetExhausted(ComfyBatchError):
@@ -222,5 +252,14 @@ class BatchIncomplete(ComfyBatchError):
         self.report = report
 
 
+class BatchConflict(ComfyBatchError):
+    """Raised when a batch's name or state forbids the request: the name holds another request, the batch is
+    running elsewhere, or it has already ended."""
+
+    http_status = 409
+
+
 class BatchNotFound(ComfyBatchError):
     """Raised when the dashboard is asked for a batch, item or file that the batch does not have."""
+
+    http_status = 404

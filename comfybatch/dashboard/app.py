@@ -14,23 +14,26 @@ from comfybatch.dashboard.events import EventHub
 from comfybatch.dashboard.guard import ApiGuard
 from comfybatch.dashboard.launcher import Launcher
 from comfybatch.dashboard.routes import batches, images, meta, stream, uploads
-from comfybatch.errors import BatchNotFound, BatchRequestError, ComfyBatchError
+from comfybatch.errors import BatchRequestError, ComfyBatchError
 from comfybatch.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
-async def _not_found(_request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=404)
+_RETRY_AFTER_S = "5"
+_UNAVAILABLE = 503
 
 
-async def _bad_request(_request: Request, exc: Exception) -> JSONResponse:
+async def _our_error(_request: Request, exc: Exception) -> JSONResponse:
+    """Every `ComfyBatchError` answers the status its class carries; outages say when to try again."""
     body: dict[str, object] = {"detail": str(exc)}
     if isinstance(exc, BatchRequestError) and exc.problems:
         body["problems"] = [{"message": p.message, "field": p.field, "row": p.row, "column": p.column}
                             for p in exc.problems]  # fmt: skip
-    return JSONResponse(body, status_code=400)
+    status_code = exc.http_status if isinstance(exc, ComfyBatchError) else 400
+    headers = {"Retry-After": _RETRY_AFTER_S} if status_code == _UNAVAILABLE else None
+    return JSONResponse(body, status_code=status_code, headers=headers)
 
 
 async def _internal(_request: Request, exc: Exception) -> JSONResponse:
@@ -64,8 +67,7 @@ def create_app(settings: Settings | None = None, launcher: Launcher | None = Non
         CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
         allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
     )  # fmt: skip
-    app.add_exception_handler(BatchNotFound, _not_found)
-    app.add_exception_handler(ComfyBatchError, _bad_request)
+    app.add_exception_handler(ComfyBatchError, _our_error)
     app.add_exception_handler(Exception, _internal)
     for module in (batches, images, stream, uploads, meta):
         app.include_router(module.router)

@@ -35,7 +35,7 @@ from comfybatch.blocks.fleet import saved_servers
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.dashboard.events import history_filter
 from comfybatch.dashboard.schemas import TERMINAL_STATES
-from comfybatch.errors import BatchNotFound, ConfigError
+from comfybatch.errors import BatchNotFound, PlatformUnavailable
 from comfybatch.flows.preview import BatchPreview, preview_batch
 from comfybatch.models import BatchSpec
 from comfybatch.outputs.storage import OutputStore
@@ -154,7 +154,7 @@ class Launcher:
         try:
             deployment = await client.read_deployment_by_name(GENERATE_BATCH)
         except ObjectNotFound as exc:
-            raise ConfigError(f"deployment {GENERATE_BATCH!r} is not served (run `comfybatch serve`)") from exc
+            raise PlatformUnavailable(f"deployment {GENERATE_BATCH!r} is not served (run `comfybatch serve`)") from exc
         self._deployment = (time.monotonic(), deployment.id)
         return deployment.id
 
@@ -162,7 +162,7 @@ class Launcher:
         """Create a flow run of `generate-batch`; the same `idempotency_key` returns the same run.
 
         Raises:
-            ConfigError: the deployment is not served.
+            PlatformUnavailable: the deployment is not served.
         """
         # Namespaced by key name, so two clients choosing the same key never share a batch.
         scoped_key = f"{submitted_by}:{idempotency_key}" if idempotency_key else None

@@ -14,7 +14,7 @@ from comfybatch.blocks.server import ServerConfig
 from comfybatch.comfy.object_info import ObjectInfo
 from comfybatch.comfy.preflight import check_workflow, split_problems
 from comfybatch.comfy.workflow import ApiWorkflow, decode_workflow, load_workflow
-from comfybatch.errors import ComfyBatchError, ConfigError, NodeProblem
+from comfybatch.errors import ComfyBatchError, ConfigError, NodeProblem, PlatformUnavailable
 from comfybatch.models import JobResult, JobSpec
 from comfybatch.settings import Settings
 
@@ -180,7 +180,8 @@ async def load_and_probe(
     infos = {name: info for name, info in (infos | late_infos).items() if name in by_name}
     probes = [by_name[server.name] for server in servers]
     if not infos:
-        raise ConfigError("no ComfyUI server is reachable: " + "; ".join(f"{p.name}: {p.error}" for p in probes))
+        problems = "; ".join(f"{p.name}: {p.error}" for p in probes)
+        raise PlatformUnavailable(f"no ComfyUI server is reachable: {problems}")
     return servers, probes, infos
 
 
