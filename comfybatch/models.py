@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from comfybatch.comfy.workflow import ApiWorkflow, detect_format
 from comfybatch.errors import WorkflowFormatError
-from comfybatch.values import BUILTIN_RULES, InvalidValue, apply_rule, control_character
+from comfybatch.values import BUILTIN_RULES, InvalidValue, apply_rule, control_character, non_finite
 
 BATCH_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
@@ -67,6 +67,7 @@ class BatchSpec(BaseModel):
             if not value.strip() or control_character(value):
                 raise ValueError(f"expected a template name or a workflow file, got {value!r}")
             return value
+        _finite(value, "workflow")
         try:
             if detect_format(value) == "api":
                 ApiWorkflow(value)  # every node an object with a class_type and object inputs
@@ -98,6 +99,7 @@ class BatchSpec(BaseModel):
     @classmethod
     def _default_values(cls, defaults: dict[str, JsonValue]) -> dict[str, JsonValue]:
         for name, value in defaults.items():
+            _finite(value, f"defaults.{name}")
             _check(BUILTIN_RULES.get(name), value, f"defaults.{name}")
         return defaults
 
@@ -108,8 +110,15 @@ class BatchSpec(BaseModel):
         for where, group in groups:
             for name, values in group.items():
                 for value in values:
+                    _finite(value, f"{where}.{name}")
                     _check(BUILTIN_RULES.get(name), value, f"{where}.{name}")
         return sweep
+
+
+def _finite(value: Any, field: str) -> None:
+    """Refuse NaN and infinities (Python's JSON parser reads them; JSON and Prefect's storage have none)."""
+    if found := non_finite(value, field):
+        raise ValueError(f"{found}: NaN and infinities are not JSON numbers; send a finite number")
 
 
 def _check(rule: Any, value: Any, field: str) -> None:

@@ -15,6 +15,9 @@ Kind = Literal["int", "float", "number", "bool", "str", "combo", "any"]
 
 # ComfyUI nodes.py MAX_RESOLUTION; EmptyLatentImage batch_size and KSampler steps maxima (0.3.75).
 MAX_RESOLUTION = 16384
+# Longer than any prompt a CLIP encoder reads (77 tokens per chunk), and short enough that a request's
+# prompts fit in the flow run's parameters.
+MAX_PROMPT_CHARS = 10_000
 _TRUE, _FALSE = frozenset({"true", "yes", "1"}), frozenset({"false", "no", "0"})
 # C0 controls except tab, newline and carriage return; DEL; C1 controls. Never meant in a prompt, and
 # ANSI escapes in one would drive the terminal that prints it.
@@ -31,6 +34,7 @@ class Rule:
     multiple_of: int | None = None
     choices: tuple[Any, ...] = ()
     non_empty: bool = False
+    max_length: int | None = None
 
 
 # Always applied to these names; a server's /object_info adds its own rules after them.
@@ -42,8 +46,9 @@ BUILTIN_RULES: dict[str, Rule] = {
     "seed": Rule("int", min=0),
     "denoise": Rule("float", min=0, max=1),
     "batch_size": Rule("int", min=1, max=4096),
-    "prompt": Rule("str", non_empty=True),
-    **{name: Rule("str") for name in ("negative_prompt", "sampler", "scheduler", "checkpoint")},
+    "prompt": Rule("str", non_empty=True, max_length=MAX_PROMPT_CHARS),
+    "negative_prompt": Rule("str", max_length=MAX_PROMPT_CHARS),
+    **{name: Rule("str") for name in ("sampler", "scheduler", "checkpoint")},
 }
 
 
@@ -127,6 +132,8 @@ def _text(value: Any, rule: Rule) -> str:
         raise InvalidValue(f"expected text, got {show_value(value)}")
     if rule.non_empty and not text.strip():
         raise InvalidValue("must not be empty")
+    if rule.max_length is not None and len(text) > rule.max_length:
+        raise InvalidValue(f"is {len(text):,} characters long; at most {rule.max_length:,} are allowed")
     if problem := control_character(text):
         raise InvalidValue(problem)
     return text
@@ -149,3 +156,18 @@ def _json(value: Any, rule: Rule) -> Any:
 
 
 _CONVERTERS: dict[Kind, Callable[[Any, Rule], Any]] = {"any": _json, "combo": _choice, "bool": _boolean, "str": _text}
+
+
+def non_finite(value: Any, where: str = "") -> str | None:
+    """Where in `value` (JSON data) a NaN or an infinity sits, e.g. `"nodes[0].x = nan"`, or None.
+
+    JSON has no such numbers; Python's parser accepts `NaN`, `Infinity` and `1e400` and Prefect cannot store them.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{where or 'the value'} = {value}"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        place = f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else str(key)
+        if found := non_finite(item, place):
+            return found
+    return None

@@ -4,12 +4,13 @@ Mirrors ComfyUI 0.3.75 `execution.py` `validate_prompt` / `validate_inputs`, coe
 so preflight never rejects what the server would accept.
 """
 
+import re
 from typing import Any, NamedTuple
 
 from comfybatch.comfy.object_info import InputSpec, ObjectInfo
-from comfybatch.comfy.rejection import server_lacks
-from comfybatch.comfy.workflow import ApiWorkflow, node_sort_key
-from comfybatch.errors import NodeProblem
+from comfybatch.comfy.rejection import FILE_INPUTS, server_lacks
+from comfybatch.comfy.workflow import ApiWorkflow, is_link, node_sort_key
+from comfybatch.errors import NodeProblem, WorkflowRejected
 
 GRAPH = "-"  # node_id of problems about the whole prompt (as in comfy/rejection.py)
 # Inputs whose node validates them itself (VALIDATE_INPUTS), so the server skips its range/combo check.
@@ -18,6 +19,8 @@ _SELF_VALIDATED = frozenset(
      ("LoadAudio", "audio")}
 )  # fmt: skip
 _COERCE = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
+_FILE_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # no file name needs one; NUL truncates it in C calls
+_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
 class ProblemSplit(NamedTuple):
@@ -33,7 +36,12 @@ def check_workflow(workflow: ApiWorkflow, object_info: ObjectInfo) -> list[NodeP
     Kinds: `missing_node_type`, `prompt_no_outputs`, `required_input_missing`, `bad_linked_input`,
     `return_type_mismatch`, `invalid_input_type`, `value_smaller_than_min`, `value_bigger_than_max`,
     `value_not_in_list`. Like the server, inputs are checked only on nodes that outputs depend on.
+
+    Raises:
+        WorkflowRejected: the graph names a file outside ComfyUI's folders, or has a cycle
+            (see `refuse_unsafe`): no server may run it.
     """
+    refuse_unsafe(workflow, object_info)
     nodes = workflow.nodes
     missing = [
         NodeProblem(nid, f"node class {node['class_type']!r} is not installed on this server",
@@ -49,6 +57,95 @@ def check_workflow(workflow: ApiWorkflow, object_info: ObjectInfo) -> list[NodeP
     for node_id in _ancestors(nodes, outputs):
         problems += _check_node(node_id, nodes, object_info)
     return problems
+
+
+def refuse_unsafe(workflow: ApiWorkflow, object_info: ObjectInfo | None = None) -> None:
+    """Refuse a graph that names a file outside ComfyUI's folders, or whose links form a cycle.
+
+    ComfyUI 0.3.75 joins an upload or file-name input to its folder without a check, so a `..`,
+    an absolute path or a drive letter there reads any file the server can. Which inputs hold file
+    names comes from `object_info` (combos, upload flags); without it, from the inputs' names.
+
+    Raises:
+        WorkflowRejected naming each node, class and input (or the nodes of the cycle).
+    """
+    nodes = workflow.nodes
+    problems = [
+        NodeProblem(nid, f"{value!r} {why}; name a file inside ComfyUI's folders (e.g. 'photo.png' or "
+                    "'sub/photo.png')", class_type=node["class_type"], input_name=name, kind="file_outside_folder")
+        for nid, node in _ordered(nodes) for name, value in node["inputs"].items()
+        if isinstance(value, str) and is_file_input(node["class_type"], name, object_info)
+        and (why := escaping_path(value))
+    ]  # fmt: skip
+    if problems:
+        raise WorkflowRejected("the workflow names files outside ComfyUI's folders", problems=tuple(problems))
+    if cycle := find_cycle(nodes):
+        path = " -> ".join(f"{nid} ({nodes[nid]['class_type']})" for nid in [*cycle, cycle[0]])
+        problems = [NodeProblem(nid, f"is part of the link cycle {path}", class_type=nodes[nid]["class_type"],
+                                kind="dependency_cycle") for nid in cycle]  # fmt: skip
+        raise WorkflowRejected(
+            f"the workflow's links form a cycle ({path}): a node cannot wait for its own output",
+            problems=tuple(problems),
+        )
+
+
+def is_file_input(class_type: str, input_name: str, object_info: ObjectInfo | None = None) -> bool:
+    """Whether the server reads this input as a file name: a combo (its options are files or fixed words),
+    an upload input, a node that validates its own file, or, for classes `object_info` lacks, a known name."""
+    if (class_type, input_name) in _SELF_VALIDATED or input_name in FILE_INPUTS:
+        return True
+    if object_info is None or not object_info.has_class(class_type):
+        return False
+    spec = object_info.input_spec(class_type, input_name)
+    return spec is not None and (spec.is_combo or spec.has_upload)
+
+
+def escaping_path(value: str) -> str | None:
+    """Why a file name leaves the folder it is joined to (`..`, absolute, drive, control character), or None."""
+    if found := _FILE_CONTROL.search(value):
+        return f"contains the control character U+{ord(found.group()):04X}"
+    if value.startswith(("/", "\\")):
+        return "is an absolute path"
+    if _DRIVE.match(value):
+        return "names a drive"
+    if ".." in re.split(r"[\\/]", value):  # Windows servers split on both
+        return "has a '..' segment"
+    return None
+
+
+def find_cycle(nodes: dict[str, dict[str, Any]]) -> list[str] | None:
+    """The node ids of one cycle of links (in link order), or None when the graph is acyclic."""
+    done: set[str] = set()
+    for start, _ in _ordered(nodes):
+        if start in done:
+            continue
+        path: list[str] = []
+        on_path: dict[str, int] = {}
+        stack: list[tuple[str, list[str]]] = [(start, _sources(nodes, start))]
+        on_path[start] = 0
+        path.append(start)
+        while stack:
+            node_id, pending = stack[-1]
+            if not pending:
+                stack.pop()
+                path.pop()
+                del on_path[node_id]
+                done.add(node_id)
+                continue
+            source = pending.pop()
+            if source in on_path:
+                return path[on_path[source] :]
+            if source not in done:
+                on_path[source] = len(path)
+                path.append(source)
+                stack.append((source, _sources(nodes, source)))
+    return None
+
+
+def _sources(nodes: dict[str, dict[str, Any]], node_id: str) -> list[str]:
+    """The nodes `node_id` takes links from (present in the graph), last first to pop in input order."""
+    sources = [value[0] for value in nodes[node_id]["inputs"].values() if is_link(value) and value[0] in nodes]
+    return sources[::-1]
 
 
 def split_problems(problems: list[NodeProblem] | tuple[NodeProblem, ...]) -> ProblemSplit:
@@ -144,7 +241,7 @@ def _ancestors(nodes: dict[str, dict[str, Any]], outputs: list[str]) -> list[str
             continue
         seen[node_id] = None
         for value in nodes[node_id]["inputs"].values():
-            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+            if is_link(value):
                 stack.append(value[0])
     return list(seen)
 

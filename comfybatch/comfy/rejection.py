@@ -9,7 +9,7 @@ from typing import Any
 from comfybatch.errors import ComfyBatchError, NodeProblem, ServerIncompatible, WorkflowRejected
 
 # Combo inputs whose options are files on the server: "not in list" there means "this server lacks it".
-_FILE_INPUTS = frozenset(
+FILE_INPUTS = frozenset(
     {"ckpt_name", "lora_name", "vae_name", "unet_name", "clip_name", "clip_name1", "clip_name2", "clip_name3",
      "control_net_name", "model_name", "upscale_model", "style_model_name", "clip_vision", "gligen_name",
      "hypernetwork_name", "image", "audio", "video", "embedding"}
@@ -43,7 +43,7 @@ def server_lacks(problem: NodeProblem) -> bool:
         return True
     if problem.kind not in {"value_not_in_list", "custom_validation_failed"}:
         return False
-    if problem.input_name in _FILE_INPUTS:
+    if problem.input_name in FILE_INPUTS:
         return True
     # Our messages quote the received value; a model-file suffix there marks a file combo.
     return any(f"{suffix}'" in problem.message.lower() for suffix in _MODEL_SUFFIXES)

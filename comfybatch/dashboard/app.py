@@ -1,11 +1,14 @@
 """`create_app`: the dashboard API with its settings and launcher injected."""
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -23,6 +26,8 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 _RETRY_AFTER_S = "5"
 _UNAVAILABLE = 503
+_ECHO_CHARS = 200  # of an invalid value echoed in a 422: a 5 MB prompt is not sent back
+_ECHO_ITEMS = 20
 
 
 async def _our_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -34,6 +39,31 @@ async def _our_error(_request: Request, exc: Exception) -> JSONResponse:
     status_code = exc.http_status if isinstance(exc, ComfyBatchError) else 400
     headers = {"Retry-After": _RETRY_AFTER_S} if status_code == _UNAVAILABLE else None
     return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422, always serialisable: NaN and infinities echoed as text, long inputs shortened."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    return JSONResponse({"detail": [_echo(error) for error in errors]}, status_code=422)
+
+
+def _echo(value: Any, depth: int = 0) -> Any:
+    """`value` as JSON data a client can read back: finite numbers, short text, few items, no objects."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan", "inf": JSON has no such numbers, and Starlette refuses to send them
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return value if len(value) <= _ECHO_CHARS else f"{value[:_ECHO_CHARS]}… ({len(value):,} characters)"
+    if depth > 4:
+        return "…"
+    if isinstance(value, dict):
+        shown = {str(key): _echo(item, depth + 1) for key, item in list(value.items())[:_ECHO_ITEMS]}
+        return shown | ({"…": f"{len(value) - _ECHO_ITEMS} more"} if len(value) > _ECHO_ITEMS else {})
+    if isinstance(value, list | tuple):
+        items = [_echo(item, depth + 1) for item in list(value)[:_ECHO_ITEMS]]
+        return items + ([f"… {len(value) - _ECHO_ITEMS} more"] if len(value) > _ECHO_ITEMS else [])
+    return _echo(str(value), depth)  # exceptions in `ctx`, bytes, enums
 
 
 async def _internal(_request: Request, exc: Exception) -> JSONResponse:
@@ -68,6 +98,7 @@ def create_app(settings: Settings | None = None, launcher: Launcher | None = Non
         allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
     )  # fmt: skip
     app.add_exception_handler(ComfyBatchError, _our_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(Exception, _internal)
     for module in (batches, images, stream, uploads, meta):
         app.include_router(module.router)

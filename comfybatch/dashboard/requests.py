@@ -1,19 +1,38 @@
-"""What a batch request may ask for over HTTP: nothing that names a file on the dashboard's machine."""
+"""What a batch request may ask for over HTTP: nothing that names a file on the dashboard's machine or on a
+ComfyUI server outside its folders, and nothing larger than Prefect stores as a flow run's parameters."""
 
-from comfybatch.errors import BatchRequestError, RequestProblem
+import json
+from typing import Any
+
+from comfybatch.comfy.preflight import escaping_path, is_file_input, refuse_unsafe
+from comfybatch.comfy.workflow import ApiWorkflow, detect_format
+from comfybatch.errors import (
+    BatchRequestError,
+    NodeProblem,
+    RequestProblem,
+    RequestTooLarge,
+    WorkflowError,
+    WorkflowRejected,
+)
+from comfybatch.flows.plan import read_template
 from comfybatch.flows.preview import template_names
 from comfybatch.models import BatchSpec
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.settings import Settings
 
 UPLOADS = ".uploads"
+# Prefect's server refuses larger flow run parameters (PREFECT_SERVER_API_MAX_PARAMETER_SIZE, measured on
+# compact JSON): "Flow run parameters must be less than 524,288 bytes".
+MAX_PARAMETERS_BYTES = 524_288
 
 
 def check_api_request(spec: BatchSpec, settings: Settings) -> None:
     """Refuse workflow files, sheets and output folders a client names; templates, inline graphs and uploads only.
+    Refuse requests too large to start, and graphs or values that name files outside ComfyUI's folders.
 
     Raises:
-        BatchRequestError naming each field.
+        BatchRequestError naming each field; RequestTooLarge (413) naming the limit;
+        WorkflowRejected naming the node, class and input.
     """
     problems: list[RequestProblem] = []
     if isinstance(spec.workflow, str) and spec.workflow not in template_names():
@@ -31,3 +50,59 @@ def check_api_request(spec: BatchSpec, settings: Settings) -> None:
             )
     if problems:
         raise BatchRequestError("this batch request is not allowed over the API", problems=tuple(problems))
+    check_parameters_size(spec)
+    check_files(spec)
+
+
+def check_parameters_size(spec: BatchSpec) -> None:
+    """Refuse a request whose flow run parameters Prefect would not store.
+
+    Raises:
+        RequestTooLarge naming the size, the limit and what to do instead.
+    """
+    size = len(json.dumps({"spec": spec.model_dump(mode="json")}, separators=(",", ":")).encode())
+    if size >= MAX_PARAMETERS_BYTES:
+        raise RequestTooLarge(
+            f"this batch request is {size:,} bytes as flow run parameters; Prefect stores at most "
+            f"{MAX_PARAMETERS_BYTES - 1:,}: upload the items as a sheet with PUT /api/uploads/{{filename}} "
+            "and pass the `sheet` it returns (or split the batch)",
+            problems=(RequestProblem(f"at most {MAX_PARAMETERS_BYTES - 1:,} bytes in all", field="prompts"),),
+        )
+
+
+def check_files(spec: BatchSpec) -> None:
+    """Refuse an API-format graph (inline or template) that names a file outside ComfyUI's folders or has a link
+    cycle, and `defaults` or `sweep` values bound onto file-name inputs that leave their folder. Sheet cells are
+    checked by the preflight after binding, before any prompt is queued.
+
+    Raises:
+        WorkflowRejected naming the node, class and input (and the field the value came from).
+    """
+    data: Any = read_template(spec.workflow)
+    try:
+        if detect_format(data) != "api":
+            return  # UI format: converted with a server's /object_info, then checked by the preflight
+        workflow = ApiWorkflow(data)
+        offered = workflow.parameters(spec.bindings or None)
+    except WorkflowError:
+        return  # refused with its own message where the flow loads it
+    refuse_unsafe(workflow)
+    problems = [
+        NodeProblem(path.node_id, f"{field} = {value!r} {why}; name a file inside ComfyUI's folders",
+                    class_type=workflow.class_type(path.node_id), input_name=path.input_name,
+                    kind="file_outside_folder")
+        for field, name, value in _set_values(spec) for path in offered.get(name, ())
+        if isinstance(value, str) and is_file_input(workflow.class_type(path.node_id), path.input_name)
+        and (why := escaping_path(value))
+    ]  # fmt: skip
+    if problems:
+        raise WorkflowRejected("the request names files outside ComfyUI's folders", problems=tuple(problems))
+
+
+def _set_values(spec: BatchSpec) -> list[tuple[str, str, Any]]:
+    """(field, parameter, value) of every value the request itself sets (sheet rows aside)."""
+    found: list[tuple[str, str, Any]] = [(f"defaults.{name}", name, value) for name, value in spec.defaults.items()]
+    groups = [("sweep.axes", spec.sweep.axes), *((f"sweep.zipped[{n}]", g) for n, g in enumerate(spec.sweep.zipped))]
+    found += [(f"{where}.{name}", name, value) for where, group in groups for name, values in group.items()
+              for value in values]  # fmt: skip
+    return found

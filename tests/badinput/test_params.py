@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from comfybatch.comfy.object_info import ObjectInfo
 from comfybatch.comfy.preflight import check_workflow
 from comfybatch.comfy.workflow import ApiWorkflow
-from comfybatch.errors import BatchRequestError, ComfyBatchError
+from comfybatch.errors import BatchRequestError, ComfyBatchError, WorkflowRejected
 from comfybatch.expansion import Expansion, expand_batch
 from comfybatch.flows.plan import resolve_workflow
 from comfybatch.models import BatchSpec, JobResult, StoredFile
@@ -78,8 +78,11 @@ def _manifest(case: corpus.Case, expansion: Expansion, store: OutputStore) -> tu
 
 def _check_refused(case: corpus.Case, outcome: Any) -> None:
     expected = case.expect["error"]
-    if case.raw["stage"] == "preflight":  # problems, as ComfyUI would report them
+    if case.raw["stage"] == "preflight":  # problems, as ComfyUI would report them (or a refusal carrying them)
         assert outcome, "preflight found nothing wrong"
+        if isinstance(outcome, WorkflowRejected):
+            corpus.check_message(case, str(outcome))
+            outcome = outcome.problems
         assert expected in {problem.kind for problem in outcome}
         corpus.check_message(case, "\n".join(str(problem) for problem in outcome))
         return

@@ -1,14 +1,15 @@
 """check_workflow: the server's own validation kinds, from its cached /object_info."""
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from comfybatch.comfy.object_info import ObjectInfo
-from comfybatch.comfy.preflight import check_workflow, split_problems
+from comfybatch.comfy.preflight import check_workflow, find_cycle, refuse_unsafe, split_problems
 from comfybatch.comfy.workflow import ApiWorkflow, load_workflow
-from comfybatch.errors import NodeProblem
+from comfybatch.errors import NodeProblem, WorkflowRejected
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
@@ -163,3 +164,89 @@ def test_split_problems_separates_server_lacks_from_workflow_wrong() -> None:
     split = split_problems([missing, model, broken])
 
     assert (split.server_lacks, split.workflow_wrong) == ((missing, model), (broken,))
+
+
+def load_image(path: str, class_type: str = "LoadImage") -> dict[str, dict[str, Any]]:
+    """The graph of issue 10: a LoadImage whose `image` names `path`, saved as it is."""
+    return {
+        "1": {"class_type": class_type, "inputs": {"image": path}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        ("../../../../../../../srv/studio/contact_sheet.png", "'..' segment"),
+        ("/etc/passwd", "absolute path"),
+        ("C:\\Windows\\win.ini", "names a drive"),
+        ("\\\\fileserver\\share\\a.png", "absolute path"),
+        ("..\\..\\secret.png", "'..' segment"),
+        ("sub/../../secret.png", "'..' segment"),
+        ("photo.png\x00.txt", "U+0000"),
+    ],
+)
+def test_check_workflow_refuses_file_names_outside_the_folder(info: ObjectInfo, path: str, why: str) -> None:
+    """LoadImage's `image` that leaves ComfyUI's input folder is WorkflowRejected naming node, class and input."""
+    with pytest.raises(WorkflowRejected) as caught:
+        check_workflow(ApiWorkflow(load_image(path)), info)
+
+    [problem] = caught.value.problems
+    assert (problem.node_id, problem.class_type, problem.input_name) == ("1", "LoadImage", "image")
+    assert problem.kind == "file_outside_folder"
+    assert why in str(caught.value)
+    assert "node 1 (LoadImage) input 'image'" in str(caught.value)
+
+
+@pytest.mark.parametrize("path", ["photo.png", "sub/photo.png", "sub\\photo.png", "photo.png [output]", "a..b.png"])
+def test_check_workflow_accepts_file_names_inside_the_folder(info: ObjectInfo, path: str) -> None:
+    """Subfolders, Windows separators and annotated names stay inside the folder and are not refused."""
+    assert kinds(load_image(path), info) == []
+
+
+def test_refuse_unsafe_uses_object_info_for_unknown_input_names(info: ObjectInfo) -> None:
+    """A combo input (here LoadLatent's `latent`) counts as a file name because /object_info says so."""
+    nodes = {"1": {"class_type": "LoadLatent", "inputs": {"latent": "/etc/shadow"}}}
+
+    with pytest.raises(WorkflowRejected, match=r"node 1 \(LoadLatent\) input 'latent'"):
+        refuse_unsafe(ApiWorkflow(nodes), info)
+
+
+def test_refuse_unsafe_leaves_text_inputs_alone(info: ObjectInfo) -> None:
+    """A prompt may say '../' or '/etc/passwd': text inputs are not file names."""
+    workflow = load_workflow(FIXTURES / "api" / "txt2img_tiny.json").bind({"prompt": "../../etc/passwd"})
+
+    refuse_unsafe(workflow, info)
+    refuse_unsafe(workflow)
+
+
+def cyclic() -> dict[str, dict[str, Any]]:
+    """Issue 10's graph: two KSamplers feeding each other's latent."""
+    nodes: dict[str, dict[str, Any]] = json.loads((FIXTURES / "api" / "txt2img_tiny.json").read_text())
+    nodes["8"] = {**nodes["5"], "inputs": {**nodes["5"]["inputs"], "latent_image": ["5", 0]}}
+    nodes["5"]["inputs"]["latent_image"] = ["8", 0]
+    return nodes
+
+
+def test_find_cycle_names_the_nodes_of_the_cycle() -> None:
+    """The two samplers that feed each other are the cycle; an acyclic graph has none."""
+    assert sorted(find_cycle(cyclic()) or []) == ["5", "8"]
+    assert find_cycle(json.loads((FIXTURES / "api" / "txt2img_tiny.json").read_text())) is None
+
+
+def test_check_workflow_refuses_a_cycle(info: ObjectInfo) -> None:
+    """A graph whose links form a cycle is WorkflowRejected naming its nodes, before any server sees it."""
+    with pytest.raises(WorkflowRejected) as caught:
+        check_workflow(ApiWorkflow(cyclic()), info)
+
+    assert {p.node_id for p in caught.value.problems} == {"5", "8"}
+    assert "cycle" in str(caught.value)
+    assert "5 (KSampler)" in str(caught.value)
+    assert "8 (KSampler)" in str(caught.value)
+
+
+def test_find_cycle_self_link_and_long_chain() -> None:
+    """A node linked to itself is a cycle of one; a 5,000-node chain is walked without recursion."""
+    assert find_cycle({"1": {"class_type": "X", "inputs": {"a": ["1", 0]}}}) == ["1"]
+    chain = {str(n): {"class_type": "X", "inputs": {"a": [str(n - 1), 0]} if n else {}} for n in range(5000)}
+    assert find_cycle(chain) is None

@@ -125,7 +125,7 @@ async def list_batches(
     ] = None,
     name: str | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,  # SQL offsets are 64-bit: bound them
 ) -> BatchList:
     """Batches, newest first."""
     runs = await launcher.list_batches(state=state, name=name, limit=limit, offset=offset)
@@ -190,7 +190,7 @@ async def list_items(
     launcher: LauncherDep,
     _key: KeyName,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,  # SQL offsets are 64-bit: bound them
 ) -> ItemList:
     """Every job of the batch in order, queued ones included, with what its journal recorded."""
     run = await launcher.get(batch_id)
