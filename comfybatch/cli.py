@@ -110,7 +110,9 @@ async def run(
         images_per_item: Images per row or prompt (seeds increment).
         dry_run: Validate against every server and estimate; render nothing.
     """
-    from comfybatch.runner import default_name, parse_sets, run_with_progress, use_servers
+    from comfybatch.blocks.fleet import given_servers
+    from comfybatch.runner import default_name, parse_sets, run_with_progress
+    from comfybatch.settings import get_settings
 
     spec = BatchSpec(
         name=name or default_name(workflow, sheet), workflow=workflow, sheet=sheet, prompts=prompt or [],
@@ -119,8 +121,9 @@ async def run(
         bindings={name: str(path) for name, path in parse_sets(bind or []).items()},
     )  # fmt: skip
     _check_request(spec)
-    use_servers(server or [])
-    _, code = await run_with_progress(spec)
+    # --server is the whole fleet of this run: its servers reach the flow as BatchSpec.servers, by name.
+    async with given_servers(server or [], get_settings()) as names:
+        _, code = await run_with_progress(spec.model_copy(update={"servers": names}) if names else spec)
     return code
 
 
@@ -195,7 +198,9 @@ async def _standalone_demo(spec: BatchSpec, servers: int) -> int:
     from prefect.logging.handlers import APILogHandler
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from comfybatch.runner import run_with_progress, use_servers
+    from comfybatch.blocks.fleet import given_servers
+    from comfybatch.runner import run_with_progress
+    from comfybatch.settings import get_settings
     from comfybatch.testing.fleet import LocalFleet  # heavy: only for the local demo
     from comfybatch.testing.prefect_server import LocalPrefectServer
 
@@ -205,9 +210,10 @@ async def _standalone_demo(spec: BatchSpec, servers: int) -> int:
         prefect = LocalPrefectServer(Path(root) / "prefect")
         prefect.start()
         try:
-            use_servers([server.url for server in fleet.servers])
+            urls = [server.url for server in fleet.servers]
             with temporary_settings(updates={PREFECT_API_URL: prefect.api_url}):
-                _, code = await run_with_progress(spec)
+                async with given_servers(urls, get_settings()) as names:
+                    _, code = await run_with_progress(spec.model_copy(update={"servers": names}))
                 await APILogHandler.aflush()  # logs reach the server before it stops
         finally:
             prefect.stop()

@@ -1,7 +1,6 @@
 """Run a batch in this process with a progress bar: what `comfybatch run` and `demo` do."""
 
 import json
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +12,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from comfybatch.errors import BatchIncomplete, BatchRequestError, RequestProblem
 from comfybatch.flows.batch import generate_batch
 from comfybatch.models import BatchReport, BatchSpec
-from comfybatch.settings import get_settings
 from comfybatch.tasks.events import add_listener
 
 _FINAL = {"comfybatch.item.done", "comfybatch.item.failed", "comfybatch.item.skipped"}
@@ -42,14 +40,6 @@ def default_name(workflow: str, sheet: str | None) -> str:
     stem = Path(workflow).stem if workflow.endswith(".json") else workflow
     text = f"{stem}-{Path(sheet).stem}" if sheet else stem
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:63] or "batch"
-
-
-def use_servers(urls: Sequence[str]) -> None:
-    """Make `urls` this process's fleet (instead of COMFYUI_URLS / comfybatch.toml)."""
-    if urls:
-        os.environ["COMFYUI_URLS"] = ",".join(urls)
-        os.environ["COMFYBATCH_CONFIG_FILE"] = os.devnull
-        get_settings.cache_clear()
 
 
 async def run_with_progress(spec: BatchSpec, *, console: Console | None = None) -> tuple[BatchReport, int]:

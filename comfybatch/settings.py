@@ -21,6 +21,9 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("COMFYUI_URLS", "COMFYBATCH_COMFYUI_URLS"),
         description="Comma-separated ComfyUI URLs: the fleet, when no comfybatch.toml names it.",
     )
+    demo_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="ComfyUI URLs of the demo fleet `comfybatch up --demo` started (set by up)."
+    )
     config_file: Path = Field(Path("comfybatch.toml"), description="Optional fleet file ([[servers]] tables).")
     output_root: str = Field("out", description="Folder or fsspec URL batches write into.")
     default_slots: int = Field(2, ge=1, le=8, description="Prompts in flight per server (1 running + queued).")
@@ -53,7 +56,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(20_000_000, ge=1, description="Largest sheet `PUT /api/uploads/{name}` accepts.")
     max_request_bytes: int = Field(10_000_000, ge=1, description="Largest JSON body of a batch or validate request.")
 
-    @field_validator("comfyui_urls", mode="before")
+    @field_validator("comfyui_urls", "demo_urls", mode="before")
     @classmethod
     def _split_urls(cls, value: object) -> object:
         if isinstance(value, str):

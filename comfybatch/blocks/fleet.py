@@ -1,19 +1,21 @@
-"""The fleet: servers from configuration (`comfybatch.toml` or `COMFYUI_URLS`) plus saved blocks.
+"""The fleet: servers from configuration (`comfybatch.toml`, `COMFYUI_URLS`, the demo) plus blocks made in the UI.
 
-Configured servers are written to blocks so they show in the Prefect UI; servers added there as
-blocks join the fleet too. Every server gets its `comfy:<name>` global concurrency limit.
+Configured servers are written to blocks (with their source) so they show in the Prefect UI; blocks a
+configuration wrote outlive it by no more than the next load. Every server gets its `comfy:<name>` limit.
 """
 
+import contextlib
 import os
 import tomllib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
 from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 from pydantic import SecretStr, ValidationError
 
-from comfybatch.blocks.server import ComfyUIServer, ServerConfig, name_from_url
+from comfybatch.blocks.server import CONFIG_SOURCES, ComfyUIServer, ServerConfig, name_from_url
 from comfybatch.errors import ConfigError
 from comfybatch.settings import Settings
 
@@ -21,7 +23,8 @@ _NOT_FOUND = 404
 
 
 def configured_servers(settings: Settings) -> list[ServerConfig]:
-    """Servers named by `comfybatch.toml` (`[[servers]]` tables) or, failing that, `COMFYUI_URLS`.
+    """Servers named by `comfybatch.toml` (`[[servers]]` tables) or, failing that, `COMFYUI_URLS`; plus the
+    demo fleet `comfybatch up --demo` started (`COMFYBATCH_DEMO_URLS`).
 
     Raises:
         ConfigError naming the file and entry.
@@ -32,9 +35,15 @@ def configured_servers(settings: Settings) -> list[ServerConfig]:
             entries = tomllib.loads(path.read_text(encoding="utf-8")).get("servers", [])
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-        return [_from_entry(entry, index, settings, path=str(path)) for index, entry in enumerate(entries, 1)]
-    return [
-        ServerConfig(name=name_from_url(url), url=url, slots=settings.default_slots) for url in settings.comfyui_urls
+        servers = [_from_entry(entry, index, settings, path=str(path)) for index, entry in enumerate(entries, 1)]
+    else:
+        servers = [ServerConfig(name=name_from_url(url), url=url, slots=settings.default_slots, source="env")
+                   for url in settings.comfyui_urls]  # fmt: skip
+    named = {server.name for server in servers}
+    return servers + [
+        ServerConfig(name=name_from_url(url), url=url, slots=settings.default_slots, source="demo")
+        for url in settings.demo_urls
+        if name_from_url(url) not in named
     ]
 
 
@@ -47,7 +56,7 @@ def _from_entry(entry: Any, index: int, settings: Settings, *, path: str) -> Ser
         return ServerConfig(
             name=entry.get("name") or name_from_url(entry["url"]), url=str(entry["url"]).rstrip("/"),
             slots=entry.get("slots", settings.default_slots), labels=tuple(entry.get("labels", ())),
-            api_token=SecretStr(token) if token else None,
+            api_token=SecretStr(token) if token else None, source="toml",
         )  # fmt: skip
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
@@ -63,9 +72,82 @@ async def sync_fleet(servers: Sequence[ServerConfig], *, saved: Sequence[ServerC
     for server in servers:
         if current.get(server.name) != server:
             block = ComfyUIServer(url=server.url, api_token=server.api_token, slots=server.slots,
-                                  labels=list(server.labels))  # fmt: skip
+                                  labels=list(server.labels), source=server.source)  # fmt: skip
             await block.asave(server.name, overwrite=True)
     await sync_limits(servers)
+
+
+def stale_servers(configured: Sequence[ServerConfig], saved: Sequence[ServerConfig]) -> list[str]:
+    """Saved servers that `COMFYUI_URLS`, `comfybatch.toml` or the demo wrote and `configured` no longer names.
+
+    Blocks made in the Prefect UI are never stale; `cli` blocks belong to the run that wrote them.
+    """
+    named = {server.name for server in configured}
+    return sorted(s.name for s in saved if s.source in CONFIG_SOURCES - {"cli"} and s.name not in named)
+
+
+def select_fleet(
+    configured: Sequence[ServerConfig], saved: Sequence[ServerConfig], *, only: Sequence[str] = ()
+) -> list[ServerConfig]:
+    """The fleet, by name: the configured servers plus enabled blocks made in the Prefect UI; with `only`, just
+    those servers, which may also be the `cli` blocks of a `comfybatch run --server`.
+
+    A block another configuration wrote (an old `COMFYUI_URLS`, a stopped demo) is never part of it.
+
+    Raises:
+        ConfigError when `only` names a server outside the fleet.
+    """
+    by_name = {server.name: server for server in saved if server.enabled and server.source == "ui"}
+    by_name.update({server.name: server for server in configured})
+    if only:
+        given = {s.name: s for s in saved if s.enabled and s.source == "cli" and s.name not in by_name}
+        if unknown := sorted(set(only) - set(by_name) - set(given)):
+            raise ConfigError(f"unknown server(s) {unknown}; the fleet has {sorted(by_name)}")
+        return [by_name.get(name) or given[name] for name in only]
+    return [by_name[name] for name in sorted(by_name)]
+
+
+async def delete_servers(names: Sequence[str]) -> None:
+    """Delete the `ComfyUI Server` blocks named `names` (their limits stay: a run may still hold a slot)."""
+    if not names:
+        return
+    async with get_client() as client:
+        documents = await client.read_block_documents_by_type(ComfyUIServer.get_block_type_slug())
+        for document in documents:
+            if document.name in names:
+                with contextlib.suppress(ObjectNotFound):  # another process pruned it first
+                    await client.delete_block_document(document.id)
+
+
+@contextlib.asynccontextmanager
+async def given_servers(urls: Sequence[str], settings: Settings) -> AsyncIterator[list[str]]:
+    """`--server` URLs as one run's whole fleet: yields their names for `BatchSpec.servers`.
+
+    Each is saved as a `cli` block for the run and deleted after it; a server made in the Prefect UI with the
+    same URL is used as it is and kept.
+
+    Raises:
+        ConfigError when a server made in the Prefect UI has the name with another URL, or is disabled.
+    """
+    if not urls:
+        yield []
+        return
+    saved = {server.name: server for server in await saved_servers()}
+    wanted = [ServerConfig(name=name_from_url(url), url=url.rstrip("/"), slots=settings.default_slots, source="cli")
+              for url in dict.fromkeys(urls)]  # fmt: skip
+    for server in wanted:
+        if (other := saved.get(server.name)) is not None and other.source == "ui":
+            if other.url != server.url:
+                raise ConfigError(f"--server {server.url}: the server {server.name!r} points at {other.url}")
+            if not other.enabled:
+                raise ConfigError(f"--server {server.url}: the server {server.name!r} is disabled in the Prefect UI")
+    ours = [server for server in wanted if (other := saved.get(server.name)) is None or other.source != "ui"]
+    await sync_fleet(ours, saved=list(saved.values()))
+    await sync_limits(wanted)
+    try:
+        yield [server.name for server in wanted]
+    finally:
+        await delete_servers([server.name for server in ours])
 
 
 async def sync_limits(servers: Sequence[ServerConfig]) -> None:
@@ -93,11 +175,15 @@ async def saved_servers() -> list[ServerConfig]:
 
 
 def _config(name: str, data: dict[str, Any]) -> ServerConfig:
+    if "source" not in data:
+        # Saved before blocks carried a source: configuration named its blocks after the URL, people rarely do.
+        data = {**data, "source": "env" if name == name_from_url(str(data.get("url", ""))) else "ui"}
     return ComfyUIServer.model_validate(data).config(name)
 
 
 async def load_fleet(settings: Settings, *, only: Sequence[str] = ()) -> list[ServerConfig]:
-    """Configured servers (synced to blocks first) plus any other enabled saved servers.
+    """The fleet of `select_fleet`, after writing the configured servers to blocks and deleting the blocks an
+    earlier configuration wrote (only where this process has a configuration: a bare shell deletes nothing).
 
     Raises:
         ConfigError when the fleet is empty or `only` names an unknown server.
@@ -106,11 +192,8 @@ async def load_fleet(settings: Settings, *, only: Sequence[str] = ()) -> list[Se
     saved = await saved_servers()
     if configured:
         await sync_fleet(configured, saved=saved)
-    by_name = {server.name: server for server in saved if server.enabled}
-    by_name.update({server.name: server for server in configured})
-    if unknown := sorted(set(only) - set(by_name)):
-        raise ConfigError(f"unknown server(s) {unknown}; the fleet has {sorted(by_name)}")
-    fleet = [by_name[name] for name in (only or sorted(by_name))]
+        await delete_servers(stale_servers(configured, saved))
+    fleet = select_fleet(configured, saved, only=only)
     if not fleet:
         raise ConfigError(
             "no ComfyUI servers configured: set COMFYUI_URLS=http://host:8188[,...], write comfybatch.toml, "

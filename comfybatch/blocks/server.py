@@ -1,6 +1,7 @@
 """The `ComfyUI Server` block (fleet config and secrets, editable in the Prefect UI)."""
 
 import re
+from typing import Literal
 
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -8,6 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from comfybatch.comfy.client import ComfyClient
 
 SERVER_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+ServerSource = Literal["ui", "env", "toml", "cli", "demo"]
+# Sources whose blocks last only as long as the configuration that wrote them names them.
+CONFIG_SOURCES: frozenset[ServerSource] = frozenset({"env", "toml", "cli", "demo"})
 
 
 def limit_name(server: str) -> str:
@@ -32,6 +37,7 @@ class ServerConfig(BaseModel):
     labels: tuple[str, ...] = ()
     api_token: SecretStr | None = None
     enabled: bool = True
+    source: ServerSource = "ui"
 
     @property
     def limit_name(self) -> str:
@@ -59,7 +65,12 @@ class ComfyUIServer(Block):
     slots: int = Field(2, ge=1, le=8, description="Prompts in flight at once: 1 running, the rest queued behind.")
     enabled: bool = Field(True, description="Disabled servers get no new jobs.")
     labels: list[str] = Field(default_factory=list, description="Free tags, e.g. models it holds ('sdxl').")
+    source: ServerSource = Field(
+        "ui", description="Who made it: ui (here, in the Prefect UI: always kept); env (COMFYUI_URLS), toml "
+        "(comfybatch.toml), demo (comfybatch up --demo): deleted once that configuration no longer names it; "
+        "cli (comfybatch run --server): only for that run.",
+    )  # fmt: skip
 
     def config(self, name: str) -> ServerConfig:
         return ServerConfig(name=name, url=self.url.rstrip("/"), slots=self.slots, labels=tuple(self.labels),
-                            api_token=self.api_token, enabled=self.enabled)  # fmt: skip
+                            api_token=self.api_token, enabled=self.enabled, source=self.source)  # fmt: skip

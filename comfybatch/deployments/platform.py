@@ -92,13 +92,18 @@ def port_free(port: int) -> bool:
     return True
 
 
+def fleet_env(state: PlatformState) -> dict[str, str]:
+    """How `up` hands its fleet to serve and the dashboard: the demo under its own name, so its blocks say `demo`."""
+    if not state.comfyui_urls:
+        return {}
+    return {"COMFYBATCH_DEMO_URLS" if state.demo else "COMFYUI_URLS": ",".join(state.comfyui_urls)}
+
+
 def start_serve(state: PlatformState) -> Component:
     """`comfybatch serve` in the background, pointed at this platform's Prefect server and fleet."""
     log = home() / "logs" / "serve.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PREFECT_API_URL": state.prefect_api_url}
-    if state.comfyui_urls:
-        env["COMFYUI_URLS"] = ",".join(state.comfyui_urls)
+    env = {**os.environ, "PREFECT_API_URL": state.prefect_api_url, **fleet_env(state)}
     with log.open("ab") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "comfybatch.cli", "serve"], env=env, stdout=sink, stderr=subprocess.STDOUT,
@@ -124,9 +129,8 @@ def start_dashboard(state: PlatformState, *, port: int, api_key: str | None) -> 
     """
     log = home() / "logs" / "dashboard.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PREFECT_API_URL": state.prefect_api_url, "COMFYBATCH_DASHBOARD_PORT": str(port)}
-    if state.comfyui_urls:
-        env["COMFYUI_URLS"] = ",".join(state.comfyui_urls)
+    env = {**os.environ, "PREFECT_API_URL": state.prefect_api_url, "COMFYBATCH_DASHBOARD_PORT": str(port),
+           **fleet_env(state)}  # fmt: skip
     if api_key is not None:
         env["COMFYBATCH_API_KEYS"] = f"local:{api_key}"
     with log.open("ab") as sink:

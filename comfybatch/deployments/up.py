@@ -88,7 +88,7 @@ def _ensure_prefect(state: PlatformState, port: int) -> None:
 
 
 def _ensure_fleet(state: PlatformState, *, demo: bool, count: int) -> None:
-    configured = configured_servers(get_settings())
+    configured = [server for server in configured_servers(get_settings()) if server.source != "demo"]
     if configured:  # real servers are never replaced by the demo
         state.comfyui_urls, state.demo = [server.url for server in configured], False
         return

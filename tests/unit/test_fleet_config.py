@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from comfybatch.blocks.fleet import configured_servers
-from comfybatch.blocks.server import name_from_url
+from comfybatch.blocks.fleet import configured_servers, select_fleet, stale_servers
+from comfybatch.blocks.server import ServerConfig, ServerSource, name_from_url
 from comfybatch.errors import ConfigError
 from comfybatch.settings import Settings
 
@@ -51,3 +51,50 @@ def test_configured_servers_bad_toml_names_the_entry(tmp_path: Path) -> None:
 def test_name_from_url_is_a_valid_block_name() -> None:
     """URLs with schemes, paths and odd characters become lowercase dash-separated names."""
     assert name_from_url("HTTPS://GPU_B.example:443/comfy/") == "gpu-b-example-443"
+
+
+def _server(name: str, source: ServerSource, *, enabled: bool = True) -> ServerConfig:
+    return ServerConfig(name=name, url=f"http://{name}:8188", source=source, enabled=enabled)
+
+
+def test_configured_servers_carry_their_source(tmp_path: Path) -> None:
+    """COMFYUI_URLS servers are `env`, `up --demo`'s are `demo`, and [[servers]] tables are `toml`."""
+    from_env = Settings(comfyui_urls="http://a:1", demo_urls="http://127.0.0.1:9", config_file=tmp_path / "no.toml")
+    config = tmp_path / "comfybatch.toml"
+    config.write_text('[[servers]]\nurl = "http://gpu-a:8188"\n')
+
+    assert [(s.name, s.source) for s in configured_servers(from_env)] == [("a-1", "env"), ("127-0-0-1-9", "demo")]
+    assert [s.source for s in configured_servers(Settings(config_file=config))] == ["toml"]
+
+
+def test_stale_servers_are_config_blocks_the_configuration_no_longer_names() -> None:
+    """Old demo, env and toml blocks are stale; UI blocks never are, nor `cli` blocks (their run deletes them)."""
+    configured = [_server("gpu-a", "env")]
+    saved = [_server("gpu-a", "env"), _server("old-demo", "demo"), _server("old-env", "env"),
+             _server("old-toml", "toml"), _server("mine", "ui"), _server("run-b", "cli")]  # fmt: skip
+
+    assert stale_servers(configured, saved) == ["old-demo", "old-env", "old-toml"]
+
+
+def test_select_fleet_is_configured_plus_enabled_ui_blocks() -> None:
+    """The fleet leaves out blocks of an earlier configuration, `cli` blocks and disabled UI blocks."""
+    configured = [_server("gpu-a", "env")]
+    saved = [_server("old-demo", "demo"), _server("mine", "ui"), _server("off", "ui", enabled=False),
+             _server("run-b", "cli")]  # fmt: skip
+
+    assert [s.name for s in select_fleet(configured, saved)] == ["gpu-a", "mine"]
+
+
+def test_select_fleet_only_means_only_those_servers() -> None:
+    """`only` (BatchSpec.servers, `run --server`) gives just those servers, a run's `cli` block included."""
+    configured = [_server("gpu-a", "env")]
+    saved = [_server("mine", "ui"), _server("run-b", "cli")]
+
+    assert [s.name for s in select_fleet(configured, saved, only=["run-b"])] == ["run-b"]
+    assert [s.name for s in select_fleet(configured, saved, only=["mine", "gpu-a"])] == ["mine", "gpu-a"]
+
+
+def test_select_fleet_refuses_a_server_of_an_earlier_configuration() -> None:
+    """Naming an old demo server is refused, naming the fleet that exists."""
+    with pytest.raises(ConfigError, match=r"unknown server\(s\) \['old-demo'\]; the fleet has \['gpu-a'\]"):
+        select_fleet([_server("gpu-a", "env")], [_server("old-demo", "demo")], only=["old-demo"])

@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from comfybatch.blocks.fleet import configured_servers
+from comfybatch.blocks.fleet import configured_servers, select_fleet
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.dashboard.deps import HubDep, KeyName, LauncherDep, SettingsDep
 from comfybatch.dashboard.launcher import Launcher
@@ -31,10 +31,9 @@ async def list_workflows(_key: KeyName) -> WorkflowList:
 
 
 async def fleet_servers(settings: Settings, launcher: Launcher) -> list[ServerConfig]:
-    """The fleet as the engine sees it: enabled saved blocks, overridden by configured servers; by name."""
-    by_name = {server.name: server for server in await launcher.saved_servers() if server.enabled}
-    by_name.update({server.name: server for server in configured_servers(settings)})
-    return [by_name[name] for name in sorted(by_name)]
+    """The fleet as the engine sees it: the configured servers plus enabled blocks made in the Prefect UI, by
+    name; blocks an earlier configuration wrote (an old demo, a `--server` URL) are not part of it."""
+    return select_fleet(configured_servers(settings), await launcher.saved_servers())
 
 
 @dataclass(frozen=True)
