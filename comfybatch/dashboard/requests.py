@@ -63,10 +63,9 @@ def check_parameters_size(spec: BatchSpec) -> None:
     size = len(json.dumps({"spec": spec.model_dump(mode="json")}, separators=(",", ":")).encode())
     if size >= MAX_PARAMETERS_BYTES:
         raise RequestTooLarge(
-            f"this batch request is {size:,} bytes as flow run parameters; Prefect stores at most "
-            f"{MAX_PARAMETERS_BYTES - 1:,}: upload the items as a sheet with PUT /api/uploads/{{filename}} "
+            f"this batch request is {size:,} bytes as flow run parameters; Prefect stores less than "
+            f"{MAX_PARAMETERS_BYTES:,}: upload the items as a sheet with PUT /api/uploads/{{filename}} "
             "and pass the `sheet` it returns (or split the batch)",
-            problems=(RequestProblem(f"at most {MAX_PARAMETERS_BYTES - 1:,} bytes in all", field="prompts"),),
         )
 
 
