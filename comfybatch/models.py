@@ -57,6 +57,11 @@ class BatchSpec(BaseModel):
     output: str | None = Field(None, description="Folder or fsspec URL; the configured output root when empty.")
     servers: list[str] = Field(default_factory=list, description="Only these servers (by name); all when empty.")
     dry_run: bool = Field(False, description="Validate against the fleet and estimate; render nothing.")
+    new_version: bool = Field(
+        False,
+        description="When a batch of this name exists with a different request, render this one as a new version "
+        "in a folder of its own (<name>.v2, …) instead of refusing it.",
+    )
 
     # Checks that need no file, server or template, so a bad request is refused where it arrives: the Prefect
     # form, the REST API (422/409 naming the field) or the CLI. The expansion repeats them with rows and columns.
@@ -170,7 +175,8 @@ class StoredFile(BaseModel):
     media: str = "images"
 
 
-JobStatus = Literal["done", "failed", "skipped"]
+# cancelled: the batch ended (cancel, stop, crash) before this job finished; a rerun renders it.
+JobStatus = Literal["done", "failed", "skipped", "cancelled"]
 
 
 class JobResult(BaseModel):
@@ -206,7 +212,9 @@ class BatchReport(BaseModel):
     output: str = ""
     manifest: list[str] = Field(default_factory=list)
     contact_sheets: list[str] = Field(default_factory=list)
+    cancelled: int = Field(0, description="Not rendered: the batch ended before these jobs finished.")
     failures: list[tuple[str, str]] = Field(default_factory=list, description="(job_key, error), first 50.")
+    ended: str = Field("", description="Why the run ended early (cancelled, stopped), empty when it ran to the end.")
     plan: list[str] = Field(default_factory=list)
 
     @property

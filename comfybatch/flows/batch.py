@@ -3,9 +3,11 @@
 import asyncio
 import contextlib
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable
 from typing import cast
+from uuid import UUID
 
 import httpx
 from prefect import flow, get_run_logger
@@ -14,21 +16,34 @@ from prefect.artifacts import (
     acreate_progress_artifact,
     acreate_table_artifact,
 )
-from prefect.client.schemas.objects import State
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    TaskRunFilter,
+    TaskRunFilterState,
+    TaskRunFilterStateType,
+)
+from prefect.client.schemas.objects import State, StateType
 from prefect.context import FlowRunContext
+from prefect.exceptions import TerminationSignal
+from prefect.states import Cancelled
 from prefect.tasks import exponential_backoff
+from pydantic import JsonValue
 
+from comfybatch.blocks.server import ServerConfig
 from comfybatch.comfy.follow import Timeouts
-from comfybatch.comfy.object_info import merge_object_infos
+from comfybatch.comfy.object_info import ObjectInfo, merge_object_infos
 from comfybatch.errors import BatchIncomplete, ConfigError
 from comfybatch.expansion import expand_batch
-from comfybatch.flows.plan import FleetPlan, beside, load_and_probe, plan_fleet, resolve_workflow
+from comfybatch.flows.plan import FleetPlan, ServerProbe, beside, load_and_probe, plan_fleet, resolve_workflow
 from comfybatch.models import BatchReport, BatchSpec, JobResult, JobSpec
 from comfybatch.outputs.contact_sheet import preview_data_uri, write_contact_sheets
+from comfybatch.outputs.identity import BatchFolder, claimed, find_folder, remember_request, request_identity
 from comfybatch.outputs.manifest import write_manifest
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.records import JobJournal, JobRecord
-from comfybatch.settings import get_settings
+from comfybatch.settings import Settings, get_settings
 from comfybatch.tasks.dispatch import SlotBroker
 from comfybatch.tasks.events import emit_batch_event, emit_item_event
 from comfybatch.tasks.job import JobContext, run_job
@@ -38,6 +53,7 @@ _PROGRESS_EVERY_S = 1.0
 _OK, _NO_CONTENT = 200, 204
 _PACE_EVERY_S = 1.0
 _PACE_STALL_S = 15.0
+_ENDING_READ_S = 5.0
 
 
 @flow(name="generate-batch", flow_run_name="{spec.name}", log_prints=False)
@@ -49,55 +65,92 @@ async def generate_batch(spec: BatchSpec) -> BatchReport:
         BatchIncomplete (after writing the manifest) when some jobs failed.
     """
     settings = get_settings()
+    store = OutputStore(spec.output or settings.output_root)
+    run = FlowRunContext.get()
+    run_id = str(run.flow_run.id) if run and run.flow_run else ""
+    # Identity first: a request that another one already holds this name for is refused before any probe.
+    identity = await asyncio.to_thread(request_identity, spec)
+    folder = await find_folder(store, spec, identity)
+    if spec.dry_run:
+        return await _dry_run(spec, settings, store, folder.relpath)
+    async with contextlib.AsyncExitStack() as stack:
+        # The claim's settle wait overlaps the fleet's probes.
+        (servers, probes, infos), folder = await beside(
+            load_and_probe(settings, only=spec.servers),
+            stack.enter_async_context(claimed(store, folder, run=run_id or f"local-{uuid.uuid4()}")),
+        )
+        return await _render(spec, settings, store, folder, identity, (servers, probes, infos), run_id)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _dry_run(spec: BatchSpec, settings: Settings, store: OutputStore, batch_dir: str) -> BatchReport:
     servers, probes, infos = await load_and_probe(settings, only=spec.servers)
     template = resolve_workflow(spec.workflow, infos)
     expansion = expand_batch(spec, template, object_info=merge_object_infos(infos.values()))
-    store = OutputStore(spec.output or settings.output_root)
-    journal = JobJournal(store, spec.name)
+    stored = await asyncio.to_thread(_still_stored, store, await JobJournal(store, batch_dir).load())
+    slots = {server.name: server.slots for server in servers if server.name in infos}
+    plan = plan_fleet(expansion.jobs, probes, infos, history=list(stored.values()), slots=slots)
+    await _publish_plan(spec, plan, len(expansion.jobs), expansion.duplicates)
+    return BatchReport(name=spec.name, dry_run=True, total=len(expansion.jobs), duplicates=expansion.duplicates,
+                       output=store.uri(batch_dir), plan=plan.summary_lines())  # fmt: skip
+
+
+async def _render(
+    spec: BatchSpec, settings: Settings, store: OutputStore, folder: BatchFolder, identity: dict[str, JsonValue],
+    fleet: tuple[list[ServerConfig], list[ServerProbe], dict[str, ObjectInfo]], run_id: str,
+) -> BatchReport:  # fmt: skip
+    servers, probes, infos = fleet
+    template = resolve_workflow(spec.workflow, infos)
+    expansion = expand_batch(spec, template, object_info=merge_object_infos(infos.values()))
+    batch_dir = folder.relpath
+    journal = JobJournal(store, batch_dir)
     records = await journal.load()
     stored = await asyncio.to_thread(_still_stored, store, records)
     slots = {server.name: server.slots for server in servers if server.name in infos}
     plan = plan_fleet(expansion.jobs, probes, infos, history=list(stored.values()), slots=slots)
-    if spec.dry_run or (expansion.jobs and plan.runnable == 0):
-        await _publish_plan(spec, plan, len(expansion.jobs), expansion.duplicates)
-    if spec.dry_run:
-        return BatchReport(name=spec.name, dry_run=True, total=len(expansion.jobs), duplicates=expansion.duplicates,
-                           output=store.uri(spec.name), plan=plan.summary_lines())  # fmt: skip
     if expansion.jobs and plan.runnable == 0:
+        await _publish_plan(spec, plan, len(expansion.jobs), expansion.duplicates)
         raise ConfigError("no server can run any job of this batch:\n" + "\n".join(plan.summary_lines()))
+    await remember_request(store, folder, identity)
 
     results = [stored[job.key] for job in expansion.jobs if job.key in stored]
     for result in results:
         emit_item_event(result.job, "skipped", files=[file.uri for file in result.files])
     todo = [job for job in expansion.jobs if job.key not in stored]
-    results += [_failed(job, plan.invalid[job.key]) for job in todo if job.key in plan.invalid]
+    invalid = [_failed(job, plan.invalid[job.key]) for job in todo if job.key in plan.invalid]
+    for result in invalid:
+        await journal.finished(result)
+    results += invalid
     runnable = deque(job for job in todo if job.key not in plan.invalid)
-    run = FlowRunContext.get()
-    run_id = str(run.flow_run.id) if run and run.flow_run else ""
     reachable = [server for server in servers if server.name in infos]
     broker = SlotBroker(reachable, batch=spec.name, priority=spec.priority, run_id=run_id)
     context = JobContext(
         broker=broker, store=store, journal=journal,
-        batch_dir=spec.name, timeouts=Timeouts(start_timeout_s=settings.start_timeout_s,
+        batch_dir=batch_dir, timeouts=Timeouts(start_timeout_s=settings.start_timeout_s,
                                                idle_timeout_s=settings.idle_timeout_s),
         eligible=plan.eligible, versions={p.name: p.comfyui_version or "" for p in probes},
-        recoverable={key: record for key, record in records.items() if record.state == "submitted"},
+        recoverable={key: record for key, record in records.items() if _recoverable(record)},
     )  # fmt: skip
     emit_batch_event(spec.name, "started", total=len(expansion.jobs), skipped=len(results))
-    # The plan artifact is written beside the first jobs: a slow Prefect write must not delay the first prompt.
-    async with broker:
-        drained, _ = await beside(
-            _drain(spec, runnable, context, total=len(expansion.jobs), already=len(results), run_id=run_id),
-            _publish_plan(spec, plan, len(expansion.jobs), expansion.duplicates, required=False),
-        )
-    results += drained
-    return await _finish(spec, store, expansion.jobs, results, skipped=len(stored), plan=plan,
-                         duplicates=expansion.duplicates)  # fmt: skip
+    ending = _Ending(spec, store, batch_dir, expansion.jobs, results, skipped=len(stored), plan=plan,
+                     duplicates=expansion.duplicates, journal=journal)  # fmt: skip
+    try:
+        # The plan artifact is written beside the first jobs: a slow Prefect write must not delay the first prompt.
+        async with broker:
+            await beside(
+                _drain(spec, runnable, context, results, total=len(expansion.jobs), run_id=run_id),
+                _publish_plan(spec, plan, len(expansion.jobs), expansion.duplicates, required=False),
+            )  # fmt: skip
+    except BaseException as exc:
+        # Cancelled, stopped or crashed: what exists is recorded before the run goes (never at success only).
+        await asyncio.shield(ending.early(exc, run_id=run_id))
+        raise
+    return await ending.finish()
 
 
 async def _drain(
-    spec: BatchSpec, queue: deque[JobSpec], context: JobContext, *, total: int, already: int, run_id: str
-) -> list[JobResult]:
+    spec: BatchSpec, queue: deque[JobSpec], context: JobContext, results: list[JobResult], *, total: int, run_id: str
+) -> None:
     """Run the queue with enough workers to keep every slot busy; each worker awaits one task at a time."""
     settings = get_settings()
     # No task tags: Prefect takes a `tag:<tag>` concurrency lease (a write on its server) around every tagged
@@ -106,7 +159,6 @@ async def _drain(
     job_task = run_job.with_options(
         retries=settings.job_retries, retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_backoff_s),
     )  # fmt: skip
-    results: list[JobResult] = []
     pacer = _RecorderPacer(run_id, limit=settings.max_unrecorded_task_runs)
 
     async def worker() -> None:
@@ -120,19 +172,21 @@ async def _drain(
             pacer.started += 1
             # An async task called from an async flow returns an awaitable, whatever the overloads say.
             state = await cast(Awaitable[State[JobResult]], job_task(job, context, return_state=True))
-            results.append(await _result_of(job, state))
+            result = await _result_of(job, state)
+            if result.status == "failed":
+                await context.journal.finished(result)  # the record knows it failed, and why
+            results.append(result)
 
     # Extra workers beyond the slot count wait in the broker, so a retry's back-off never idles a server.
     workers = min(len(queue), sum(s.slots for s in context.broker.servers.values()) + len(context.broker.servers))
     drained = asyncio.Event()
     async with asyncio.TaskGroup() as group:
-        group.create_task(_report_progress(spec, results, drained, total=total, already=already))
+        group.create_task(_report_progress(spec, results, drained, total=total))
         group.create_task(pacer.run(drained))
         async with asyncio.TaskGroup() as jobs:
             for _ in range(workers):
                 jobs.create_task(worker())
         drained.set()
-    return results
 
 
 class _RecorderPacer:
@@ -176,20 +230,18 @@ class _RecorderPacer:
         self.open.set()
 
 
-async def _report_progress(
-    spec: BatchSpec, results: list[JobResult], drained: asyncio.Event, *, total: int, already: int
-) -> None:
+async def _report_progress(spec: BatchSpec, results: list[JobResult], drained: asyncio.Event, *, total: int) -> None:
     """Keep the progress artifact current from beside the workers: a slow Prefect write never holds up a job."""
-    progress_id = await acreate_progress_artifact(progress=100.0 * already / max(total, 1),
+    progress_id = await acreate_progress_artifact(progress=100.0 * len(results) / max(total, 1),
                                                   description=f"{spec.name}: images finished")  # fmt: skip
-    reported = 0
+    reported = len(results)
     async with LeaseApi() as api:  # fast 503 retries: the last update must not hold up the batch's return
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(drained.wait(), _PROGRESS_EVERY_S)
             if len(results) != reported:
                 reported = len(results)
-                body = {"data": 100.0 * (already + reported) / max(total, 1)}
+                body = {"data": 100.0 * reported / max(total, 1)}
                 await api.send("PATCH", f"/artifacts/{progress_id}", body, accept=(_NO_CONTENT,))
             if drained.is_set():
                 return
@@ -203,6 +255,12 @@ async def _result_of(job: JobSpec, state: State[JobResult]) -> JobResult:
     result = _failed(job, message)
     emit_item_event(job, "failed", error=message)
     return result
+
+
+def _recoverable(record: JobRecord) -> bool:
+    """A prompt an earlier run submitted and never saw finish (it may still run, or be done on its server)."""
+    stopped = record.result is not None and record.result.status == "cancelled" and record.prompt_id is not None
+    return record.state == "submitted" or stopped
 
 
 def _failed(job: JobSpec, error: str) -> JobResult:
@@ -242,32 +300,104 @@ async def _publish_plan(spec: BatchSpec, plan: FleetPlan, jobs: int, duplicates:
     get_run_logger().info("%s: %s job(s); %s", spec.name, jobs, " ".join(plan.summary_lines()))
 
 
-async def _finish(
-    spec: BatchSpec, store: OutputStore, jobs: list[JobSpec], results: list[JobResult], *, skipped: int,
-    plan: FleetPlan, duplicates: int,
-) -> BatchReport:  # fmt: skip
-    results.sort(key=lambda result: result.job.index)
-    manifest = list(await asyncio.to_thread(write_manifest, store, spec.name, results))
-    axes = list(spec.sweep.axes) if len(spec.sweep.axes) == 2 and not spec.sweep.zipped else []
-    sheets = await asyncio.to_thread(write_contact_sheets, store, spec.name, results, sweep_axes=axes)
-    failures = [(r.job.job_key, r.error or "failed") for r in results if r.status == "failed"]
-    done = sum(1 for r in results if r.status == "done") - skipped
-    report = BatchReport(
-        name=spec.name, total=len(jobs), done=done, failed=len(failures), skipped=skipped, duplicates=duplicates,
-        output=store.uri(spec.name), manifest=manifest, contact_sheets=sheets, failures=failures[:50],
-        plan=plan.summary_lines(),
-    )  # fmt: skip
-    preview = await asyncio.to_thread(preview_data_uri, store, sheets[0]) if sheets else None
-    await _publish_results(spec, results, report, preview=preview)
-    emit_batch_event(spec.name, "finished", done=done, failed=len(failures), skipped=skipped)
-    if failures:
-        first_key, first_error = failures[0]
-        raise BatchIncomplete(
-            f"{spec.name}: {len(failures)} of {len(jobs)} job(s) failed; rerun to retry them (finished images are "
-            f"kept). First: {first_key}: {first_error}",
-            report=report,
+class _Ending:
+    """Writes a run's record at every ending: the manifest, contact sheets, artifacts and the finished event."""
+
+    def __init__(
+        self, spec: BatchSpec, store: OutputStore, batch_dir: str, jobs: list[JobSpec], results: list[JobResult], *,
+        skipped: int, plan: FleetPlan, duplicates: int, journal: JobJournal,
+    ) -> None:  # fmt: skip
+        self.spec, self.store, self.batch_dir, self.jobs, self.results = spec, store, batch_dir, jobs, results
+        self.skipped, self.plan, self.duplicates, self.journal = skipped, plan, duplicates, journal
+
+    async def finish(self) -> BatchReport:
+        """The record of a run that went to the end.
+
+        Raises:
+            BatchIncomplete (after writing everything) when some jobs failed.
+        """
+        report = await self._write(self.results)
+        if report.failures:
+            first_key, first_error = report.failures[0]
+            raise BatchIncomplete(
+                f"{self.spec.name}: {report.failed} of {report.total} job(s) failed; rerun to retry them (finished "
+                f"images are kept). First: {first_key}: {first_error}",
+                report=report,
+            )
+        return report
+
+    async def early(self, exc: BaseException, *, run_id: str) -> None:
+        """The record of a run that is going before its end: jobs not finished are written as cancelled, with why.
+
+        Never raises: the run's own ending (cancel, crash) must go on.
+        """
+        try:
+            reason = await _ending_reason(exc, run_id)
+            records = await self.journal.load()
+            finished = {result.job.key for result in self.results}
+            cancelled = []
+            for job in self.jobs:
+                if job.key in finished:
+                    continue
+                record = records.get(job.key)
+                result = JobResult(job=job, status="cancelled", error=reason, finished_at=time.time(),
+                                   server=record.server if record else None,
+                                   prompt_id=record.prompt_id if record else None)  # fmt: skip
+                if record is not None and record.state == "submitted":
+                    await self.journal.finished(result)  # in flight: the record says it was stopped, not lost
+                cancelled.append(result)
+            await self._write([*self.results, *cancelled], ended=reason)
+            if run_id:
+                await _cancel_task_runs(run_id, reason)
+        except Exception as error:  # the record is best effort here; the run's own ending decides its state
+            get_run_logger().warning("%s: record not fully written at its early end: %r", self.spec.name, error)
+
+    async def _write(self, results: list[JobResult], *, ended: str = "") -> BatchReport:
+        spec, store = self.spec, self.store
+        results = sorted(results, key=lambda result: result.job.index)
+        manifest = list(await asyncio.to_thread(write_manifest, store, self.batch_dir, results))
+        axes = list(spec.sweep.axes) if len(spec.sweep.axes) == 2 and not spec.sweep.zipped else []
+        sheets = await asyncio.to_thread(write_contact_sheets, store, self.batch_dir, results, sweep_axes=axes)
+        failures = [(r.job.job_key, r.error or "failed") for r in results if r.status == "failed"]
+        done = sum(1 for r in results if r.status == "done") - self.skipped
+        cancelled = sum(1 for r in results if r.status == "cancelled")
+        report = BatchReport(
+            name=spec.name, total=len(self.jobs), done=done, failed=len(failures), skipped=self.skipped,
+            cancelled=cancelled, duplicates=self.duplicates, output=store.uri(self.batch_dir), manifest=manifest,
+            contact_sheets=sheets, failures=failures[:50], plan=self.plan.summary_lines(), ended=ended,
+        )  # fmt: skip
+        preview = await asyncio.to_thread(preview_data_uri, store, sheets[0]) if sheets else None
+        await _publish_results(spec, results, report, preview=preview)
+        emit_batch_event(spec.name, "finished", done=done, failed=len(failures), skipped=self.skipped,
+                         cancelled=cancelled, ended=ended)  # fmt: skip
+        return report
+
+
+async def _ending_reason(exc: BaseException, run_id: str) -> str:
+    """Why the run ends early, in the user's words: the cancel's own message (who asked) where Prefect has one."""
+    reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "cancelled"
+    if not isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, TerminationSignal)):
+        reason = f"the run crashed: {type(exc).__name__}"
+    if run_id:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_ENDING_READ_S), get_client() as client:
+                state = (await client.read_flow_run(UUID(run_id))).state
+            if state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED) and state.message:
+                reason = state.message
+    return reason
+
+
+async def _cancel_task_runs(run_id: str, reason: str) -> None:
+    """Task runs stopped by the batch's end are Cancelled, not Crashed (Prefect's task engine calls any
+    cancellation a crash)."""
+    task_filter = TaskRunFilter(state=TaskRunFilterState(type=TaskRunFilterStateType(
+        any_=[StateType.CRASHED, StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED])))  # fmt: skip
+    async with asyncio.timeout(_ENDING_READ_S * 2), get_client() as client:
+        runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(run_id)])), task_run_filter=task_filter
         )
-    return report
+        for task_run in runs:
+            await client.set_task_run_state(task_run.id, Cancelled(message=reason), force=True)
 
 
 def _table_row(r: JobResult) -> dict[str, object]:

@@ -11,7 +11,7 @@ from prefect.tasks import exponential_backoff
 
 from comfybatch.comfy.events import ComfyEvent
 from comfybatch.comfy.follow import EventHandler, Timeouts
-from comfybatch.errors import ComfyBatchError, FleetExhausted, JobLost, JobTimeout, ServerUnavailable
+from comfybatch.errors import ComfyBatchError, FleetExhausted, JobInterrupted, JobLost, JobTimeout, ServerUnavailable
 from comfybatch.models import JobResult, JobSpec
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.pipeline import execute_job
@@ -97,7 +97,8 @@ async def _recover(job: JobSpec, record: JobRecord | None, context: JobContext, 
         async with _recovery_slot(context.broker, server, record.lease_id, context.timeouts) as slot:
             return await _run_on(job, slot, context, attempt, resume_prompt_id=prompt_id)
     except (NoServerAvailable, ComfyBatchError) as exc:
-        if isinstance(exc, ComfyBatchError) and not exc.failover:
+        # A prompt interrupted by the cancel that stopped the earlier run is rendered anew, not failed.
+        if isinstance(exc, ComfyBatchError) and not exc.failover and not isinstance(exc, JobInterrupted):
             raise
         get_run_logger().warning("%s: could not recover prompt %s on %s (%s); rendering anew",
                                  job.job_key, prompt_id, server, exc)  # fmt: skip
