@@ -1,0 +1,60 @@
+"""Blocks carry their source: a reconfigured platform forgets the servers of its earlier configuration."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import BlockDocumentUpdate
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from comfybatch.blocks.fleet import load_fleet, saved_servers
+from comfybatch.blocks.server import ComfyUIServer
+from comfybatch.settings import Settings
+from comfybatch.testing.prefect_server import LocalPrefectServer
+from tests.flows.conftest import PREFECT_SOCKETS
+
+pytestmark = [pytest.mark.anyio, PREFECT_SOCKETS, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def prefect_api(platform_prefect: LocalPrefectServer) -> Iterator[str]:
+    with temporary_settings(updates={PREFECT_API_URL: platform_prefect.api_url}):
+        yield platform_prefect.api_url
+
+
+async def test_load_fleet_after_reconfiguration_keeps_ui_blocks_only(prefect_api: str, tmp_path: Path) -> None:
+    """After COMFYUI_URLS changes and the demo stops, the old env and demo blocks are deleted; a block made in
+    the Prefect UI stays in the fleet, and a `cli` block an interrupted run left is saved but not in the fleet."""
+    absent = tmp_path / "absent.toml"
+    await load_fleet(Settings(comfyui_urls="http://127.0.0.1:1", demo_urls="http://127.0.0.1:2", config_file=absent))
+    await ComfyUIServer(url="http://studio:8188").asave("studio", overwrite=True)
+    await ComfyUIServer(url="http://127.0.0.1:3", source="cli").asave("127-0-0-1-3", overwrite=True)
+
+    fleet = await load_fleet(Settings(comfyui_urls="http://127.0.0.1:4", config_file=absent))
+
+    assert [(server.name, server.source) for server in fleet] == [("127-0-0-1-4", "env"), ("studio", "ui")]
+    assert sorted((server.name, server.source) for server in await saved_servers()) == [
+        ("127-0-0-1-3", "cli"), ("127-0-0-1-4", "env"), ("studio", "ui"),
+    ]  # fmt: skip
+
+
+async def test_blocks_saved_before_sources_count_as_configuration_when_named_after_their_url(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    """A block without a source named after its URL (what COMFYUI_URLS and --server wrote) is deleted on the next
+    load; one with a name a person chose stays in the fleet."""
+    for name, url in (("127-0-0-1-5", "http://127.0.0.1:5"), ("render-box", "http://127.0.0.1:6")):
+        block = ComfyUIServer(url=url)
+        document_id = await block.asave(name, overwrite=True)
+        async with get_client() as client:
+            document = await client.read_block_document(document_id)
+            data = {key: value for key, value in document.data.items() if key != "source"}
+            await client.update_block_document(document_id, BlockDocumentUpdate(data=data, merge_existing_data=False))
+
+    fleet = await load_fleet(Settings(comfyui_urls="http://127.0.0.1:7", config_file=tmp_path / "absent.toml"))
+
+    names = [server.name for server in fleet]
+    assert "render-box" in names
+    assert "127-0-0-1-5" not in names
+    assert "127-0-0-1-5" not in {server.name for server in await saved_servers()}
