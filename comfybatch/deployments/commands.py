@@ -1,5 +1,6 @@
 """The platform commands of the `comfybatch` CLI (registered in `comfybatch.cli`)."""
 
+import asyncio
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -42,12 +43,18 @@ def dashboard_link(state: PlatformState) -> str:
     return f"{part.url}/#key={key_file.read_text().strip()}" if own_key else f"{part.url}/"
 
 
-def stop() -> int:
-    """Stop everything `comfybatch up` started (only those processes, by pid)."""
-    from comfybatch.deployments import up as platform
+async def stop() -> int:
+    """Stop everything `comfybatch up` started (only those processes, by pid).
 
-    stopped = platform.stop()
+    A batch running then ends Cancelled, its record saying the platform stopped; running it again resumes it.
+    """
+    from comfybatch.deployments import up as platform
+    from comfybatch.deployments.handover import STOP_REASON
+
+    stopped, handover = await platform.stop(reason=STOP_REASON)
     print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    for run in handover.resumable:
+        print(f"  batch {run.name} was running: cancelled; run it again to resume")
     return 0
 
 
@@ -75,18 +82,28 @@ def logs(*, lines: int = 40) -> int:
     return 0
 
 
-def restart(*, port: int | None = None) -> int:
+async def restart(*, port: int | None = None) -> int:
     """Stop, then start again with the same kind of fleet (as many demo servers) on the same port.
+
+    A batch running then goes on in a new run of generate-batch (tagged `resumed-from:<old run id>`), which skips
+    the images already stored.
 
     Args:
         port: The Prefect server's port (default: the one it ran on).
     """
+    from comfybatch.deployments import up as platform
+    from comfybatch.deployments.handover import RESTART_REASON, resume
+
     state = load_state()
     demo_servers = sum(name.startswith("comfyui:") for name in state.components) or 2
     if port is None:
         port = urlsplit(state.prefect_api_url).port or DEFAULT_PREFECT_PORT
-    stop()
-    return up(demo=state.demo, demo_servers=demo_servers, port=port)
+    stopped, handover = await platform.stop(reason=RESTART_REASON)
+    print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    code = await asyncio.to_thread(up, demo=state.demo, demo_servers=demo_servers, port=port)
+    for old, new in zip(handover.resumable, await resume(handover, handover.resumable), strict=True):
+        print(f"  batch {old.name} resumed: flow run {new.id} (resumed-from:{old.id})")
+    return code
 
 
 async def serve(*, limit: int = 4) -> int:

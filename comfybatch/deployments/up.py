@@ -1,10 +1,12 @@
 """Bring the platform up, report on it, take it down (the functions behind `comfybatch up|status|stop`)."""
 
+import asyncio
 import sys
 from pathlib import Path
 
 from comfybatch.blocks.fleet import configured_servers
 from comfybatch.deployments.catalog import GENERATE_BATCH
+from comfybatch.deployments.handover import Handover, batches_under_way, record_ending
 from comfybatch.deployments.platform import (
     DEFAULT_PREFECT_PORT,
     Component,
@@ -24,6 +26,9 @@ from comfybatch.deployments.platform import (
 )
 from comfybatch.errors import ConfigError
 from comfybatch.settings import get_settings
+
+_STOP_S = 15.0
+_SERVE_STOP_S = 45.0
 
 
 def up(*, demo: bool, demo_servers: int = 2, port: int = DEFAULT_PREFECT_PORT) -> PlatformState:
@@ -121,13 +126,26 @@ def _ask(question: str) -> bool:
     return input(f"{question} [Y/n] ").strip().lower() in ("", "y", "yes")
 
 
-def stop() -> list[str]:
-    """Stop everything `up` started (serve first, Prefect last); return what was stopped."""
+async def stop(*, reason: str) -> tuple[list[str], Handover]:
+    """Stop everything `up` started (serve first, Prefect last); return what was stopped and the batches that were
+    running, whose record now says `reason` ended them.
+    """
     state = load_state()
+    prefect = state.components.get("prefect")
+    handover = Handover(state.prefect_api_url)
+    if prefect is not None and is_alive(prefect):
+        handover = await batches_under_way(state.prefect_api_url)
     order = sorted(state.components, key=lambda name: {"dashboard": 0, "serve": 0, "prefect": 2}.get(name, 1))
-    stopped = [name for name in order if stop_component(state.components[name])]
+    stopped = []
+    for name in order:
+        if name == "prefect" and handover.runs:
+            await record_ending(handover, reason)  # the runner is gone, its server still answers
+        # serve's runner cancels its flow runs on SIGTERM, giving each process up to 30 s to end.
+        timeout_s = _SERVE_STOP_S if name == "serve" else _STOP_S
+        if await asyncio.to_thread(stop_component, state.components[name], timeout_s=timeout_s):
+            stopped.append(name)
     save_state(PlatformState())
-    return stopped
+    return stopped, handover
 
 
 def status_lines() -> list[str]:
