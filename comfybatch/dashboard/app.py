@@ -28,6 +28,21 @@ _RETRY_AFTER_S = "5"
 _UNAVAILABLE = 503
 _ECHO_CHARS = 200  # of an invalid value echoed in a 422: a 5 MB prompt is not sent back
 _ECHO_ITEMS = 20
+# What any /api route may answer besides its success (documented in the OpenAPI schema; one handler sends them).
+_REFUSAL = {"application/json": {"schema": {"type": "object", "properties": {"detail": {}}, "required": ["detail"]}}}
+API_REFUSALS: dict[int | str, dict[str, Any]] = {
+    status: {"description": description, "content": _REFUSAL}
+    for status, description in (
+        (400, "The request is wrong: the message names the field, row, column or node"),
+        (401, "A valid API key is required"),
+        (404, "No such batch, item or file"),
+        (409, "The batch's name or state forbids this"),
+        (413, "The body, or the run parameters it makes, is over the limit the message names"),
+        (415, "The body must be sent with the content type the message names"),
+        (429, "The key's image quota is used up"),
+        (503, "The platform cannot take work now; try again after Retry-After seconds"),
+    )
+}
 
 
 async def _our_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -101,6 +116,6 @@ def create_app(settings: Settings | None = None, launcher: Launcher | None = Non
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(Exception, _internal)
     for module in (batches, images, stream, uploads, meta):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=API_REFUSALS)
     app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="page")  # last: the API routes come first
     return app
