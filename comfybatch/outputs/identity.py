@@ -7,7 +7,7 @@ never be part of a batch name, so a version folder never collides with another b
 
 `<name>/.batch/owner.json` is the run that works in the folder now, with a heartbeat. Two runs started at
 once under one identity both write it, wait `_SETTLE_S` and read it back: only the last writer goes on
-(Fischer's mutual exclusion, sound while a store write takes less than `_SETTLE_S`). A dead owner (its
+(Fischer's mutual exclusion, sound while a store write takes less than `_SETTLE_S`, 0.5 s). A dead owner (its
 process gone on this host, or its heartbeat older than `_STALE_S`) is taken over, so a rerun after a crash
 never waits. `<name>/.batch/runs/<flow_run_id>` lists every run that used the folder: the dashboard finds
 a run's folder by it.
@@ -40,7 +40,7 @@ RUNS_FOLDER = f"{RECORD_FOLDER}/runs"
 IDENTITY_FIELDS = ("workflow", "bindings", "prompts", "sweep", "defaults", "images_per_item", "seed_policy",
                    "base_seed")  # fmt: skip
 MAX_VERSIONS = 1000
-_SETTLE_S = 1.0
+_SETTLE_S = 0.5
 _HEARTBEAT_S = 10.0
 _STALE_S = 45.0
 _SHOWN_CHARS = 60
@@ -139,9 +139,7 @@ async def claimed(store: OutputStore, folder: BatchFolder, *, run: str) -> Async
         beat.cancel()
         await asyncio.gather(beat, return_exceptions=True)
         with contextlib.suppress(StorageError):
-            current = await asyncio.to_thread(_read_owner, store, owner_path)
-            if current is not None and current.run == run:
-                await asyncio.to_thread(store.delete, owner_path)
+            await asyncio.to_thread(_release, store, folder, run)
 
 
 async def remember_request(store: OutputStore, folder: BatchFolder, identity: dict[str, JsonValue]) -> None:
@@ -161,6 +159,21 @@ def run_folder(store: OutputStore, spec: BatchSpec, run: str) -> str:
             if not store.exists(relpath):
                 break
     return spec.name
+
+
+def _release(store: OutputStore, folder: BatchFolder, run: str) -> None:
+    """Give the folder up; a folder whose request was refused (no request recorded) is removed again."""
+    owner_path = f"{folder.relpath}/{OWNER_FILE}"
+    current = _read_owner(store, owner_path)
+    if current is not None and current.run == run:
+        store.delete(owner_path)
+    if folder.resumed or store.exists(f"{folder.relpath}/{REQUEST_FILE}"):
+        return
+    store.delete(f"{folder.relpath}/{RUNS_FOLDER}/{run}")
+    if (local := store.local_path(folder.relpath)) is not None:
+        for empty in (local / RUNS_FOLDER, local / RECORD_FOLDER, local):
+            with contextlib.suppress(OSError):  # not empty (another run's files): kept
+                empty.rmdir()
 
 
 async def _take(store: OutputStore, owner_path: str, me: Owner, folder: BatchFolder) -> None:
