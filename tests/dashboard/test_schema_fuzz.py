@@ -47,9 +47,6 @@ def only_documented_outages(ctx: Any, response: Any, case: Any) -> None:
         raise AssertionError(f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:300]}")
 
 
-# routes/uploads.py uses Starlette's deprecated HTTP_422_UNPROCESSABLE_ENTITY; under the suite's
-# filterwarnings=error that warning is a 500 (reported to the routes' owner; in production it is a warning).
-@pytest.mark.filterwarnings("ignore:'HTTP_422_UNPROCESSABLE_ENTITY' is deprecated")
 def test_dashboard_answers_as_its_schema_documents(dashboard_schema: Any) -> None:
     """Generated requests never get a 5xx other than a documented 503, nor an undocumented status or media type."""
     failures: dict[str, str] = {}

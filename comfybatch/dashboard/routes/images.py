@@ -23,7 +23,14 @@ def _thumbnail(data: bytes) -> bytes:
     return out.getvalue()
 
 
-@router.get("/{batch_id}/items/{key}/image")
+_IMAGE_MEDIA = {"image/png": {}, "application/octet-stream": {}}
+
+
+@router.get(
+    "/{batch_id}/items/{key}/image",
+    response_class=Response,
+    responses={200: {"content": _IMAGE_MEDIA, "description": "The stored file's bytes, or a PNG thumbnail."}},
+)
 async def get_image(
     batch_id: UUID, key: str, launcher: LauncherDep, _key: KeyName, thumb: Annotated[bool, Query()] = False
 ) -> Response:

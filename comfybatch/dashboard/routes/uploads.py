@@ -44,7 +44,7 @@ async def upload_sheet(filename: str, request: Request, settings: SettingsDep, _
     match = _NAME.match(filename)
     if match is None:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
             "filename: letters, digits, '.', '_', '-' and spaces, ending in .csv, .xlsx or .parquet",
         )
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
