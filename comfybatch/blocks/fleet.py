@@ -92,12 +92,15 @@ def select_fleet(
     """The fleet, by name: the configured servers plus enabled blocks made in the Prefect UI; with `only`, just
     those servers, which may also be the `cli` blocks of a `comfybatch run --server`.
 
-    A block another configuration wrote (an old `COMFYUI_URLS`, a stopped demo) is never part of it.
+    A block another configuration wrote (an old `COMFYUI_URLS`, a stopped demo) is not part of it. A process with
+    no configuration of its own (a dashboard or shell given only the Prefect URL) takes the configuration blocks
+    as the configured processes last left them (`load_fleet` deletes the stale ones), `cli` ones excepted.
 
     Raises:
         ConfigError when `only` names a server outside the fleet.
     """
-    by_name = {server.name: server for server in saved if server.enabled and server.source == "ui"}
+    kept = {"ui"} if configured else {"ui", "env", "toml", "demo"}
+    by_name = {server.name: server for server in saved if server.enabled and server.source in kept}
     by_name.update({server.name: server for server in configured})
     if only:
         given = {s.name: s for s in saved if s.enabled and s.source == "cli" and s.name not in by_name}

@@ -98,3 +98,10 @@ def test_select_fleet_refuses_a_server_of_an_earlier_configuration() -> None:
     """Naming an old demo server is refused, naming the fleet that exists."""
     with pytest.raises(ConfigError, match=r"unknown server\(s\) \['old-demo'\]; the fleet has \['gpu-a'\]"):
         select_fleet([_server("gpu-a", "env")], [_server("old-demo", "demo")], only=["old-demo"])
+
+
+def test_select_fleet_without_a_configuration_takes_the_saved_configuration_blocks() -> None:
+    """A dashboard given only the Prefect URL lists the env, toml and demo blocks the platform saved, never `cli`."""
+    saved = [_server("gpu-a", "env"), _server("demo-0", "demo"), _server("mine", "ui"), _server("run-b", "cli")]
+
+    assert [s.name for s in select_fleet([], saved)] == ["demo-0", "gpu-a", "mine"]
