@@ -23,7 +23,7 @@ def _thumbnail(data: bytes) -> bytes:
     return out.getvalue()
 
 
-_IMAGE_MEDIA = {"image/png": {}, "application/octet-stream": {}}
+_IMAGE_MEDIA: dict[str, dict[str, object]] = {"image/png": {}, "application/octet-stream": {}}
 
 
 @router.get(
