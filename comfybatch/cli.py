@@ -93,6 +93,7 @@ async def run(
     name: str | None = None,
     images_per_item: int = 1,
     dry_run: bool = False,
+    new_version: bool = False,
 ) -> int:
     """Run a batch in this process: one image job per sheet row or prompt, on the fleet.
 
@@ -109,6 +110,7 @@ async def run(
         name: Batch name (default: from the workflow and sheet names, so reruns resume).
         images_per_item: Images per row or prompt (seeds increment).
         dry_run: Validate against every server and estimate; render nothing.
+        new_version: When the batch name already holds a different request, render into the folder NAME.v2 (.v3, …) instead.
     """
     from comfybatch.blocks.fleet import given_servers
     from comfybatch.runner import default_name, parse_sets, run_with_progress
@@ -116,7 +118,7 @@ async def run(
 
     spec = BatchSpec(
         name=name or default_name(workflow, sheet), workflow=workflow, sheet=sheet, prompts=prompt or [],
-        defaults=parse_sets(set_ or []), images_per_item=images_per_item, dry_run=dry_run,
+        defaults=parse_sets(set_ or []), images_per_item=images_per_item, dry_run=dry_run, new_version=new_version,
         output=_absolute(out) if out and "://" not in out else out,  # the flow may run in another folder
         bindings={name: str(path) for name, path in parse_sets(bind or []).items()},
     )  # fmt: skip
