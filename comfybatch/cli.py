@@ -110,7 +110,7 @@ async def run(
         name: Batch name (default: from the workflow and sheet names, so reruns resume).
         images_per_item: Images per row or prompt (seeds increment).
         dry_run: Validate against every server and estimate; render nothing.
-        new_version: When the batch name already holds a different request, render into the folder NAME.v2 (.v3, …) instead.
+        new_version: When the name already holds another request, render into the folder NAME.v2 (.v3, …) instead.
     """
     from comfybatch.blocks.fleet import given_servers
     from comfybatch.runner import default_name, parse_sets, run_with_progress
