@@ -5,9 +5,10 @@ The same name with the same request resumes that folder; with another request it
 the fields that differ) unless the request asks for a new version (`<name>.v2`, `<name>.v3`, …: a dot can
 never be part of a batch name, so a version folder never collides with another batch).
 
-`<name>/.batch/owner.json` is the run that works in the folder now, with a heartbeat. Two runs started at
-once under one identity both write it, wait `_SETTLE_S` and read it back: only the last writer goes on
-(Fischer's mutual exclusion, sound while a store write takes less than `_SETTLE_S`, 0.5 s). A dead owner (its
+`<name>/.batch/owner.json` is the run that works in the folder now, with a heartbeat. On a local filesystem
+it is created atomically (a hard link). On object stores, which have no such operation, two runs started at
+once both write it, wait `_SETTLE_S` and read it back: only the last writer goes on (Fischer's mutual
+exclusion, sound while a store write takes less than `_SETTLE_S`, 0.5 s). A dead owner (its
 process gone on this host, or its heartbeat older than `_STALE_S`) is taken over, so a rerun after a crash
 never waits. `<name>/.batch/runs/<flow_run_id>` lists every run that used the folder: the dashboard finds
 a run's folder by it.
@@ -20,8 +21,10 @@ import json
 import os
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import fsspec  # type: ignore[import-untyped]
@@ -41,6 +44,7 @@ IDENTITY_FIELDS = ("workflow", "bindings", "prompts", "sweep", "defaults", "imag
                    "base_seed")  # fmt: skip
 MAX_VERSIONS = 1000
 _SETTLE_S = 0.5
+_TAKE_ATTEMPTS = 5
 _HEARTBEAT_S = 10.0
 _STALE_S = 45.0
 _SHOWN_CHARS = 60
@@ -177,6 +181,10 @@ def _release(store: OutputStore, folder: BatchFolder, run: str) -> None:
 
 
 async def _take(store: OutputStore, owner_path: str, me: Owner, folder: BatchFolder) -> None:
+    if (local := store.local_path(owner_path)) is not None:
+        if (other := await asyncio.to_thread(_take_local, local, me)) is not None:
+            raise _busy(folder, other)
+        return
     current = await asyncio.to_thread(_read_owner, store, owner_path)
     if current is not None and current.run != me.run and current.is_alive(time.time()):
         raise _busy(folder, current)
@@ -185,6 +193,35 @@ async def _take(store: OutputStore, owner_path: str, me: Owner, folder: BatchFol
     current = await asyncio.to_thread(_read_owner, store, owner_path)
     if current is not None and current.run != me.run:
         raise _busy(folder, current)
+
+
+def _take_local(path: Path, me: Owner) -> Owner | None:
+    """Claim on a local filesystem without waiting: a hard link fails if the owner file exists, and a stale owner
+    is renamed away (only one racer's rename succeeds). Returns the live owner that holds it, or None once ours."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(_TAKE_ATTEMPTS):
+        mine = path.with_name(f".owner.{uuid.uuid4().hex}.tmp")
+        mine.write_text(me.model_dump_json(), encoding="utf-8")
+        try:
+            os.link(mine, path)
+            return None
+        except FileExistsError:
+            pass
+        finally:
+            mine.unlink()
+        try:
+            current: Owner | None = Owner.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            continue  # released meanwhile: try again
+        except ValueError:
+            current = None  # torn: nobody owns it
+        if current is not None and (current.run == me.run or current.is_alive(time.time())):
+            return None if current.run == me.run else current
+        stale = path.with_name(f".stale.{uuid.uuid4().hex}")
+        with contextlib.suppress(FileNotFoundError):  # another racer moved it first
+            os.rename(path, stale)
+            stale.unlink()
+    raise BatchConflict(f"could not claim {path.parent.parent.name!r}: its owner file keeps changing; try again")
 
 
 async def _heartbeat(store: OutputStore, owner_path: str, me: Owner) -> None:
