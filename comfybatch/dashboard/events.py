@@ -10,10 +10,11 @@ event history (oldest first) the first time someone asks for it, before any numb
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -33,6 +34,11 @@ from comfybatch.dashboard.schemas import TERMINAL_STATES
 logger = logging.getLogger(__name__)
 
 EVENT_PREFIXES = ["comfybatch.", "prefect.flow-run."]
+# Flow-run events that are no state change: the engine's heartbeat (every few seconds of a run) and pull steps.
+_NOT_STATES = ["prefect.flow-run.heartbeat", "prefect.flow-run.pull-step."]
+_HISTORY_MARGIN = timedelta(minutes=1)  # clocks of the Prefect server and its clients differ a little
+# Prefect's event persister stores what it received at least every 5 s: a history read sooner may lack the newest.
+_PERSIST_LAG_S = 6.0
 _RECONNECT_PAUSE_S = 1.0
 _RECONNECT_MAX_PAUSE_S = 30.0
 
@@ -50,10 +56,21 @@ def run_id_of(event: Event) -> UUID | None:
     return None
 
 
+def state_of(event: Event) -> str | None:
+    """The state type a `prefect.flow-run.*` event reports (`COMPLETED`), or None for any other event."""
+    if not event.event.startswith("prefect.flow-run."):
+        return None
+    return (event.resource.get("prefect.state-type") or "").upper() or None
+
+
+def streamed(event: Event) -> bool:
+    """Whether a batch's stream carries the event: our events and its run's state changes, nothing else."""
+    return not event.event.startswith("prefect.flow-run.") or state_of(event) is not None
+
+
 def message_of(event: Event, seq: int) -> dict[str, Any]:
     """What a client receives: `seq`, `type` (`item.<state>`, `batch.<state>` or `run.<state>`) and the payload."""
-    if event.event.startswith("prefect.flow-run."):
-        state = (event.resource.get("prefect.state-type") or "").upper()
+    if (state := state_of(event)) is not None:
         body: dict[str, Any] = {"type": f"run.{state.lower()}", "state": state,
                                 "state_name": event.resource.get("prefect.state-name")}  # fmt: skip
     else:
@@ -69,15 +86,18 @@ class BatchLog:
     seen: set[UUID] = field(default_factory=set)
     sealed: bool = False
     ended: bool = False
+    sealed_at: tuple[float, datetime] | None = None  # monotonic and wall-clock time of sealing
+    caught_up: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def add(self, event: Event) -> bool:
-        if event.id in self.seen:
+        # A heartbeat once took a number of its own and reached clients as `{"type": "run.", "state": ""}`.
+        if event.id in self.seen or not streamed(event):
             return False
         self.seen.add(event.id)
         self.events.append(event)
-        if event.event.startswith("prefect.flow-run."):
-            self.ended = (event.resource.get("prefect.state-type") or "").upper() in TERMINAL_STATES
+        if (state := state_of(event)) is not None:
+            self.ended = state in TERMINAL_STATES
         if self.sealed:
             self.changed.set()
             self.changed = asyncio.Event()  # waiters hold the set one; later waiters get a fresh one
@@ -92,12 +112,15 @@ class BatchLog:
         for event in live:
             self.add(event)
         self.events.sort(key=lambda e: e.occurred)  # stable: arrival order breaks ties
-        self.ended = any(
-            (e.resource.get("prefect.state-type") or "").upper() in TERMINAL_STATES
-            for e in self.events
-            if e.event.startswith("prefect.flow-run.")
-        )
+        self.ended = any(state_of(e) in TERMINAL_STATES for e in self.events)
         self.sealed = True
+        self.sealed_at = (time.monotonic(), datetime.now(UTC))
+
+    def catch_up_in(self) -> float | None:
+        """Seconds until the history read at sealing is surely complete (None once caught up)."""
+        if self.caught_up or self.sealed_at is None:
+            return None
+        return max(self.sealed_at[0] + _PERSIST_LAG_S - time.monotonic(), 0.0)
 
 
 class EventHub:
@@ -142,7 +165,7 @@ class EventHub:
             self.metrics.observe(event, run_id)
 
     async def _subscribe(self) -> None:
-        event_filter = EventFilter(event=EventNameFilter(prefix=EVENT_PREFIXES))
+        event_filter = EventFilter(event=EventNameFilter(prefix=EVENT_PREFIXES, exclude_prefix=_NOT_STATES))
         pause = _RECONNECT_PAUSE_S
         while True:
             try:
@@ -171,7 +194,7 @@ class EventHub:
         async with lock:
             if not log.sealed:
                 await self.subscribed.wait()  # live events from here on reach the log
-                log.seal(await self.history(run_id, created - timedelta(minutes=1)))
+                log.seal(await self.history(run_id, created - _HISTORY_MARGIN))
         self._sealing.pop(run_id, None)
         return log
 
@@ -186,18 +209,40 @@ class EventHub:
                 yield message_of(log.events[position - 1], position)
             if log.ended:
                 return
-            await changed.wait()
+            try:
+                async with asyncio.timeout(log.catch_up_in()):
+                    await changed.wait()
+            except TimeoutError:
+                await self._catch_up(run_id, log)
 
-    def latest(self, run_id: UUID) -> int:
+    async def _catch_up(self, run_id: UUID, log: BatchLog) -> None:
+        """Add events that happened before the subscription but were not stored yet when the log was sealed.
+
+        Without this a batch that ended seconds before its first stream never showed its ending: the stream hung.
+        """
+        if log.caught_up or log.sealed_at is None:
+            return
+        log.caught_up = True  # before the await: concurrent streams of the batch read the history once
+        for event in sorted(await self.history(run_id, log.sealed_at[1] - _HISTORY_MARGIN), key=lambda e: e.occurred):
+            log.add(event)  # appended: numbers already sent never change
+
+    async def latest(self, run_id: UUID, created: datetime) -> int:
+        """The last sequence number a stream of the batch would send now (0 before its first event)."""
         log = self._logs.get(run_id)
-        return len(log.events) if log and log.sealed else 0
+        if log is not None and log.sealed:
+            return len(log.events)
+        if self.subscribed.is_set():  # live events reach the log: number it now, as a stream would
+            return len((await self.log(run_id, created)).events)
+        # Not subscribed (an app without its lifespan): a stream would number the stored history, once each.
+        history = await self.history(run_id, created - _HISTORY_MARGIN)
+        return len({event.id for event in history if streamed(event)})
 
 
 def history_filter(run_id: UUID, since: datetime) -> EventFilter:
     """Prefect's stored events of one batch's run, oldest first."""
     return EventFilter(
         occurred=EventOccurredFilter(since=since, until=datetime.now(since.tzinfo) + timedelta(days=1)),
-        event=EventNameFilter(prefix=EVENT_PREFIXES),
+        event=EventNameFilter(prefix=EVENT_PREFIXES, exclude_prefix=_NOT_STATES),
         any_resource=EventAnyResourceFilter(id=[f"prefect.flow-run.{run_id}"]),
         order=EventOrder.ASC,
     )

@@ -1,6 +1,8 @@
 """The dashboard's only link to Prefect and the output store (the test seam)."""
 
 import asyncio
+import hashlib
+import json
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
@@ -8,7 +10,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
-from weakref import WeakKeyDictionary
+from weakref import WeakKeyDictionary, WeakValueDictionary
 
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
@@ -17,11 +19,12 @@ from prefect.client.schemas.filters import (
     FlowFilter,
     FlowFilterName,
     FlowRunFilter,
+    FlowRunFilterIdempotencyKey,
     FlowRunFilterName,
     FlowRunFilterState,
     FlowRunFilterStateType,
 )
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.events.clients import PrefectEventsClient, get_events_client
@@ -35,7 +38,7 @@ from comfybatch.blocks.fleet import saved_servers
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.dashboard.events import history_filter
 from comfybatch.dashboard.schemas import TERMINAL_STATES
-from comfybatch.errors import BatchNotFound, PlatformUnavailable
+from comfybatch.errors import BatchConflict, BatchNotFound, IdempotencyKeyReused, PlatformUnavailable
 from comfybatch.flows.preview import BatchPreview, preview_batch
 from comfybatch.models import BatchSpec
 from comfybatch.outputs.storage import OutputStore
@@ -47,12 +50,25 @@ from comfybatch.settings import Settings
 GENERATE_BATCH = "generate-batch/generate-batch"
 BATCH_COUNT_LIMIT = 200  # the Prefect API's page cap: `/metrics` counts the newest this many batches
 ACTIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
+_HAS_PROCESS = {StateType.RUNNING, StateType.PAUSED}  # a cancel goes through Cancelling: the runner stops it
 _PREVIEWS_KEPT = 64
 _STARTED_KEPT = 10_000
 _POLL_TTL_S = 1.0  # how stale a polled run or list may be while many clients poll
 _FINAL_TTL_S = 3600.0
 T = TypeVar("T")
 _DEPLOYMENT_TTL_S = 30.0  # a re-served deployment gets a new id; within this a request may see the old one
+
+
+def body_fingerprint(spec_parameter: Any) -> str:
+    """sha256 of a batch request's canonical JSON (the run's `spec` parameter): what an Idempotency-Key repeats."""
+    canonical = json.dumps(spec_parameter, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _ended(run: FlowRun) -> BatchConflict | None:
+    if run.state_type is None or run.state_type.value not in TERMINAL_STATES:
+        return None
+    return BatchConflict(f"batch {run.id} has already ended ({run.state_type.value}): there is nothing to cancel")
 
 
 def _failed(task: "asyncio.Task[Any]") -> bool:
@@ -96,13 +112,16 @@ class _Recent:
 class Launcher:
     """Start, list, read and cancel batches: flow runs of `generate-batch`, outputs in the store."""
 
-    def __init__(self, settings: Settings, *, api_url: str | None = None) -> None:
+    def __init__(self, settings: Settings, *, api_url: str | None = None, deployment: str = GENERATE_BATCH) -> None:
         self.settings = settings
         self.api_url = api_url
+        self.deployment = deployment
         self._previews: OrderedDict[UUID, BatchPreview] = OrderedDict()
         self._journals: OrderedDict[UUID, dict[str, JobRecord]] = OrderedDict()
-        self._started: OrderedDict[str, UUID] = OrderedDict()  # idempotency key -> the run it created
-        self._creating: dict[str, asyncio.Future[FlowRun]] = {}
+        # idempotency key -> the run it created and the fingerprint of the body it was created from
+        self._started: OrderedDict[str, tuple[UUID, str]] = OrderedDict()
+        self._creating: dict[str, tuple[str, asyncio.Future[tuple[FlowRun, str]]]] = {}
+        self._cancelling: WeakValueDictionary[UUID, asyncio.Lock] = WeakValueDictionary()
         # Between `open()` and `aclose()` (the app's lifespan) one Prefect client serves every request:
         # a new one per request costs a TLS context and a connection. Without a lifespan, one per call.
         self._clients: WeakKeyDictionary[asyncio.AbstractEventLoop, PrefectClient] = WeakKeyDictionary()
@@ -152,43 +171,81 @@ class Launcher:
         if self._deployment is not None and time.monotonic() - self._deployment[0] < _DEPLOYMENT_TTL_S:
             return self._deployment[1]
         try:
-            deployment = await client.read_deployment_by_name(GENERATE_BATCH)
+            deployment = await client.read_deployment_by_name(self.deployment)
         except ObjectNotFound as exc:
-            raise PlatformUnavailable(f"deployment {GENERATE_BATCH!r} is not served (run `comfybatch serve`)") from exc
+            raise PlatformUnavailable(f"deployment {self.deployment!r} is not served (run `comfybatch serve`)") from exc
         self._deployment = (time.monotonic(), deployment.id)
         return deployment.id
 
     async def start(self, spec: BatchSpec, idempotency_key: str | None, submitted_by: str) -> FlowRun:
-        """Create a flow run of `generate-batch`; the same `idempotency_key` returns the same run.
+        """Create a flow run of `generate-batch`; the same `idempotency_key` and body return the same run.
 
         Raises:
+            IdempotencyKeyReused: the key already created a batch from a different body.
             PlatformUnavailable: the deployment is not served.
         """
+        parameter = spec.model_dump(mode="json")
+        if not idempotency_key:
+            return await self._create(spec.name, parameter, None, submitted_by)
         # Namespaced by key name, so two clients choosing the same key never share a batch.
-        scoped_key = f"{submitted_by}:{idempotency_key}" if idempotency_key else None
-        if scoped_key is None:
-            return await self._create(spec, None, submitted_by)
+        scoped_key = f"{submitted_by}:{idempotency_key}"
+        body = body_fingerprint(parameter)
         if (known := self._started.get(scoped_key)) is not None:
-            return await self.get(known)  # a retry: no write to Prefect at all
+            self._check_same_body(idempotency_key, known, body)
+            return await self.get(known[0])  # a retry: no write to Prefect at all
         # Retries racing the first request wait for its answer instead of each writing to Prefect.
         creating = self._creating.get(scoped_key)
-        if creating is None or creating.done():
-            creating = self._creating[scoped_key] = asyncio.ensure_future(self._create(spec, scoped_key, submitted_by))
-            creating.add_done_callback(lambda _: self._creating.pop(scoped_key, None))
-        return await asyncio.shield(creating)
+        if creating is None or creating[1].done():
+            future = asyncio.ensure_future(self._create_keyed(spec.name, parameter, scoped_key, submitted_by))
+            creating = self._creating[scoped_key] = (body, future)
+            future.add_done_callback(lambda done: self._forget_creating(scoped_key, done))
+        elif creating[0] != body:
+            raise self._reused(idempotency_key, None)
+        run, stored = await asyncio.shield(creating[1])
+        self._check_same_body(idempotency_key, (run.id, stored), body)
+        return run
 
-    async def _create(self, spec: BatchSpec, scoped_key: str | None, submitted_by: str) -> FlowRun:
+    def _forget_creating(self, scoped_key: str, done: "asyncio.Future[tuple[FlowRun, str]]") -> None:
+        if (creating := self._creating.get(scoped_key)) is not None and creating[1] is done:
+            del self._creating[scoped_key]
+
+    def _check_same_body(self, idempotency_key: str, known: tuple[UUID, str], body: str) -> None:
+        if known[1] != body:
+            raise self._reused(idempotency_key, known[0])
+
+    @staticmethod
+    def _reused(idempotency_key: str, run_id: UUID | None) -> IdempotencyKeyReused:
+        batch = f"batch {run_id}" if run_id is not None else "a batch"
+        return IdempotencyKeyReused(f"Idempotency-Key {idempotency_key!r} was already used to start {batch} from a "
+                                    "different request body; send a new key with a new request")  # fmt: skip
+
+    async def _create_keyed(
+        self, name: str, parameter: dict[str, Any], scoped_key: str, submitted_by: str
+    ) -> tuple[FlowRun, str]:
+        """The key's run and its body's fingerprint: found in Prefect (created before this process started), else
+        created now."""
+        async with self._client() as client:
+            key_filter = FlowRunFilter(idempotency_key=FlowRunFilterIdempotencyKey(any_=[scoped_key]))
+            deployment_filter = DeploymentFilter(id=DeploymentFilterId(any_=[await self._deployment_id(client)]))
+            found = await client.read_flow_runs(flow_run_filter=key_filter, deployment_filter=deployment_filter,
+                                                limit=1)  # fmt: skip
+        run = found[0] if found else await self._create(name, parameter, scoped_key, submitted_by)
+        # Prefect returns the key's existing run to a create as well: the body is always the stored one's.
+        stored = body_fingerprint(run.parameters.get("spec"))
+        self._started[scoped_key] = (run.id, stored)
+        while len(self._started) > _STARTED_KEPT:
+            self._started.popitem(last=False)
+        return run, stored
+
+    async def _create(self, name: str, parameter: dict[str, Any], scoped_key: str | None, submitted_by: str) -> FlowRun:
         async with self._client() as client:
             run = await client.create_flow_run_from_deployment(
                 await self._deployment_id(client),
-                parameters={"spec": spec.model_dump(mode="json")},
+                parameters={"spec": parameter},
+                name=name,  # listed and found by `?name=` before the flow starts and names itself the same
                 idempotency_key=scoped_key,
                 tags=["comfybatch", "dashboard", f"submitted-by:{submitted_by}"],
             )
-        if scoped_key is not None:
-            self._started[scoped_key] = run.id
-            while len(self._started) > _STARTED_KEPT:
-                self._started.popitem(last=False)
         await self.record(run, "submitted", by=submitted_by)
         return run
 
@@ -233,24 +290,45 @@ class Launcher:
     async def cancel(self, flow_run_id: UUID, cancelled_by: str) -> FlowRun:
         """Ask Prefect to cancel a batch (state Cancelling; the runner stops the run); record who asked.
 
+        A batch already cancelling is answered as it is: no second state, no second event.
+
         Raises:
-            BatchNotFound.
+            BatchNotFound, BatchConflict: the batch has already ended.
         """
-        run = await self.get(flow_run_id)
-        async with self._client() as client:
-            # A run whose process has not started has nothing to stop: a runner would never move it on
-            # from Cancelling. Only a running batch needs the runner to end its process.
-            started = run.state is not None and run.state.type == StateType.RUNNING
+        lock = self._cancelling.get(flow_run_id)
+        if lock is None:
+            lock = self._cancelling[flow_run_id] = asyncio.Lock()
+        async with lock:  # two cancels of one batch in this process: the second sees the first one's state
+            run = await self._read_run(flow_run_id)  # never a shared answer: it may predate a cancel
+            if run.state_type == StateType.CANCELLING:
+                return run
+            if (ended := _ended(run)) is not None:
+                raise ended
             message = f"cancelled by {cancelled_by}"
-            result: OrchestrationResult[Any] = await client.set_flow_run_state(
-                flow_run_id, Cancelling(message=message) if started else Cancelled(message=message)
+            # A run whose process has not started has nothing to stop: a runner would never move it on from
+            # Cancelling. Not forced: Prefect's rules refuse to move a run that ended meanwhile.
+            proposed: State[Any] = (
+                Cancelling(message=message) if run.state_type in _HAS_PROCESS else Cancelled(message=message)
             )
-            if result.status != SetStateStatus.ACCEPT and not started:  # it started meanwhile
-                await client.set_flow_run_state(flow_run_id, Cancelling(message=message))
-            run = await client.read_flow_run(run.id)
-        self._recent.forget(("run", flow_run_id))
-        await self.record(run, "cancel-requested", by=cancelled_by)
-        return run
+            async with self._client() as client:
+                result: OrchestrationResult[Any] = await client.set_flow_run_state(flow_run_id, proposed, force=False)
+                run = await client.read_flow_run(flow_run_id)
+            self._recent.forget(("run", flow_run_id))
+            # Prefect may answer with its own state: Cancelled for a run it knows has no process to stop.
+            cancelled_now = result.status == SetStateStatus.ACCEPT or (
+                result.status == SetStateStatus.REJECT and result.state is not None
+                and result.state.type == StateType.CANCELLED
+            )  # fmt: skip
+            if cancelled_now:
+                await self.record(run, "cancel-requested", by=cancelled_by)
+                return run
+            if run.state_type == StateType.CANCELLING:  # someone else asked first
+                return run
+            reason = getattr(result.details, "reason", None) or result.status.value
+            state = run.state_type.value if run.state_type else "UNKNOWN"
+            raise _ended(run) or BatchConflict(
+                f"batch {flow_run_id} is {state}: Prefect refused to cancel it ({reason})"
+            )
 
     async def record(self, run: FlowRun, action: str, **payload: Any) -> None:
         """Emit `comfybatch.batch.<action>` for the batch's run: who did what, by key name (never the key)."""

@@ -1,14 +1,18 @@
 """The dashboard against a real platform: `prefect server start`, `comfybatch serve` and the suite's ComfyUI fleet."""
 
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+from prefect.client.orchestration import PrefectClient
+from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventOccurredFilter
 
 from comfybatch.dashboard.app import create_app
 from comfybatch.dashboard.launcher import GENERATE_BATCH, Launcher
@@ -17,6 +21,7 @@ from comfybatch.testing.live_app import serve_in_thread
 from comfybatch.testing.prefect_server import LocalPrefectServer
 from tests.conftest import SuiteFleet
 from tests.platform.conftest import TERMINAL, ServeProcess, platform_prefect, serve_env, serving
+from tests.support.graphs import delay, unique
 
 __all__ = ["platform_prefect"]
 
@@ -71,6 +76,37 @@ async def client(dashboard_platform: DashboardPlatform) -> AsyncIterator[httpx.A
 def tiny_spec(name: str, *prompts: str) -> dict[str, Any]:
     """A batch of the tiny template at one step: seconds on the test fleet."""
     return {"name": name, "workflow": "txt2img-tiny", "prompts": list(prompts), "defaults": {"steps": 1}}
+
+
+async def prefect_history(api_url: str, batch_id: str) -> tuple[list[str], list[str]]:
+    """The run's state types and its stored event names, as Prefect's own client reads them."""
+    run_id = uuid.UUID(batch_id)
+    since = datetime.now(UTC) - timedelta(hours=1)
+    event_filter = EventFilter(occurred=EventOccurredFilter(since=since, until=datetime.now(UTC) + timedelta(hours=1)),
+                               any_resource=EventAnyResourceFilter(id=[f"prefect.flow-run.{run_id}"]))  # fmt: skip
+    async with PrefectClient(api_url) as prefect:
+        states = [state.type.value for state in await prefect.read_flow_run_states(run_id)]
+        page = await prefect.read_events(event_filter, limit=50)
+        events = [event.event for event in page.events]
+        while page.next_page is not None:
+            page = await prefect.read_events_page(str(page.next_page))
+            events += [event.event for event in page.events]
+    return states, events
+
+
+async def wait_stored(api_url: str, batch_id: str, event_name: str, *, timeout_s: float = 30.0) -> None:
+    """Wait until Prefect's event store holds the run's `event_name` (its persister writes every few seconds)."""
+    deadline = time.monotonic() + timeout_s
+    while event_name not in (await prefect_history(api_url, batch_id))[1]:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{event_name} of {batch_id} not stored within {timeout_s:g} s", pytrace=False)
+        await anyio.sleep(0.5)
+
+
+def slow_spec(name: str, *nonces: str, seconds: float = 4.0) -> dict[str, Any]:
+    """One Delay job per nonce: a batch that stays queued or running for a while."""
+    return {"name": name, "workflow": delay(seconds, unique(name)), "bindings": {"nonce": "2.inputs.nonce"},
+            "sweep": {"axes": {"nonce": list(nonces)}}}  # fmt: skip
 
 
 async def wait_finished(http: httpx.AsyncClient, batch_id: str, *, timeout_s: float = 120.0) -> dict[str, Any]:

@@ -2,8 +2,12 @@
 
 import csv
 import io
+import time
 import uuid
+from collections import Counter
+from typing import Any
 
+import anyio
 import httpx
 import pytest
 from PIL import Image
@@ -12,7 +16,16 @@ from comfybatch.dashboard.app import create_app
 from comfybatch.dashboard.launcher import GENERATE_BATCH, Launcher
 from comfybatch.deployments.catalog import GENERATE_BATCH as CATALOG_GENERATE_BATCH
 from comfybatch.settings import Settings
-from tests.dashboard.conftest import ALLOWED_ORIGIN, AUTH, DashboardPlatform, RenderedBatches, tiny_spec, wait_finished
+from tests.dashboard.conftest import (
+    ALLOWED_ORIGIN,
+    AUTH,
+    DashboardPlatform,
+    RenderedBatches,
+    prefect_history,
+    slow_spec,
+    tiny_spec,
+    wait_finished,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -165,6 +178,136 @@ async def test_cancel_stops_a_running_batch(client: httpx.AsyncClient) -> None:
     assert cancelled.status_code == 202, cancelled.text
     assert cancelled.json()["state"] in {"CANCELLING", "CANCELLED"}
     assert final["state"] == "CANCELLED"
+
+
+async def _wait_state(http: httpx.AsyncClient, batch_id: str, state: str, *, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (body := (await http.get(f"/api/batches/{batch_id}", headers=AUTH)).json())["state"] != state:
+        if time.monotonic() > deadline:
+            pytest.fail(f"batch {batch_id} not {state} within {timeout_s:g} s: {body}", pytrace=False)
+        await anyio.sleep(0.2)
+
+
+_EVENT_FLUSH_S = 6.0  # Prefect's event persister writes what it received at least every 5 s
+
+
+async def test_cancel_of_a_finished_batch_is_409_and_writes_nothing(
+    client: httpx.AsyncClient, rendered: RenderedBatches, dashboard_platform: DashboardPlatform
+) -> None:
+    """Cancelling a COMPLETED batch twice answers 409 naming its state both times; no state, no event is added."""
+    batch_id = rendered.first["batch_id"]
+    states_before, events_before = await prefect_history(dashboard_platform.api_url, batch_id)
+
+    answers = [await client.post(f"/api/batches/{batch_id}/cancel", headers=AUTH) for _ in range(2)]
+    await anyio.sleep(_EVENT_FLUSH_S)
+    states_after, events_after = await prefect_history(dashboard_platform.api_url, batch_id)
+
+    assert [answer.status_code for answer in answers] == [409, 409], answers[0].text
+    assert all("COMPLETED" in answer.json()["detail"] for answer in answers)
+    assert states_after == states_before
+    assert Counter(events_after) == Counter(events_before)
+    assert (await client.get(f"/api/batches/{batch_id}", headers=AUTH)).json()["state"] == "COMPLETED"
+
+
+async def test_second_cancel_while_cancelling_adds_nothing(
+    client: httpx.AsyncClient, dashboard_platform: DashboardPlatform
+) -> None:
+    """A running batch cancelled twice gets one Cancelling state and one cancel request, and ends Cancelled once."""
+    created = await client.post("/api/batches", json=slow_spec("dash-cancel-twice", "a", "b", "c", "d"), headers=AUTH)
+    batch_id = created.json()["batch_id"]
+    await _wait_state(client, batch_id, "RUNNING")
+
+    first = await client.post(f"/api/batches/{batch_id}/cancel", headers=AUTH)
+    second = await client.post(f"/api/batches/{batch_id}/cancel", headers=AUTH)
+    final = await wait_finished(client, batch_id, timeout_s=90)
+    await anyio.sleep(_EVENT_FLUSH_S)
+    states, events = await prefect_history(dashboard_platform.api_url, batch_id)
+
+    assert (first.status_code, second.status_code) == (202, 202), second.text
+    assert (first.json()["state"], second.json()["state"]) == ("CANCELLING", "CANCELLING")
+    assert final["state"] == "CANCELLED"
+    assert (states.count("CANCELLING"), states.count("CANCELLED")) == (1, 1), states
+    assert events.count("comfybatch.batch.cancel-requested") == 1, events
+
+
+async def test_idempotency_key_with_another_body_is_422(client: httpx.AsyncClient) -> None:
+    """A key already used for one request is refused for a different one, naming the key; the first still answers."""
+    key = f"dash-idem-{uuid.uuid4().hex}"
+    headers = {**AUTH, "Idempotency-Key": key}
+    first_spec = {**tiny_spec("dash-idem-a", "a lonely tree"), "dry_run": True}
+
+    first = await client.post("/api/batches", json=first_spec, headers=headers)
+    other = await client.post("/api/batches", json={**first_spec, "name": "dash-idem-b"}, headers=headers)
+    again = await client.post("/api/batches", json=first_spec, headers=headers)
+
+    assert (first.status_code, other.status_code, again.status_code) == (202, 422, 202), other.text
+    assert key in other.json()["detail"]
+    assert again.json()["batch_id"] == first.json()["batch_id"]
+
+
+async def test_concurrent_retries_with_different_bodies_create_one_batch(client: httpx.AsyncClient) -> None:
+    """Two requests racing with one key and different bodies: one batch is created, the other request gets 422."""
+    headers = {**AUTH, "Idempotency-Key": f"dash-race-{uuid.uuid4().hex}"}
+    specs = [{**tiny_spec(f"dash-race-{n}", "a pond"), "dry_run": True} for n in ("a", "b")]
+    answers: dict[str, httpx.Response] = {}
+
+    async def post(spec: dict[str, Any]) -> None:
+        answers[spec["name"]] = await client.post("/api/batches", json=spec, headers=headers)
+
+    async with anyio.create_task_group() as group:
+        for spec in specs:
+            group.start_soon(post, spec)
+
+    assert sorted(answer.status_code for answer in answers.values()) == [202, 422]
+    winner = next(name for name, answer in answers.items() if answer.status_code == 202)
+    listed = (await client.get("/api/batches", params={"name": winner}, headers=AUTH)).json()["batches"]
+    loser = next(name for name in answers if name != winner)
+    assert (await client.get("/api/batches", params={"name": loser}, headers=AUTH)).json()["batches"] == []
+    assert len(listed) == 1
+
+
+async def test_idempotency_key_is_checked_across_a_dashboard_restart(dashboard_platform: DashboardPlatform) -> None:
+    """A new dashboard process finds the key's batch in Prefect: same body, same batch; another body, 422."""
+    headers = {**AUTH, "Idempotency-Key": f"dash-restart-{uuid.uuid4().hex}"}
+    spec = {**tiny_spec("dash-restart", "a quiet lake"), "dry_run": True}
+    async with dashboard_platform.client() as before_restart:
+        first = await before_restart.post("/api/batches", json=spec, headers=headers)
+
+    async with dashboard_platform.client() as after_restart:
+        other = await after_restart.post("/api/batches", json={**spec, "name": "dash-restart-b"}, headers=headers)
+        again = await after_restart.post("/api/batches", json=spec, headers=headers)
+        listed = (await after_restart.get("/api/batches", params={"name": "dash-restart"}, headers=AUTH)).json()
+
+    assert (first.status_code, other.status_code, again.status_code) == (202, 422, 202), other.text
+    assert headers["Idempotency-Key"] in other.json()["detail"]
+    assert again.json()["batch_id"] == first.json()["batch_id"]
+    assert [batch["batch_id"] for batch in listed["batches"]] == [first.json()["batch_id"]]
+
+
+async def test_list_by_name_finds_a_batch_that_has_not_started(client: httpx.AsyncClient) -> None:
+    """Right after creation the batch is listed under its own name, not a random Prefect run name."""
+    name = f"dash-named-{uuid.uuid4().hex[:8]}"
+    created = await client.post("/api/batches", json=slow_spec(name, "a"), headers=AUTH)
+    batch_id = created.json()["batch_id"]
+    try:
+        listed = (await client.get("/api/batches", params={"name": name}, headers=AUTH)).json()["batches"]
+    finally:
+        await client.post(f"/api/batches/{batch_id}/cancel", headers=AUTH)
+
+    assert [(batch["batch_id"], batch["name"]) for batch in listed] == [(batch_id, name)]
+
+
+async def test_deployment_not_served_is_503_with_retry_after(dashboard_platform: DashboardPlatform) -> None:
+    """A Prefect server without the deployment answers creates with 503 and Retry-After, naming the deployment."""
+    settings = dashboard_platform.settings()
+    launcher = Launcher(settings, api_url=dashboard_platform.api_url, deployment="generate-batch/not-served")
+    transport = httpx.ASGITransport(app=create_app(settings, launcher))
+    async with httpx.AsyncClient(transport=transport, base_url="http://dashboard") as http:
+        response = await http.post("/api/batches", json=tiny_spec("dash-unserved", "a cat"), headers=AUTH)
+
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"].isdigit()
+    assert "generate-batch/not-served" in response.json()["detail"]
 
 
 async def test_health_reports_prefect_and_each_comfyui(dashboard_platform: DashboardPlatform) -> None:

@@ -3,12 +3,16 @@
 import json
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from tests.dashboard.conftest import API_KEY, AUTH, tiny_spec
+from comfybatch.dashboard.app import create_app
+from comfybatch.dashboard.launcher import Launcher
+from comfybatch.testing.live_app import serve_in_thread
+from tests.dashboard.conftest import API_KEY, AUTH, DashboardPlatform, tiny_spec, wait_finished, wait_stored
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
 
@@ -50,6 +54,50 @@ async def test_stream_reports_each_item_done_and_the_run_ending(streamed: tuple[
     submitted = next(m for m in messages if m["type"] == "batch.submitted")
     assert submitted["by"] == "ci"
     assert types[-1] == "run.completed"
+
+
+async def test_stream_carries_no_empty_run_event(streamed: tuple[str, list[dict[str, Any]]]) -> None:
+    """Every `run.*` message names the run's state: no `{"type": "run.", "state": ""}` from other flow-run events."""
+    _, messages = streamed
+    runs = [m for m in messages if m["type"].startswith("run.")]
+
+    unnamed = [m for m in runs if not m["state"] or m["type"] != f"run.{m['state'].lower()}"]
+
+    assert runs, messages
+    assert unnamed == []
+
+
+async def test_events_seq_is_the_last_number_the_stream_sends(
+    dashboard_platform: DashboardPlatform, streamed: tuple[str, list[dict[str, Any]]]
+) -> None:
+    """A dashboard that has not streamed the batch yet reports `events_seq` equal to the last `seq` its stream sends."""
+    batch_id, _ = streamed
+    await wait_stored(dashboard_platform.api_url, batch_id, "prefect.flow-run.Completed")
+    settings = dashboard_platform.settings()
+    with serve_in_thread(create_app(settings, Launcher(settings, api_url=dashboard_platform.api_url))) as fresh:
+        async with httpx.AsyncClient(base_url=fresh, timeout=30) as http:
+            status = (await http.get(f"/api/batches/{batch_id}", headers=AUTH)).json()
+        messages = await _all_messages(_ws_url(fresh, batch_id), additional_headers=AUTH)
+
+    assert messages
+    assert status["events_seq"] == messages[-1]["seq"]
+
+
+async def test_stream_of_a_batch_that_just_ended_ends(
+    live_dashboard: str, dashboard_platform: DashboardPlatform
+) -> None:
+    """A dashboard started seconds after a batch ended (its last events not yet stored by Prefect) still streams
+    the ending and closes."""
+    async with httpx.AsyncClient(base_url=live_dashboard, timeout=30) as http:
+        created = await http.post("/api/batches", json=tiny_spec("dash-just-ended", "a wren"), headers=AUTH)
+        await wait_finished(http, created.json()["batch_id"])
+    settings = dashboard_platform.settings()
+    with serve_in_thread(create_app(settings, Launcher(settings, api_url=dashboard_platform.api_url))) as fresh:
+        with anyio.fail_after(60):
+            messages = await _all_messages(_ws_url(fresh, created.json()["batch_id"]), additional_headers=AUTH)
+
+    assert messages[-1]["type"] == "run.completed"
+    assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
 
 
 async def test_reconnect_after_n_replays_exactly_the_rest(

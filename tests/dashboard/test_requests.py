@@ -1,7 +1,6 @@
 """Requests before and around a batch: the dry run, uploads, what the API refuses, quotas, who cancelled."""
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
@@ -9,16 +8,9 @@ import pytest
 from comfybatch.dashboard.app import create_app
 from comfybatch.dashboard.launcher import Launcher
 from comfybatch.settings import Settings
-from tests.dashboard.conftest import API_KEY, AUTH, DashboardPlatform, tiny_spec, wait_finished
-from tests.support.graphs import delay, unique
+from tests.dashboard.conftest import API_KEY, AUTH, DashboardPlatform, slow_spec, tiny_spec, wait_finished
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
-
-
-def slow_spec(name: str, *nonces: str, seconds: float = 4.0) -> dict[str, Any]:
-    """One Delay job per nonce: a batch that stays queued or running for a while."""
-    return {"name": name, "workflow": delay(seconds, unique(name)), "bindings": {"nonce": "2.inputs.nonce"},
-            "sweep": {"axes": {"nonce": list(nonces)}}}  # fmt: skip
 
 
 @pytest.fixture

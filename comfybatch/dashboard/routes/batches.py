@@ -3,6 +3,7 @@
 import logging
 import time
 from collections import defaultdict
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -90,7 +91,10 @@ async def validate_batch(
     )  # fmt: skip
 
 
-@router.post("/batches", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/batches", status_code=status.HTTP_202_ACCEPTED,
+    responses={503: {"description": "The platform cannot take work now (see Retry-After)."}},
+)  # fmt: skip
 async def create_batch(
     spec: BatchSpec,
     request: Request,
@@ -99,7 +103,10 @@ async def create_batch(
     key_name: KeyName,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> BatchStarted:
-    """Start a batch: a flow run of `generate-batch` with `spec` as its parameter."""
+    """Start a batch: a flow run of `generate-batch` with `spec` as its parameter.
+
+    An `Idempotency-Key` sent again with the same body answers the same batch; with another body, 422.
+    """
     check_api_request(spec, settings)
     if (quota := settings.api_quota_images) is not None:
         adds = len((await launcher.preview(spec)).expansion.jobs)
@@ -162,7 +169,8 @@ async def get_batch(batch_id: UUID, request: Request, launcher: LauncherDep, hub
     return BatchStatus(batch_id=str(run.id), name=spec.name, state=state, state_name=state_name,
                        links=_links(request, run, launcher), counts=counts, submitted_by=_tagged(run, "submitted-by"),
                        cancelled_by=_cancelled_by(run), servers=dict(servers), eta_s=_eta(records, counts),
-                       failures=failures[:_FAILURES_SHOWN], events_seq=hub.latest(run.id))  # fmt: skip
+                       failures=failures[:_FAILURES_SHOWN],
+                       events_seq=await hub.latest(run.id, run.created or datetime.now(UTC)))  # fmt: skip
 
 
 def _tagged(run: FlowRun, name: str) -> str | None:
@@ -233,8 +241,14 @@ async def get_manifest(
     return Response(await launcher.read_file(spec, relpath), media_type=_MEDIA[format], headers=headers)
 
 
-@router.post("/batches/{batch_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/batches/{batch_id}/cancel", status_code=status.HTTP_202_ACCEPTED,
+    responses={404: {"description": "No such batch."}, 409: {"description": "The batch has already ended."}},
+)  # fmt: skip
 async def cancel_batch(batch_id: UUID, request: Request, launcher: LauncherDep, key_name: KeyName) -> BatchStarted:
-    """Ask Prefect to cancel the batch's flow run; the key's name is recorded as who cancelled."""
+    """Ask Prefect to cancel the batch's flow run; the key's name is recorded as who cancelled.
+
+    A batch still cancelling answers its state again and nothing is recorded twice; one that has ended answers 409.
+    """
     run = await launcher.cancel(batch_id, key_name)
     return BatchStarted(batch_id=str(run.id), name=run.name, state=_state(run)[0], links=_links(request, run, launcher))
