@@ -25,6 +25,7 @@ from tests.dashboard.conftest import (
     slow_spec,
     tiny_spec,
     wait_finished,
+    wait_stored,
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
@@ -196,6 +197,8 @@ async def test_cancel_of_a_finished_batch_is_409_and_writes_nothing(
 ) -> None:
     """Cancelling a COMPLETED batch twice answers 409 naming its state both times; no state, no event is added."""
     batch_id = rendered.first["batch_id"]
+    await wait_stored(dashboard_platform.api_url, batch_id, "prefect.flow-run.Completed")
+    await anyio.sleep(_EVENT_FLUSH_S)  # and whatever arrived with it
     states_before, events_before = await prefect_history(dashboard_platform.api_url, batch_id)
 
     answers = [await client.post(f"/api/batches/{batch_id}/cancel", headers=AUTH) for _ in range(2)]
