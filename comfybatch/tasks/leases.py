@@ -15,8 +15,9 @@ from typing import Self
 from uuid import UUID
 
 import httpx
+from prefect.client.orchestration import get_client
 from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse
-from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL
+from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY
 
 LEASE_S = 60.0  # Prefect's minimum: a dead holder's unjournaled slot returns after ~75 s
 _LOCKED, _UNAVAILABLE = 423, 503
@@ -41,7 +42,9 @@ class LeaseApi:
             headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
         elif key := PREFECT_API_KEY.value():
             headers["Authorization"] = f"Bearer {key}"
-        base = (PREFECT_API_URL.value() or "").rstrip("/")
+        # Prefect's own client knows where its API is in every mode: PREFECT_API_URL, or the temporary server it
+        # starts (once per process) when none is configured.
+        base = str(get_client().api_url).rstrip("/")
         self._http = httpx.AsyncClient(base_url=base, headers=headers, timeout=httpx.Timeout(30.0, connect=5.0))
 
     async def __aenter__(self) -> Self:

@@ -95,3 +95,23 @@ async def test_cli_run_server_renders_only_on_the_named_server(
     with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
         saved = await saved_servers()
     assert [(server.name, server.source) for server in saved] == [("studio-a", "ui")]
+
+
+def test_cli_run_with_no_prefect_server_configured_renders_every_image(comfy_fleet: SuiteFleet, tmp_path: Path) -> None:
+    """With no PREFECT_API_URL, Prefect starts its temporary server; slots, leases and progress go to it too, so
+    every image renders (issue 11 §4: every job failed with UnsupportedProtocol)."""
+    workflow = tmp_path / "delay.json"
+    workflow.write_text(json.dumps(through_graph("ComfybatchDelay", seconds=0.1)))
+    nonces = [f"temp-{uuid.uuid4().hex[:8]}-{index}" for index in range(3)]
+
+    done = subprocess.run(
+        [sys.executable, "-m", "comfybatch.cli", "run", "--workflow", str(workflow), "--bind",
+         "prompt=2.inputs.nonce", *(arg for nonce in nonces for arg in ("--prompt", nonce)), "--server",
+         comfy_fleet.servers[0].url, "--out", str(tmp_path / "out"), "--name", "temporary-prefect"],
+        cwd=tmp_path, env=_bare_env(PREFECT_HOME=str(tmp_path / "prefect")),
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    with (tmp_path / "out" / "temporary-prefect" / "manifest.csv").open(newline="") as manifest:
+        assert [row["status"] for row in csv.DictReader(manifest)] == ["done"] * 3
