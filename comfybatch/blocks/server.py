@@ -1,12 +1,14 @@
 """The `ComfyUI Server` block (fleet config and secrets, editable in the Prefect UI)."""
 
 import re
+from contextlib import AbstractAsyncContextManager
 from typing import Literal
 
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from comfybatch.comfy.client import ComfyClient
+from comfybatch.comfy.session import borrow_session
 
 SERVER_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
@@ -44,9 +46,15 @@ class ServerConfig(BaseModel):
         return limit_name(self.name)
 
     def client(self) -> ComfyClient:
-        """A new client; the caller closes it."""
-        token = self.api_token.get_secret_value() if self.api_token else None
-        return ComfyClient(self.url, name=self.name, api_key=token)
+        """A new client; the caller closes it (probes, one-off calls)."""
+        return ComfyClient(self.url, name=self.name, api_key=self._token())
+
+    def session(self) -> AbstractAsyncContextManager[ComfyClient]:
+        """Borrow the process's shared client for this server (one HTTP pool, one socket); jobs use this."""
+        return borrow_session(self.url, name=self.name, api_key=self._token())
+
+    def _token(self) -> str | None:
+        return self.api_token.get_secret_value() if self.api_token else None
 
 
 class ComfyUIServer(Block):

@@ -11,8 +11,7 @@ import os
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -32,7 +31,7 @@ from comfybatch.comfy.protocol import (
     UploadedFile,
 )
 from comfybatch.comfy.rejection import classify_rejection
-from comfybatch.comfy.socket import EventSocket
+from comfybatch.comfy.socket import EventHub
 from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.errors import ConfigError, DownloadError, ServerProtocolError, ServerUnavailable
 
@@ -44,7 +43,7 @@ _object_info_cache: dict[str, tuple[float, ObjectInfo]] = {}
 
 @functools.cache
 def _tls_context() -> ssl.SSLContext:
-    # Loading the CA bundle costs ~18 ms of CPU; one client is made per job, so share one context.
+    # Loading the CA bundle costs ~18 ms of CPU: one context for every client of the process.
     return ssl.create_default_context()
 
 
@@ -64,7 +63,9 @@ class DownloadedFile:
 
 
 class ComfyClient:
-    """One ComfyUI server. The creator closes it (`async with`).
+    """One ComfyUI server: a pooled HTTP client and one event socket shared by every prompt it follows.
+
+    The creator closes it (`async with`); jobs borrow the process's shared one (`comfy.session.borrow_session`).
 
     Example:
         async with ComfyClient("http://127.0.0.1:8188", name="gpu-a") as comfy:
@@ -79,6 +80,8 @@ class ComfyClient:
         api_key: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout_s: float = 30.0,
+        linger_s: float = 30.0,
+        close_when_idle: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.name = name or httpx.URL(self.base_url).netloc.decode()
@@ -90,6 +93,9 @@ class ComfyClient:
             headers=self._headers,
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
         )
+        # One event socket for every prompt this client follows; a shared session closes itself once idle.
+        self.events = EventHub(self.ws_url, self.name, headers=self._headers, linger_s=linger_s,
+                               on_idle=self._http.aclose if close_when_idle else None)  # fmt: skip
 
     async def __aenter__(self) -> Self:
         return self
@@ -100,16 +106,13 @@ class ComfyClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        await self.events.close()
         await self._http.aclose()
 
     @property
     def ws_url(self) -> str:
         url = httpx.URL(self.base_url)
         return str(url.copy_with(scheme="wss" if url.scheme == "https" else "ws", path=url.path.rstrip("/") + "/ws"))
-
-    @property
-    def auth_headers(self) -> dict[str, str]:
-        return dict(self._headers)
 
     # -- introspection -------------------------------------------------------------------------
 
@@ -259,7 +262,7 @@ class ComfyClient:
         self, workflow: ApiWorkflow, *, prompt_id: str | None = None, timeouts: Timeouts | None = None,
         on_event: EventHandler | None = None,
     ) -> PromptResult:  # fmt: skip
-        """Queue `workflow` on a fresh event socket and follow it to its end.
+        """Queue `workflow` and follow it to its end over the shared event socket.
 
         Raises:
             WorkflowRejected, ServerIncompatible, ServerUnavailable, JobLost, JobTimeout,
@@ -275,16 +278,6 @@ class ComfyClient:
             JobLost when the server knows nothing of it, and the errors of `run`.
         """
         return await resume_prompt(self, prompt_id, timeouts=timeouts or Timeouts())
-
-    @asynccontextmanager
-    async def events(self, *, ping_interval_s: float = 5.0) -> AsyncIterator[EventSocket]:
-        """Open `/ws` under a fresh client id (one per job; never reused after a drop on 0.3.x)."""
-        socket = EventSocket(self.ws_url, self.name, headers=self._headers, ping_interval_s=ping_interval_s)
-        await socket.open()
-        try:
-            yield socket
-        finally:
-            await socket.close()
 
     # -- plumbing ------------------------------------------------------------------------------
 

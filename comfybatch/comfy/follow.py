@@ -1,15 +1,16 @@
 """Follow one prompt to its end without ever missing a completion or submitting twice.
 
-Events come over the socket whose client id queued the prompt. `/history` is the source of
+Events come over the server's shared socket, routed by prompt_id. `/history` is the source of
 truth: every ending is confirmed there, and after a dropped socket the prompt is followed by
-polling `/history` and `/queue` (a fresh socket only wakes the poll early), because on 0.3.x a
-re-used client id can silently stop receiving (comfyui-protocol.md §2.5).
+polling `/history` and `/queue` (the socket's `status` broadcasts only wake the poll early),
+because on 0.3.x a re-used client id can silently stop receiving (comfyui-protocol.md §2.5).
 """
 
 import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from comfybatch.comfy.events import ComfyEvent
 from comfybatch.comfy.protocol import HistoryEntry, OutputFile
-from comfybatch.comfy.socket import EventSocket
+from comfybatch.comfy.socket import PromptEvents
 from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.errors import ComfyBatchError, JobFailed, JobInterrupted, JobLost, JobTimeout, ServerUnavailable
 
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from comfybatch.comfy.client import ComfyClient
 
 EventHandler = Callable[[ComfyEvent], None]
-_CONNECTION_TYPES = frozenset({"status", "feature_flags"})  # about the socket or queue, not our prompt
 _HISTORY_SETTLE_S = 5.0  # history is written before executing(null), but proxies may reorder
 logger = logging.getLogger(__name__)
 
@@ -99,43 +99,45 @@ async def run_prompt(
     client: "ComfyClient", workflow: ApiWorkflow, *, prompt_id: str, timeouts: Timeouts,
     on_event: EventHandler | None = None,
 ) -> PromptResult:  # fmt: skip
-    """Queue `workflow` as `prompt_id` on a fresh socket and follow it to its end."""
-    async with client.events() as socket, _cancel_on_exit(client, prompt_id):
+    """Queue `workflow` as `prompt_id` and follow it to its end over the server's shared socket."""
+    async with client.events.follow(prompt_id) as events, _cancel_on_exit(client, prompt_id):
         watch = _Watch(timeouts)
+        # With the socket down, an id no socket has: its events are dropped and the prompt is polled.
+        client_id = events.client_id or uuid.uuid4().hex
         try:
-            await client.queue_prompt(workflow, prompt_id=prompt_id, client_id=socket.client_id)
+            await client.queue_prompt(workflow, prompt_id=prompt_id, client_id=client_id)
         except ServerUnavailable:
             # The connection broke after sending: the server may have queued it. Never submit twice.
             if not await _is_known(client, prompt_id):
                 raise
             entry = await _reconcile(client, prompt_id, watch, "POST /prompt lost its answer")
         else:
-            entry = await _listen(client, socket, prompt_id, watch, on_event)
+            if events.client_id is None:
+                entry = await _reconcile(client, prompt_id, watch, "event socket is down")
+            else:
+                entry = await _listen(client, events, prompt_id, watch, on_event)
     return _result(client.name, prompt_id, entry, watch)
 
 
 async def resume_prompt(client: "ComfyClient", prompt_id: str, *, timeouts: Timeouts) -> PromptResult:
     """Follow a prompt this process did not queue (or lost the socket of) by polling."""
     watch = _Watch(timeouts)
-    async with _cancel_on_exit(client, prompt_id):
+    async with client.events.hold(), _cancel_on_exit(client, prompt_id):  # its status broadcasts wake the poll
         entry = await _poll(client, prompt_id, watch)
     return _result(client.name, prompt_id, entry, watch)
 
 
 async def _listen(
-    client: "ComfyClient", socket: EventSocket, prompt_id: str, watch: _Watch, on_event: EventHandler | None
+    client: "ComfyClient", events: PromptEvents, prompt_id: str, watch: _Watch, on_event: EventHandler | None
 ) -> HistoryEntry:
     while True:
         try:
-            event = await socket.receive(watch.remaining_s(listening=True))
+            event = await events.receive(watch.remaining_s(listening=True))
         except ServerUnavailable:
             return await _reconcile(client, prompt_id, watch, "event socket dropped")  # never re-submit
         if event is None:
             if watch.remaining_s(listening=True) <= 0:
                 return await _expire(client, prompt_id, watch)
-            continue
-        # The socket is ours alone; events that name another prompt are broadcasts of others.
-        if event.type in _CONNECTION_TYPES or (event.prompt_id is not None and event.prompt_id != prompt_id):
             continue
         watch.saw(event)
         if on_event is not None:
@@ -159,42 +161,21 @@ async def _is_known(client: "ComfyClient", prompt_id: str) -> bool:
 
 
 async def _poll(client: "ComfyClient", prompt_id: str, watch: _Watch) -> HistoryEntry:
-    wake: EventSocket | None = None
-    try:
-        with contextlib.suppress(ServerUnavailable):
-            wake = EventSocket(client.ws_url, client.name, headers=client.auth_headers)
-            await wake.open()  # status broadcasts tell us when the queue moves
-        while True:
+    while True:
+        if (entry := await client.get_history(prompt_id)) is not None:
+            return entry
+        position = (await client.get_queue()).position(prompt_id)
+        if position is None:
+            # It may have finished between the two reads.
             if (entry := await client.get_history(prompt_id)) is not None:
                 return entry
-            position = (await client.get_queue()).position(prompt_id)
-            if position is None:
-                # It may have finished between the two reads.
-                if (entry := await client.get_history(prompt_id)) is not None:
-                    return entry
-                raise JobLost("prompt is in neither /queue nor /history", server=client.name, prompt_id=prompt_id)
-            if position == "running" and watch.started_at is None:
-                watch.started_at = time.time()
-            if watch.remaining_s(listening=False) <= 0:
-                return await _expire(client, prompt_id, watch)
-            wait_s = min(watch.timeouts.poll_interval_s, max(watch.remaining_s(listening=False), 0.0))
-            wake = await _doze(wake, wait_s)
-    finally:
-        if wake is not None:
-            await wake.close()
-
-
-async def _doze(wake: EventSocket | None, wait_s: float) -> EventSocket | None:
-    """Wait up to `wait_s`, returning early on any message; drop the socket if it breaks."""
-    if wake is None:
-        await asyncio.sleep(wait_s)
-        return None
-    try:
-        await wake.receive(wait_s)
-    except ServerUnavailable:
-        await wake.close()
-        return None
-    return wake
+            raise JobLost("prompt is in neither /queue nor /history", server=client.name, prompt_id=prompt_id)
+        if position == "running" and watch.started_at is None:
+            watch.started_at = time.time()
+        if watch.remaining_s(listening=False) <= 0:
+            return await _expire(client, prompt_id, watch)
+        # The queue moving (a `status` broadcast on the shared socket) wakes us before the interval ends.
+        await client.events.wait_for_status(min(watch.timeouts.poll_interval_s, watch.remaining_s(listening=False)))
 
 
 async def _expire(client: "ComfyClient", prompt_id: str, watch: _Watch) -> HistoryEntry:

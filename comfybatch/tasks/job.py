@@ -75,7 +75,7 @@ async def _run_on(job: JobSpec, slot: Slot, context: JobContext, attempt: int, *
                   resume_prompt_id: str | None = None) -> JobResult:  # fmt: skip
     server = slot.server
     emit_item_event(job, "submitted", server=server.name, attempt=attempt)
-    async with server.client() as comfy:
+    async with server.session() as comfy:  # borrowed: nothing per job opens a connection
         result = await execute_job(
             comfy, job, store=context.store, journal=context.journal, batch_dir=context.batch_dir,
             timeouts=context.timeouts, attempt=attempt, resume_prompt_id=resume_prompt_id, lease_id=slot.lease_id,
