@@ -97,6 +97,11 @@ class EventHub:
         self._running: str | None = None  # the prompt executing for our client id (ComfyUI runs one at a time)
         self.connections = 0
 
+    @property
+    def client_id(self) -> str | None:
+        """The id the server gave the open connection (None while down): a fresh one per connection."""
+        return self._client_id
+
     @contextlib.asynccontextmanager
     async def hold(self) -> AsyncIterator[None]:
         """Keep the socket open while the block runs (a borrowed session, a prompt followed by polling)."""
