@@ -74,14 +74,18 @@ class UnexpectedResponse(ApiError):
 class BatchFailed(BatchIncomplete):
     """Raised by `wait_for_batch` when a batch ended FAILED, CRASHED or CANCELLED, or with failed items.
 
-    `statuses` holds the final status of every such batch; their `failures` name the items and why.
+    `statuses` holds the final status of every such batch; their `reason` says why it ended (who cancelled, the
+    first failure, "cancelled by comfybatch stop: …") and their `failures` name the items and why.
     """
 
     def __init__(self, statuses: "list[BatchStatus]") -> None:
         lines = []
         for status in statuses:
             lines.append(f"batch {status.name} ({status.batch_id}) ended {status.state}: "
-                         f"{status.counts.failed} of {status.counts.total} item(s) failed")  # fmt: skip
+                         f"{status.counts.failed} of {status.counts.total} item(s) failed, "
+                         f"{status.counts.cancelled} not rendered")  # fmt: skip
+            if status.reason:
+                lines.append(f"  why: {status.reason}")
             lines.extend(f"  - item {f.index if f.index is not None else '?'} ({f.key}): {f.error}"
                          for f in status.failures)  # fmt: skip
         super().__init__("\n".join(lines), report=statuses[0] if len(statuses) == 1 else statuses)

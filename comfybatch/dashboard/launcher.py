@@ -41,6 +41,7 @@ from comfybatch.dashboard.schemas import TERMINAL_STATES
 from comfybatch.errors import BatchConflict, BatchNotFound, IdempotencyKeyReused, PlatformUnavailable
 from comfybatch.flows.preview import BatchPreview, preview_batch
 from comfybatch.models import BatchSpec
+from comfybatch.outputs.identity import find_folder, request_identity, run_folder
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.records import JobJournal, JobRecord
 from comfybatch.settings import Settings
@@ -52,6 +53,7 @@ BATCH_COUNT_LIMIT = 200  # the Prefect API's page cap: `/metrics` counts the new
 ACTIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
 _HAS_PROCESS = {StateType.RUNNING, StateType.PAUSED}  # a cancel goes through Cancelling: the runner stops it
 _PREVIEWS_KEPT = 64
+_CANCELLED_BY = "cancelled by "
 _STARTED_KEPT = 10_000
 _POLL_TTL_S = 1.0  # how stale a polled run or list may be while many clients poll
 _FINAL_TTL_S = 3600.0
@@ -118,6 +120,8 @@ class Launcher:
         self.deployment = deployment
         self._previews: OrderedDict[UUID, BatchPreview] = OrderedDict()
         self._journals: OrderedDict[UUID, dict[str, JobRecord]] = OrderedDict()
+        self._folders: dict[UUID, str] = {}  # new_version runs: the version folder each claimed
+        self._endings: dict[UUID, str] = {}  # ended runs: why
         # idempotency key -> the run it created and the fingerprint of the body it was created from
         self._started: OrderedDict[str, tuple[UUID, str]] = OrderedDict()
         self._creating: dict[str, tuple[str, asyncio.Future[tuple[FlowRun, str]]]] = {}
@@ -436,6 +440,43 @@ class Launcher:
         """The output store the batch writes into."""
         return OutputStore(spec.output or self.settings.output_root)
 
+    async def ending_message(self, run: FlowRun) -> str | None:
+        """Why a batch ended other than COMPLETED. For a cancel, the message of the request itself ("cancelled by
+        <key>"): the runner's final Cancelled state carries its own words instead."""
+        state = run.state
+        if state is None or state.type.value not in TERMINAL_STATES or state.is_completed():
+            return None
+        if state.type != StateType.CANCELLED or (state.message or "").startswith(_CANCELLED_BY):
+            return state.message or state.name
+        if (known := self._endings.get(run.id)) is not None:
+            return known
+        async with self._client() as client:
+            history = await client.read_flow_run_states(run.id)
+        asked = [s.message for s in history if s.message and s.message.startswith(_CANCELLED_BY)]
+        message = asked[-1] if asked else (state.message or state.name or "cancelled")
+        self._endings[run.id] = message  # an ended run's history no longer changes
+        return message
+
+    async def check_identity(self, spec: BatchSpec) -> None:
+        """Refuse a request the batch's name already holds another request for, before any run is created.
+
+        Raises:
+            BatchConflict naming what differs (the flow checks again when it claims the folder).
+        """
+        store = self.store_of(spec)
+        await find_folder(store, spec, await asyncio.to_thread(request_identity, spec))
+
+    async def batch_dir(self, spec: BatchSpec, run_id: UUID | None = None) -> str:
+        """The folder the batch's run works in: the name's own, or the version folder a `new_version` run claimed."""
+        if not spec.new_version or run_id is None:
+            return spec.name
+        if (known := self._folders.get(run_id)) is not None:
+            return known
+        folder = await asyncio.to_thread(run_folder, self.store_of(spec), spec, str(run_id))
+        if folder != spec.name:  # claimed: it never changes again (before the claim, ask again next time)
+            self._folders[run_id] = folder
+        return folder
+
     async def records(self, spec: BatchSpec, run_id: UUID | None = None) -> dict[str, JobRecord]:
         """The batch's job journal, by item key (empty before the first job was submitted).
 
@@ -444,7 +485,7 @@ class Launcher:
         known = self._journals.get(run_id) if run_id is not None else None
         # Read afresh every time (only unfinished records cost a file read): a page reloaded mid-batch must never see
         # an item older than the events it already showed, so no shared, seconds-old answer here.
-        records = await JobJournal(self.store_of(spec), spec.name).load(known)
+        records = await JobJournal(self.store_of(spec), await self.batch_dir(spec, run_id)).load(known)
         if run_id is not None:
             self._journals[run_id] = records
             self._journals.move_to_end(run_id)

@@ -26,6 +26,7 @@ class BatchCounts(BaseModel):
     total: int = 0
     done: int = 0
     failed: int = 0
+    cancelled: int = Field(0, description="Not rendered: the batch ended (cancel, stop, crash) before they finished.")
     pending: int = 0
 
 
@@ -42,6 +43,7 @@ class BatchStatus(BatchStarted):
     counts: BatchCounts = Field(default_factory=BatchCounts)
     submitted_by: str | None = None
     cancelled_by: str | None = None
+    reason: str | None = Field(None, description="Why the batch ended other than COMPLETED, in Prefect's words.")
     servers: dict[str, ServerProgress] = Field(default_factory=dict, description="Progress per ComfyUI server.")
     eta_s: float | None = Field(None, description="Seconds left at the rate so far; none before the first image.")
     failures: list["ItemFailure"] = Field(default_factory=list, description="The first 20 failed items.")

@@ -7,42 +7,29 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable
 from typing import cast
-from uuid import UUID
 
 import httpx
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
     acreate_markdown_artifact,
     acreate_progress_artifact,
-    acreate_table_artifact,
 )
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterId,
-    TaskRunFilter,
-    TaskRunFilterState,
-    TaskRunFilterStateType,
-)
-from prefect.client.schemas.objects import State, StateType
+from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
-from prefect.exceptions import TerminationSignal
-from prefect.states import Cancelled
 from prefect.tasks import exponential_backoff
 from pydantic import JsonValue
 
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.comfy.follow import Timeouts
 from comfybatch.comfy.object_info import ObjectInfo, merge_object_infos
-from comfybatch.errors import BatchIncomplete, ConfigError
+from comfybatch.errors import ConfigError
 from comfybatch.expansion import expand_batch
+from comfybatch.flows.ending import Ending, record_ending
 from comfybatch.flows.plan import FleetPlan, ServerProbe, beside, load_and_probe, plan_fleet, resolve_workflow
 from comfybatch.models import BatchReport, BatchSpec, JobResult, JobSpec
-from comfybatch.outputs.contact_sheet import preview_data_uri, write_contact_sheets
 from comfybatch.outputs.identity import BatchFolder, claimed, find_folder, remember_request, request_identity
-from comfybatch.outputs.manifest import write_manifest
 from comfybatch.outputs.storage import OutputStore
-from comfybatch.records import JobJournal, JobRecord
+from comfybatch.records import JobJournal, JobRecord, write_plan
 from comfybatch.settings import Settings, get_settings
 from comfybatch.tasks.dispatch import SlotBroker
 from comfybatch.tasks.events import emit_batch_event, emit_item_event
@@ -56,7 +43,9 @@ _PACE_STALL_S = 15.0
 _ENDING_READ_S = 5.0
 
 
-@flow(name="generate-batch", flow_run_name="{spec.name}", log_prints=False)
+# The hooks write the record in the process that saw the run end (Prefect's runner), also when this one was killed.
+@flow(name="generate-batch", flow_run_name="{spec.name}", log_prints=False, on_cancellation=[record_ending],
+      on_crashed=[record_ending])  # fmt: skip
 async def generate_batch(spec: BatchSpec) -> BatchReport:
     """Render every job of `spec` on the fleet; rerunning the same batch skips what is already stored.
 
@@ -112,6 +101,7 @@ async def _render(
         await _publish_plan(spec, plan, len(expansion.jobs), expansion.duplicates)
         raise ConfigError("no server can run any job of this batch:\n" + "\n".join(plan.summary_lines()))
     await remember_request(store, folder, identity)
+    await asyncio.to_thread(write_plan, store, batch_dir, expansion.jobs, plan.eligible)
 
     results = [stored[job.key] for job in expansion.jobs if job.key in stored]
     for result in results:
@@ -132,8 +122,8 @@ async def _render(
         recoverable={key: record for key, record in records.items() if _recoverable(record)},
     )  # fmt: skip
     emit_batch_event(spec.name, "started", total=len(expansion.jobs), skipped=len(results))
-    ending = _Ending(spec, store, batch_dir, expansion.jobs, results, skipped=len(stored), plan=plan,
-                     duplicates=expansion.duplicates, journal=journal)  # fmt: skip
+    ending = Ending(spec, store, batch_dir, expansion.jobs, results, skipped=len(stored), plan=plan,
+                    duplicates=expansion.duplicates, journal=journal)  # fmt: skip
     try:
         # The plan artifact is written beside the first jobs: a slow Prefect write must not delay the first prompt.
         async with broker:
@@ -298,124 +288,3 @@ async def _publish_plan(spec: BatchSpec, plan: FleetPlan, jobs: int, duplicates:
             raise
         get_run_logger().warning("plan artifact not written: %r", exc)  # the batch itself is unaffected
     get_run_logger().info("%s: %s job(s); %s", spec.name, jobs, " ".join(plan.summary_lines()))
-
-
-class _Ending:
-    """Writes a run's record at every ending: the manifest, contact sheets, artifacts and the finished event."""
-
-    def __init__(
-        self, spec: BatchSpec, store: OutputStore, batch_dir: str, jobs: list[JobSpec], results: list[JobResult], *,
-        skipped: int, plan: FleetPlan, duplicates: int, journal: JobJournal,
-    ) -> None:  # fmt: skip
-        self.spec, self.store, self.batch_dir, self.jobs, self.results = spec, store, batch_dir, jobs, results
-        self.skipped, self.plan, self.duplicates, self.journal = skipped, plan, duplicates, journal
-
-    async def finish(self) -> BatchReport:
-        """The record of a run that went to the end.
-
-        Raises:
-            BatchIncomplete (after writing everything) when some jobs failed.
-        """
-        report = await self._write(self.results)
-        if report.failures:
-            first_key, first_error = report.failures[0]
-            raise BatchIncomplete(
-                f"{self.spec.name}: {report.failed} of {report.total} job(s) failed; rerun to retry them (finished "
-                f"images are kept). First: {first_key}: {first_error}",
-                report=report,
-            )
-        return report
-
-    async def early(self, exc: BaseException, *, run_id: str) -> None:
-        """The record of a run that is going before its end: jobs not finished are written as cancelled, with why.
-
-        Never raises: the run's own ending (cancel, crash) must go on.
-        """
-        try:
-            reason = await _ending_reason(exc, run_id)
-            records = await self.journal.load()
-            finished = {result.job.key for result in self.results}
-            cancelled = []
-            for job in self.jobs:
-                if job.key in finished:
-                    continue
-                record = records.get(job.key)
-                result = JobResult(job=job, status="cancelled", error=reason, finished_at=time.time(),
-                                   server=record.server if record else None,
-                                   prompt_id=record.prompt_id if record else None)  # fmt: skip
-                if record is not None and record.state == "submitted":
-                    await self.journal.finished(result)  # in flight: the record says it was stopped, not lost
-                cancelled.append(result)
-            await self._write([*self.results, *cancelled], ended=reason)
-            if run_id:
-                await _cancel_task_runs(run_id, reason)
-        except Exception as error:  # the record is best effort here; the run's own ending decides its state
-            get_run_logger().warning("%s: record not fully written at its early end: %r", self.spec.name, error)
-
-    async def _write(self, results: list[JobResult], *, ended: str = "") -> BatchReport:
-        spec, store = self.spec, self.store
-        results = sorted(results, key=lambda result: result.job.index)
-        manifest = list(await asyncio.to_thread(write_manifest, store, self.batch_dir, results))
-        axes = list(spec.sweep.axes) if len(spec.sweep.axes) == 2 and not spec.sweep.zipped else []
-        sheets = await asyncio.to_thread(write_contact_sheets, store, self.batch_dir, results, sweep_axes=axes)
-        failures = [(r.job.job_key, r.error or "failed") for r in results if r.status == "failed"]
-        done = sum(1 for r in results if r.status == "done") - self.skipped
-        cancelled = sum(1 for r in results if r.status == "cancelled")
-        report = BatchReport(
-            name=spec.name, total=len(self.jobs), done=done, failed=len(failures), skipped=self.skipped,
-            cancelled=cancelled, duplicates=self.duplicates, output=store.uri(self.batch_dir), manifest=manifest,
-            contact_sheets=sheets, failures=failures[:50], plan=self.plan.summary_lines(), ended=ended,
-        )  # fmt: skip
-        preview = await asyncio.to_thread(preview_data_uri, store, sheets[0]) if sheets else None
-        await _publish_results(spec, results, report, preview=preview)
-        emit_batch_event(spec.name, "finished", done=done, failed=len(failures), skipped=self.skipped,
-                         cancelled=cancelled, ended=ended)  # fmt: skip
-        return report
-
-
-async def _ending_reason(exc: BaseException, run_id: str) -> str:
-    """Why the run ends early, in the user's words: the cancel's own message (who asked) where Prefect has one."""
-    reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "cancelled"
-    if not isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, TerminationSignal)):
-        reason = f"the run crashed: {type(exc).__name__}"
-    if run_id:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(_ENDING_READ_S), get_client() as client:
-                state = (await client.read_flow_run(UUID(run_id))).state
-            if state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED) and state.message:
-                reason = state.message
-    return reason
-
-
-async def _cancel_task_runs(run_id: str, reason: str) -> None:
-    """Task runs stopped by the batch's end are Cancelled, not Crashed (Prefect's task engine calls any
-    cancellation a crash)."""
-    task_filter = TaskRunFilter(state=TaskRunFilterState(type=TaskRunFilterStateType(
-        any_=[StateType.CRASHED, StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED])))  # fmt: skip
-    async with asyncio.timeout(_ENDING_READ_S * 2), get_client() as client:
-        runs = await client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(run_id)])), task_run_filter=task_filter
-        )
-        for task_run in runs:
-            await client.set_task_run_state(task_run.id, Cancelled(message=reason), force=True)
-
-
-def _table_row(r: JobResult) -> dict[str, object]:
-    return {"job": r.job.job_key, "status": r.status, "seed": r.job.seed, "server": r.server or "",
-            "file": r.files[0].uri if r.files else "", "error": (r.error or "")[:200]}  # fmt: skip
-
-
-async def _publish_results(spec: BatchSpec, results: list[JobResult], report: BatchReport, *,
-                           preview: str | None) -> None:  # fmt: skip
-    rows = [_table_row(result) for result in results[:1000]]
-    await acreate_table_artifact(table=rows, key=f"{spec.name}-results", description=f"Jobs of {spec.name}")
-    lines = [
-        f"# {spec.name}", "", f"- done: {report.done}", f"- skipped (already stored): {report.skipped}",
-        f"- failed: {report.failed}", f"- output: `{report.output}`",
-        *(f"- manifest: `{uri}`" for uri in report.manifest), *(f"- sheet: `{uri}`" for uri in report.contact_sheets),
-    ]  # fmt: skip
-    if preview is not None:
-        lines += ["", f"![contact sheet of {spec.name}]({preview})"]
-    if report.failures:
-        lines += ["", "## Failures", *(f"- `{key}`: {error}" for key, error in report.failures[:20])]
-    await acreate_markdown_artifact(markdown="\n".join(lines), key=f"{spec.name}-summary", description="Batch summary")

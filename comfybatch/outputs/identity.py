@@ -30,7 +30,7 @@ from typing import Any
 import fsspec  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, JsonValue
 
-from comfybatch.errors import BatchConflict, StorageError
+from comfybatch.errors import BatchConflict, BatchRequestError, RequestProblem, StorageError
 from comfybatch.models import BatchSpec
 from comfybatch.outputs.storage import OutputStore
 
@@ -59,7 +59,7 @@ def request_identity(spec: BatchSpec) -> dict[str, JsonValue]:
     """What makes two requests the same batch: the image-deciding fields, and the sheet by its content.
 
     Raises:
-        BatchConflict: never; StorageError when the sheet cannot be read (the expansion names it better).
+        BatchRequestError naming the sheet when it cannot be read.
     """
     identity: dict[str, JsonValue] = spec.model_dump(mode="json", include=set(IDENTITY_FIELDS))
     identity["sheet_sha256"] = _sheet_digest(spec.sheet) if spec.sheet else None
@@ -262,7 +262,8 @@ def _sheet_digest(source: str) -> str:
         with fsspec.open(source, "rb") as handle:
             return hashlib.sha256(handle.read()).hexdigest()
     except (OSError, ValueError) as exc:
-        raise StorageError(f"cannot read sheet {source!r}: {type(exc).__name__}") from None
+        problem = RequestProblem(f"cannot read {source!r} ({type(exc).__name__})", field="sheet")
+        raise BatchRequestError("the sheet cannot be read", problems=(problem,)) from None
 
 
 def _process_exists(pid: int) -> bool:

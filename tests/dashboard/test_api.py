@@ -27,6 +27,7 @@ from tests.dashboard.conftest import (
     wait_finished,
     wait_stored,
 )
+from tests.support.graphs import fail, unique
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -323,3 +324,83 @@ async def test_health_reports_prefect_and_each_comfyui(dashboard_platform: Dashb
 
     assert response.status_code == 200, response.text
     assert response.json() == {"ok": True, "shim": "ok", "prefect": "ok", "comfyui": dict.fromkeys(urls, "ok")}
+
+
+async def test_a_failed_item_is_failed_in_the_status_with_its_reason(client: httpx.AsyncClient) -> None:
+    """Issue 10 §6: a batch whose one job failed reports failed 1, pending 0, the failure's message, no server
+    with a prompt in flight, and the item as failed (it stayed `submitted` before)."""
+    spec = {"name": "dash-fails", "workflow": fail("boom in the sampler", unique("dash-fails")),
+            "bindings": {"nonce": "2.inputs.nonce"}, "sweep": {"axes": {"nonce": [unique("n")]}}}  # fmt: skip
+    batch_id = (await client.post("/api/batches", json=spec, headers=AUTH)).json()["batch_id"]
+
+    final = await wait_finished(client, batch_id)
+    items = (await client.get(f"/api/batches/{batch_id}/items", headers=AUTH)).json()["items"]
+
+    assert final["state"] == "FAILED"
+    assert (final["counts"]["failed"], final["counts"]["pending"]) == (1, 0)
+    assert "boom in the sampler" in final["failures"][0]["error"]
+    assert all(server["in_flight"] == 0 for server in final["servers"].values())
+    assert [item["state"] for item in items] == ["failed"]
+    assert final["reason"]
+
+
+async def test_a_cancelled_batch_says_who_cancelled_and_which_items_were_not_rendered(
+    client: httpx.AsyncClient,
+) -> None:
+    """Issue 10 §6: after a cancel mid-batch no item stays `submitted`; unfinished ones are `cancelled`, the status
+    names who cancelled, and the manifest is written for what exists."""
+    created = await client.post("/api/batches", json=slow_spec("dash-stopped", *(unique("s") for _ in range(6)),
+                                                               seconds=2.0), headers=AUTH)  # fmt: skip
+    batch_id = created.json()["batch_id"]
+    deadline = time.monotonic() + 60
+    while not any(item["state"] in ("submitted", "running") for item in
+                  (await client.get(f"/api/batches/{batch_id}/items", headers=AUTH)).json()["items"]):  # fmt: skip
+        assert time.monotonic() < deadline, "no item was submitted within 60 s"
+        await anyio.sleep(0.3)
+
+    await client.post(f"/api/batches/{batch_id}/cancel", headers=AUTH)
+    final = await wait_finished(client, batch_id, timeout_s=90)
+    items = (await client.get(f"/api/batches/{batch_id}/items", headers=AUTH)).json()["items"]
+    manifest = await client.get(f"/api/batches/{batch_id}/manifest", headers=AUTH)
+
+    assert final["state"] == "CANCELLED"
+    assert final["cancelled_by"] == "ci"
+    assert final["counts"]["cancelled"] >= 1
+    assert not [item for item in items if item["state"] in ("submitted", "running", "queued")]
+    assert manifest.status_code == 200
+    assert "cancelled by ci" in manifest.text
+
+
+async def test_same_name_with_another_request_is_409_naming_the_difference(
+    client: httpx.AsyncClient, rendered: RenderedBatches
+) -> None:
+    """Issue 10 §1 over the API: `dash-one` again with other defaults is refused by validate and create alike,
+    naming `defaults`; no batch is created."""
+    changed = {**tiny_spec("dash-one", "a red fox", "a blue jay"), "defaults": {"steps": 2}}
+    before = len((await client.get("/api/batches?name=dash-one", headers=AUTH)).json()["batches"])
+
+    answers = [await client.post(path, json=changed, headers=AUTH) for path in ("/api/validate", "/api/batches")]
+    after = len((await client.get("/api/batches?name=dash-one", headers=AUTH)).json()["batches"])
+
+    assert [answer.status_code for answer in answers] == [409, 409]
+    assert all("defaults" in answer.json()["detail"] for answer in answers)
+    assert after == before
+
+
+async def test_a_new_version_renders_into_its_own_folder_and_serves_its_own_manifest(
+    client: httpx.AsyncClient, rendered: RenderedBatches, dashboard_platform: DashboardPlatform
+) -> None:
+    """`new_version` under a taken name renders into `<name>.v2`; its manifest route serves that folder's rows,
+    and the first version's files are untouched."""
+    first_manifest = (dashboard_platform.out / "dash-two" / "manifest.csv").read_bytes()
+    changed = {**tiny_spec("dash-two", "a green frog", "a cat"), "defaults": {"steps": 2}, "new_version": True}
+
+    batch_id = (await client.post("/api/batches", json=changed, headers=AUTH)).json()["batch_id"]
+    final = await wait_finished(client, batch_id)
+    manifest = await client.get(f"/api/batches/{batch_id}/manifest", headers=AUTH)
+
+    assert final["state"] == "COMPLETED"
+    rows = list(csv.DictReader(io.StringIO(manifest.text)))
+    assert [row["param.steps"] for row in rows] == ["2", "2"]
+    assert all("dash-two.v2" in row["outputs"] for row in rows)
+    assert (dashboard_platform.out / "dash-two" / "manifest.csv").read_bytes() == first_manifest

@@ -14,6 +14,7 @@ from comfybatch.dashboard.deps import HubDep, KeyName, LauncherDep, SettingsDep
 from comfybatch.dashboard.launcher import Launcher
 from comfybatch.dashboard.requests import check_api_request
 from comfybatch.dashboard.schemas import (
+    TERMINAL_STATES,
     BatchCounts,
     BatchLinks,
     BatchList,
@@ -47,10 +48,14 @@ def _state(run: FlowRun) -> tuple[str, str]:
     return (run.state_type.value if run.state_type else "UNKNOWN", run.state_name or "")
 
 
-def _item_state(record: JobRecord | None) -> str:
-    if record is None:
-        return "queued"
-    return record.result.status if record.result else "submitted"
+def _item_state(record: JobRecord | None, *, ended: bool) -> str:
+    """The item's state from its journal record; once the run has ended, what never finished was not rendered."""
+    state = "queued" if record is None else (record.result.status if record.result else "submitted")
+    return "cancelled" if ended and state in ("queued", "submitted") else state
+
+
+def _ended(run: FlowRun) -> bool:
+    return run.state_type is not None and run.state_type.value in TERMINAL_STATES
 
 
 async def _planned_jobs(launcher: Launcher, spec: BatchSpec, run: FlowRun) -> list[JobSpec] | None:
@@ -80,6 +85,7 @@ async def validate_batch(
 ) -> ValidationReport:
     """The fleet dry run of a request: expand it and check every job on every server; renders nothing."""
     check_api_request(spec, settings)
+    await launcher.check_identity(spec)
     preview = await launcher.preview(spec)
     plan = preview.plan
     index = {job.key: job.index for job in preview.expansion.jobs}
@@ -108,6 +114,7 @@ async def create_batch(
     An `Idempotency-Key` sent again with the same body answers the same batch; with another body, 422.
     """
     check_api_request(spec, settings)
+    await launcher.check_identity(spec)
     if (quota := settings.api_quota_images) is not None:
         adds = len((await launcher.preview(spec)).expansion.jobs)
         queued = await _queued_images(launcher, key_name)
@@ -148,16 +155,19 @@ async def get_batch(batch_id: UUID, request: Request, launcher: LauncherDep, hub
     spec = launcher.spec_of(run)
     records = await launcher.records(spec, run.id)
     jobs = await _planned_jobs(launcher, spec, run)
-    states = [_item_state(record) for record in records.values()]
-    total = len(jobs) if jobs is not None else len(records)
-    finished = sum(s in ("done", "skipped", "failed") for s in states)
+    ended = _ended(run)
+    keys = [job.key for job in jobs] if jobs is not None else list(records)
+    states = [_item_state(records.get(key), ended=ended) for key in keys]
+    total = len(keys)
+    finished = sum(s in ("done", "skipped", "failed", "cancelled") for s in states)
     counts = BatchCounts(total=total, done=sum(s in ("done", "skipped") for s in states),
-                         failed=states.count("failed"), pending=total - finished)  # fmt: skip
+                         failed=states.count("failed"), cancelled=states.count("cancelled"),
+                         pending=total - finished)  # fmt: skip
     servers: dict[str, ServerProgress] = defaultdict(ServerProgress)
     for record in records.values():
         if record.server is not None:
             progress = servers[record.server]
-            state = _item_state(record)
+            state = _item_state(record, ended=ended)
             progress.done += state == "done"
             progress.failed += state == "failed"
             progress.in_flight += state == "submitted"
@@ -166,9 +176,11 @@ async def get_batch(batch_id: UUID, request: Request, launcher: LauncherDep, hub
     failures = [ItemFailure(key=r.key, index=index.get(r.key), error=(r.result and r.result.error) or "failed")
                 for r in failed]  # fmt: skip
     state, state_name = _state(run)
+    reason = await launcher.ending_message(run)
     return BatchStatus(batch_id=str(run.id), name=spec.name, state=state, state_name=state_name,
                        links=_links(request, run, launcher), counts=counts, submitted_by=_tagged(run, "submitted-by"),
-                       cancelled_by=_cancelled_by(run), servers=dict(servers), eta_s=_eta(records, counts),
+                       cancelled_by=_cancelled_by(reason), reason=reason, servers=dict(servers),
+                       eta_s=_eta(records, counts),
                        failures=failures[:_FAILURES_SHOWN],
                        events_seq=await hub.latest(run.id, run.created or datetime.now(UTC)))  # fmt: skip
 
@@ -177,9 +189,11 @@ def _tagged(run: FlowRun, name: str) -> str | None:
     return next((tag.removeprefix(f"{name}:") for tag in run.tags if tag.startswith(f"{name}:")), None)
 
 
-def _cancelled_by(run: FlowRun) -> str | None:
-    message = run.state.message if run.state is not None else None
-    return message.removeprefix("cancelled by ") if message and message.startswith("cancelled by ") else None
+def _cancelled_by(reason: str | None) -> str | None:
+    """Who cancelled: the key's name, or the command ("comfybatch stop") before the message's explanation."""
+    if not reason or not reason.startswith("cancelled by "):
+        return None
+    return reason.removeprefix("cancelled by ").partition(": ")[0]
 
 
 def _eta(records: dict[str, JobRecord], counts: BatchCounts) -> float | None:
@@ -209,6 +223,7 @@ async def list_items(
         [(job.key, job) for job in jobs] if jobs is not None else [(key, None) for key in sorted(records)]
     )
     items = []
+    ended = _ended(run)
     for key, job in planned[offset : offset + limit]:
         record = records.get(key)
         result = record.result if record else None
@@ -217,7 +232,8 @@ async def list_items(
         prompt = _prompt_of(source) if source else None
         items.append(ItemStatus(
             key=key, index=job.index if job else None, prompt=prompt, seed=job.seed if job else None,
-            state=_item_state(record), server=record.server if record else None, error=result.error if result else None,
+            state=_item_state(record, ended=ended), server=record.server if record else None,
+            error=result.error if result else None,
             files=len(files), image=f"/api/batches/{batch_id}/items/{key}/image" if files else None,
         ))  # fmt: skip
     return ItemList(items=items, total=len(planned), limit=limit, offset=offset)
@@ -233,8 +249,9 @@ async def get_manifest(
     batch_id: UUID, launcher: LauncherDep, _key: KeyName, format: Literal["csv", "parquet"] = "csv"
 ) -> Response:
     """The batch manifest as CSV or Parquet, once the batch has written it."""
-    spec: BatchSpec = launcher.spec_of(await launcher.get(batch_id))
-    relpath = f"{spec.name}/manifest.{format}"
+    run = await launcher.get(batch_id)
+    spec: BatchSpec = launcher.spec_of(run)
+    relpath = f"{await launcher.batch_dir(spec, run.id)}/manifest.{format}"
     if not await launcher.exists(spec, relpath):
         raise BatchNotFound(f"batch {batch_id} has no manifest yet")
     headers = {"Content-Disposition": f'attachment; filename="{spec.name}-manifest.{format}"'}

@@ -40,6 +40,7 @@ async def get_image(
     record = (await launcher.records(spec, run.id)).get(key)
     files = record.result.files if record and record.result else []
     store = launcher.store_of(spec)
+    batch_dir = await launcher.batch_dir(spec, run.id)
     for stored in files:
         relpath = store.relpath_of(stored.uri)
         if relpath is None:
@@ -48,7 +49,7 @@ async def get_image(
             safe = check_relpath(relpath)
         except UnsafePath:
             continue
-        if not safe.startswith(f"{spec.name}/"):
+        if not safe.startswith(f"{batch_dir}/"):
             continue  # the journal of this batch only vouches for files in this batch's folder
         data = await launcher.read_file(spec, safe)
         if thumb:

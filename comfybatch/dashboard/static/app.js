@@ -3,7 +3,7 @@
 "use strict";
 
 const KEY_STORE = "comfybatch.apiKey";
-const TERMINAL_ITEM = new Set(["done", "failed", "skipped"]);
+const TERMINAL_ITEM = new Set(["done", "failed", "skipped", "cancelled"]);
 const PENDING_ITEM = new Set(["queued", "submitted", "retrying", "running"]);
 const TERMINAL_RUN = new Set(["COMPLETED", "FAILED", "CANCELLED", "CRASHED"]);
 const RANK = { queued: 0, submitted: 1, retrying: 1, running: 2 };
@@ -584,7 +584,9 @@ class BatchView {
       h("p", { class: "prompt", testid: "item-prompt", title: item.prompt || "" }, item.prompt || "(no prompt)"),
       h("p", { class: "meta" }, [number, item.seed != null && `seed ${item.seed}`, item.server].filter(Boolean).join(" · ")),
     ];
-    if (item.state === "failed") parts.push(h("p", { class: "error", testid: "item-error" }, item.error || "failed"));
+    if (item.state === "failed" || item.state === "cancelled") {
+      parts.push(h("p", { class: "error", testid: "item-error" }, item.error || item.state));
+    }
     card.replaceChildren(...parts);
     this.queueSummary();
   }
@@ -602,6 +604,7 @@ class BatchView {
       return h("div", { class: "media" }, parts);
     }
     if (item.state === "failed") return h("div", { class: "media failed" }, h("span", { class: "icon", "aria-hidden": "true" }, "✕"));
+    if (item.state === "cancelled") return h("div", { class: "media" }, h("span", { class: "note" }, "not rendered"));
     if (!item.image) return h("div", { class: "media" }, h("span", { class: "note" }, `${item.state}, no output file`));
     if (item.thumb) {
       return h("div", { class: "media" }, h("img", { testid: "thumb", src: item.thumb, alt: item.prompt || "output image" }));
@@ -635,7 +638,8 @@ class BatchView {
     badge.dataset.state = status.state;
     badge.className = `badge state-${String(status.state).toLowerCase()}`;
     const who = [status.submitted_by && `submitted by ${status.submitted_by}`,
-      status.cancelled_by && `cancelled by ${status.cancelled_by}`].filter(Boolean).join(" · ");
+      status.cancelled_by && `cancelled by ${status.cancelled_by}`,
+      !status.cancelled_by && status.reason].filter(Boolean).join(" · ");
     $(this.root, "batch-who").textContent = who;
     const link = $(this.root, "prefect-link");
     const href = status.links && safeHttpUrl(status.links.prefect_ui);
