@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 from weakref import WeakKeyDictionary, WeakValueDictionary
 
+from cachetools import LRUCache
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
     DeploymentFilter,
@@ -40,10 +41,10 @@ from comfybatch.dashboard.events import history_filter
 from comfybatch.dashboard.schemas import TERMINAL_STATES
 from comfybatch.errors import BatchConflict, BatchNotFound, IdempotencyKeyReused, PlatformUnavailable
 from comfybatch.flows.preview import BatchPreview, preview_batch
-from comfybatch.models import BatchSpec
-from comfybatch.outputs.identity import find_folder, request_identity, run_folder
+from comfybatch.models import BatchSpec, JobSpec
+from comfybatch.outputs.identity import RUNS_FOLDER, find_folder, request_identity, run_folder
 from comfybatch.outputs.storage import OutputStore
-from comfybatch.records import JobJournal, JobRecord
+from comfybatch.records import JobJournal, JobRecord, read_plan
 from comfybatch.settings import Settings
 
 # Same value as `deployments.catalog.GENERATE_BATCH` (a test keeps them equal): the dashboard never imports the
@@ -52,7 +53,8 @@ GENERATE_BATCH = "generate-batch/generate-batch"
 BATCH_COUNT_LIMIT = 200  # the Prefect API's page cap: `/metrics` counts the newest this many batches
 ACTIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
 _HAS_PROCESS = {StateType.RUNNING, StateType.PAUSED}  # a cancel goes through Cancelling: the runner stops it
-_PREVIEWS_KEPT = 64
+_PLANS_KEPT = 64
+_JOURNALS_KEPT = 64
 _CANCELLED_BY = "cancelled by "
 _STARTED_KEPT = 10_000
 _POLL_TTL_S = 1.0  # how stale a polled run or list may be while many clients poll
@@ -118,7 +120,8 @@ class Launcher:
         self.settings = settings
         self.api_url = api_url
         self.deployment = deployment
-        self._previews: OrderedDict[UUID, BatchPreview] = OrderedDict()
+        # A run's stored plan never changes once written: parsed once, kept for the newest runs read.
+        self._plans: LRUCache[UUID, list[JobSpec]] = LRUCache(maxsize=_PLANS_KEPT)
         self._journals: OrderedDict[UUID, dict[str, JobRecord]] = OrderedDict()
         self._folders: dict[UUID, str] = {}  # new_version runs: the version folder each claimed
         self._endings: dict[UUID, str] = {}  # ended runs: why
@@ -370,20 +373,27 @@ class Launcher:
                 events += page.events
         return events
 
-    async def preview(self, spec: BatchSpec, run_id: UUID | None = None) -> BatchPreview:
-        """The dry run of `spec` (cached per batch run: a run's spec never changes)."""
-        if run_id is not None and (cached := self._previews.get(run_id)) is not None:
-            return cached
+    async def preview(self, spec: BatchSpec) -> BatchPreview:
+        """The dry run of `spec` against the fleet (validate and create only: it probes every server)."""
         if self.api_url:
             with temporary_settings({PREFECT_API_URL: self.api_url}):
-                preview = await preview_batch(spec, self.settings)
-        else:
-            preview = await preview_batch(spec, self.settings)
-        if run_id is not None:
-            self._previews[run_id] = preview
-            while len(self._previews) > _PREVIEWS_KEPT:
-                self._previews.popitem(last=False)
-        return preview
+                return await preview_batch(spec, self.settings)
+        return await preview_batch(spec, self.settings)
+
+    async def plan(self, spec: BatchSpec, run_id: UUID) -> list[JobSpec] | None:
+        """The batch's jobs in order as its flow stored them before the first prompt; None before that.
+
+        Read from the output store only (no expansion, no server, no Prefect); parsed once per run.
+        """
+        if (jobs := self._plans.get(run_id)) is not None:
+            return jobs
+        store, batch_dir = self.store_of(spec), await self.batch_dir(spec, run_id)
+        if spec.new_version and not await asyncio.to_thread(store.exists, f"{batch_dir}/{RUNS_FOLDER}/{run_id}"):
+            return None  # not claimed yet: the name's folder may hold another request's plan
+        jobs = await asyncio.to_thread(read_plan, store, batch_dir, batch=spec.name)
+        if jobs is not None:  # not yet written: ask again next time
+            self._plans[run_id] = jobs
+        return jobs
 
     async def active_batches(self, submitted_by: str) -> list[FlowRun]:
         """Batches of this key that are not finished yet (scheduled, pending, running, paused)."""
@@ -489,7 +499,7 @@ class Launcher:
         if run_id is not None:
             self._journals[run_id] = records
             self._journals.move_to_end(run_id)
-            while len(self._journals) > _PREVIEWS_KEPT:
+            while len(self._journals) > _JOURNALS_KEPT:
                 self._journals.popitem(last=False)
         return records
 

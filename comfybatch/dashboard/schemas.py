@@ -23,11 +23,11 @@ class BatchStarted(BaseModel):
 
 
 class BatchCounts(BaseModel):
-    total: int = 0
+    total: int | None = Field(0, description="None before the plan is stored when the request alone cannot say.")
     done: int = 0
     failed: int = 0
     cancelled: int = Field(0, description="Not rendered: the batch ended (cancel, stop, crash) before they finished.")
-    pending: int = 0
+    pending: int | None = 0
 
 
 class ServerProgress(BaseModel):
@@ -48,6 +48,9 @@ class BatchStatus(BatchStarted):
     eta_s: float | None = Field(None, description="Seconds left at the rate so far; none before the first image.")
     failures: list["ItemFailure"] = Field(default_factory=list, description="The first 20 failed items.")
     events_seq: int = Field(0, description="Events numbered so far; `after` for a stream that skips them.")
+    planned: bool = Field(
+        True, description="Counts come from the plan the flow stored; false before it is written (from the request)."
+    )
 
 
 class ItemFailure(BaseModel):
@@ -89,6 +92,7 @@ class ItemList(BaseModel):
     total: int
     limit: int
     offset: int
+    planned: bool = Field(True, description="Listed from the stored plan; false before it is written (journal only).")
 
 
 class WorkflowList(BaseModel):

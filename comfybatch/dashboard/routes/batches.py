@@ -1,8 +1,9 @@
 """`/api/batches`: create, list, read, page items, download the manifest, cancel; `/api/validate`."""
 
 import logging
+import math
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 from uuid import UUID
@@ -27,7 +28,7 @@ from comfybatch.dashboard.schemas import (
     ServerProgress,
     ValidationReport,
 )
-from comfybatch.errors import BatchNotFound, ComfyBatchError
+from comfybatch.errors import BatchNotFound
 from comfybatch.models import BatchSpec, JobSpec
 from comfybatch.records import JobRecord
 
@@ -58,24 +59,39 @@ def _ended(run: FlowRun) -> bool:
     return run.state_type is not None and run.state_type.value in TERMINAL_STATES
 
 
-async def _planned_jobs(launcher: Launcher, spec: BatchSpec, run: FlowRun) -> list[JobSpec] | None:
-    """The batch's jobs as the flow expands them; None when the fleet cannot say (the journal still can)."""
-    try:
-        return (await launcher.preview(spec, run.id)).expansion.jobs
-    except ComfyBatchError as exc:
-        logger.info("no job list for batch %s: %s", run.id, type(exc).__name__)
+def requested_total(spec: BatchSpec) -> int | None:
+    """The batch's job count read from the request alone when that is exact, else None.
+
+    Exact for distinct prompts of a template (each prompt binds, so no two jobs share a graph) without a sheet
+    or sweep; a sheet's rows, sweeps and custom graphs need the expansion the flow stores in its plan.
+    """
+    if spec.sheet is not None or spec.sweep.axes or spec.sweep.zipped or not isinstance(spec.workflow, str):
         return None
+    if len(set(spec.prompts)) != len(spec.prompts):
+        return None
+    return max(len(spec.prompts), 1) * spec.images_per_item
+
+
+def requested_bound(spec: BatchSpec) -> int | None:
+    """At most this many jobs, from the request alone (duplicates not removed); None for a sheet."""
+    if spec.sheet is not None:
+        return None
+    points = math.prod(len(values) for values in spec.sweep.axes.values())
+    points *= math.prod(len(next(iter(group.values()), [])) for group in spec.sweep.zipped)
+    return max(len(spec.prompts), 1) * points * spec.images_per_item
 
 
 async def _queued_images(launcher: Launcher, key_name: str) -> int:
-    """Images of this key's unfinished batches that have not finished yet."""
+    """Images of this key's unfinished batches that have not finished yet: from each one's stored plan and journal
+    (before the plan is written, the request's bound; for a sheet not yet planned, what its journal holds)."""
     queued = 0
     for run in await launcher.active_batches(key_name):
         spec = launcher.spec_of(run)
-        jobs = await _planned_jobs(launcher, spec, run)
+        jobs = await launcher.plan(spec, run.id)
         records = await launcher.records(spec, run.id)
         finished = sum(1 for record in records.values() if record.result is not None)
-        queued += max((len(jobs) if jobs is not None else len(records)) - finished, 0)
+        total = len(jobs) if jobs is not None else requested_bound(spec)
+        queued += max((total if total is not None else len(records)) - finished, 0)
     return queued
 
 
@@ -116,7 +132,8 @@ async def create_batch(
     check_api_request(spec, settings)
     await launcher.check_identity(spec)
     if (quota := settings.api_quota_images) is not None:
-        adds = len((await launcher.preview(spec)).expansion.jobs)
+        bound = requested_bound(spec)  # a sheet's rows need the expansion
+        adds = bound if bound is not None else len((await launcher.preview(spec)).expansion.jobs)
         queued = await _queued_images(launcher, key_name)
         if queued + adds > quota:
             raise HTTPException(
@@ -154,15 +171,9 @@ async def get_batch(batch_id: UUID, request: Request, launcher: LauncherDep, hub
     run = await launcher.get(batch_id)
     spec = launcher.spec_of(run)
     records = await launcher.records(spec, run.id)
-    jobs = await _planned_jobs(launcher, spec, run)
+    jobs = await launcher.plan(spec, run.id)
     ended = _ended(run)
-    keys = [job.key for job in jobs] if jobs is not None else list(records)
-    states = [_item_state(records.get(key), ended=ended) for key in keys]
-    total = len(keys)
-    finished = sum(s in ("done", "skipped", "failed", "cancelled") for s in states)
-    counts = BatchCounts(total=total, done=sum(s in ("done", "skipped") for s in states),
-                         failed=states.count("failed"), cancelled=states.count("cancelled"),
-                         pending=total - finished)  # fmt: skip
+    counts = _counts(jobs, records, spec, ended=ended)
     servers: dict[str, ServerProgress] = defaultdict(ServerProgress)
     for record in records.values():
         if record.server is not None:
@@ -180,9 +191,21 @@ async def get_batch(batch_id: UUID, request: Request, launcher: LauncherDep, hub
     return BatchStatus(batch_id=str(run.id), name=spec.name, state=state, state_name=state_name,
                        links=_links(request, run, launcher), counts=counts, submitted_by=_tagged(run, "submitted-by"),
                        cancelled_by=_cancelled_by(reason), reason=reason, servers=dict(servers),
-                       eta_s=_eta(records, counts),
+                       eta_s=_eta(records, counts), planned=jobs is not None,
                        failures=failures[:_FAILURES_SHOWN],
                        events_seq=await hub.latest(run.id, run.created or datetime.now(UTC)))  # fmt: skip
+
+
+def _counts(jobs: list[JobSpec] | None, records: dict[str, JobRecord], spec: BatchSpec, *, ended: bool) -> BatchCounts:
+    """Counts over the stored plan; before it exists, over the journal, with the total the request gives (if any)."""
+    keys = [job.key for job in jobs] if jobs is not None else list(records)
+    states = Counter(_item_state(records.get(key), ended=ended) for key in keys)
+    total: int | None = len(keys) if jobs is not None else requested_total(spec)
+    if total is not None and jobs is None and total < len(keys):
+        total = None  # the journal knows more jobs than the request suggested: not exact after all
+    finished = states["done"] + states["skipped"] + states["failed"] + states["cancelled"]
+    return BatchCounts(total=total, done=states["done"] + states["skipped"], failed=states["failed"],
+                       cancelled=states["cancelled"], pending=None if total is None else total - finished)  # fmt: skip
 
 
 def _tagged(run: FlowRun, name: str) -> str | None:
@@ -201,6 +224,8 @@ def _eta(records: dict[str, JobRecord], counts: BatchCounts) -> float | None:
     starts = [r.submitted_at or (r.result.queued_at if r.result else None) for r in records.values()]
     first = min((t for t in starts if t), default=None)
     finished = counts.done + counts.failed
+    if counts.pending is None:
+        return None  # no plan yet and the request cannot say how many are left
     if first is None or finished == 0 or counts.pending == 0:
         return 0.0 if counts.total and counts.pending == 0 else None
     return (time.time() - first) / finished * counts.pending
@@ -218,7 +243,7 @@ async def list_items(
     run = await launcher.get(batch_id)
     spec = launcher.spec_of(run)
     records = await launcher.records(spec, run.id)
-    jobs = await _planned_jobs(launcher, spec, run)
+    jobs = await launcher.plan(spec, run.id)
     planned: list[tuple[str, JobSpec | None]] = (
         [(job.key, job) for job in jobs] if jobs is not None else [(key, None) for key in sorted(records)]
     )
@@ -236,7 +261,7 @@ async def list_items(
             error=result.error if result else None,
             files=len(files), image=f"/api/batches/{batch_id}/items/{key}/image" if files else None,
         ))  # fmt: skip
-    return ItemList(items=items, total=len(planned), limit=limit, offset=offset)
+    return ItemList(items=items, total=len(planned), limit=limit, offset=offset, planned=jobs is not None)
 
 
 def _prompt_of(job: JobSpec) -> str | None:
