@@ -115,7 +115,9 @@ async function api(method, path, { json, body, headers, raw } = {}) {
       detail = null;
     }
     if (response.status === 401) askForKey(apiKey() ? "The saved API key was refused." : "This server needs an API key.");
-    throw new ApiError(response.status, detail, describe(response.status, detail));
+    const error = new ApiError(response.status, detail, describe(response.status, detail));
+    error.retryAfter = response.headers.get("Retry-After");
+    throw error;
   }
   return raw ? response : response.json();
 }
@@ -254,12 +256,22 @@ class HomeView {
     });
   }
 
+  /** One Idempotency-Key per submission: kept across retries and re-clicks of the same form, new once it changes. */
+  submissionKey(spec) {
+    const body = JSON.stringify(spec);
+    if (this.submission?.body !== body) this.submission = { body, key: randomKey() };
+    return this.submission.key;
+  }
+
   submit() {
     return this.run("Submitting…", async () => {
-      const started = await api("POST", "/api/batches", {
-        json: await this.spec(),
-        headers: { "Idempotency-Key": randomKey() },
+      const spec = await this.spec();
+      const key = this.submissionKey(spec);
+      const started = await retrying((attempt, wait) => {
+        if (attempt) this.report.replaceChildren(h("p", { class: "muted" }, `No answer yet; retrying in ${Math.ceil(wait / 1000)} s…`));
+        return api("POST", "/api/batches", { json: spec, headers: { "Idempotency-Key": key } });
       });
+      this.submission = null;
       location.hash = `#/batches/${started.batch_id}`;
     });
   }
@@ -319,12 +331,39 @@ function defaultName() {
     + `${pad(now.getHours())}${pad(now.getMinutes())}${pad(now.getSeconds())}`;
 }
 
+const SUBMIT_ATTEMPTS = 5;
+
+/** Call `send(attempt, wait)` until it answers: again after a network error or a 503 (after its Retry-After). */
+async function retrying(send) {
+  for (let attempt = 0, wait = 0; ; attempt += 1) {
+    try {
+      return await send(attempt, wait);
+    } catch (error) {
+      const transient = error instanceof ApiError && (error.status === 0 || error.status === 503);
+      if (!transient || attempt + 1 >= SUBMIT_ATTEMPTS) throw error;
+      const after = Number(error.retryAfter);
+      wait = Number.isFinite(after) && after > 0 ? Math.min(after, 30) * 1000 : Math.min(8000, 500 * 2 ** attempt);
+      await new Promise((resolve) => setTimeout(resolve, wait));
+    }
+  }
+}
+
 function randomKey() {
   if (crypto.randomUUID) return crypto.randomUUID(); // secure contexts only
   return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 // ---- Batch view ----
+// A batch may hold 100,000 items: the grid draws only the rows in view (fixed-height rows, cards recycled), items
+// arrive a page at a time (the visible page first, the rest in the background), per-state and per-server counts
+// change with each item's transition (never a pass over every item), and the summary redraws a few times a second.
+
+const GRID_GAP_PX = 14; // keep in step with .grid-window's gap in style.css
+const CARD_MIN_PX = 170;
+const CARD_TEXT_PX = 112; // prompt (2 lines), meta and error under the square image
+const OVERSCAN_ROWS = 2;
+const SUMMARY_MS = 250;
+const MAX_THUMBS = 600; // object URLs kept; the oldest out of view are let go
 
 class BatchView {
   constructor(root, batchId) {
@@ -332,25 +371,46 @@ class BatchView {
     this.root = root;
     this.id = batchId;
     this.items = new Map(); // key -> {key, index, prompt, seed, state, server, error, files, image, progress, ...}
+    this.slots = []; // position in the batch -> item; holes are rows not loaded yet
+    this.filled = 0; // slots holding an item
+    this.pages = new Set(); // page numbers loaded or loading
+    this.generation = 0; // bumped to load every page again (the final snapshot)
+    this.loading = false;
+    this.counts = Object.create(null); // state -> items in it, kept by track()
+    this.lanes = new Map(); // server -> {done, failed, busy}, kept by track()
     this.grid = $(root, "grid");
+    this.window = h("div", { class: "grid-window" });
+    this.grid.append(this.window);
+    this.mounted = new Map(); // item -> its card, for the rows drawn now
+    this.dirty = new Set();
+    this.layoutKey = "";
+    this.renderQueued = false;
+    this.painted = false;
     this.status = null;
     this.lastSeq = 0;
-    this.lastIndex = -Infinity;
     this.attempt = 0;
     this.socket = null;
     this.reconnectTimer = null;
     this.disposed = false;
     this.timers = new Set();
-    this.objectUrls = [];
+    this.thumbs = new Map(); // item -> object URL, oldest first
     this.thumbQueue = [];
     this.thumbWorkers = 0;
-    this.summaryQueued = false;
-    this.observer = new IntersectionObserver((entries) => this.onVisible(entries), { rootMargin: "200px" });
+    this.summaryTimer = null;
+    this.lastSummary = -Infinity;
+    this.summaryKey = "";
     $(root, "cancel").addEventListener("click", () => this.cancel());
     $(root, "manifest-csv").addEventListener("click", () => this.download("csv"));
     $(root, "manifest-parquet").addEventListener("click", () => this.download("parquet"));
     this.onOnline = () => this.reconnectNow();
+    this.onScroll = () => this.queueRender();
+    this.onResize = () => {
+      this.layoutKey = "";
+      this.queueRender();
+    };
     window.addEventListener("online", this.onOnline);
+    window.addEventListener("scroll", this.onScroll, { passive: true });
+    window.addEventListener("resize", this.onResize);
     this.start();
   }
 
@@ -358,10 +418,12 @@ class BatchView {
     this.disposed = true;
     for (const timer of this.timers) clearTimeout(timer);
     if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer);
+    if (this.summaryTimer !== null) clearTimeout(this.summaryTimer);
     this.socket?.close(1000, "page left");
-    this.observer.disconnect();
     window.removeEventListener("online", this.onOnline);
-    for (const url of this.objectUrls) URL.revokeObjectURL(url);
+    window.removeEventListener("scroll", this.onScroll);
+    window.removeEventListener("resize", this.onResize);
+    for (const url of this.thumbs.values()) URL.revokeObjectURL(url);
   }
 
   later(ms, fn) {
@@ -379,20 +441,26 @@ class BatchView {
   async start() {
     try {
       await this.refreshStatus();
-      await this.loadItems();
+      // A batch that had ended is read once; a running one is read again when its stream ends.
+      this.finalSnapshot = this.runEnded();
+      // Its events are all in that snapshot: skip them rather than replay a 100,000-item batch's history.
+      if (this.finalSnapshot) this.lastSeq = Math.max(0, Number(this.status.events_seq) || 0);
+      await this.loadPage(this.nextPage() ?? 0);
     } catch (error) {
       this.message(error.status === 404 ? "No such batch." : `Could not load the batch: ${error.message}`);
       if (error.status !== 404) this.later(STATUS_POLL_MS, () => this.start());
       return;
     }
-    this.connect(); // from event 1: replayed events only move items forward (see applyItem)
+    this.connect(); // replayed events only move items forward (see applyItem)
     this.pollStatus();
+    this.loadRest();
   }
 
   // -- server state --
 
   async refreshStatus() {
     this.status = await api("GET", `/api/batches/${this.id}`);
+    this.setTotal(this.status.counts?.total ?? 0);
     this.renderHead();
     this.queueSummary();
   }
@@ -408,26 +476,114 @@ class BatchView {
     });
   }
 
-  async loadItems() {
-    for (let offset = 0; ; offset += PAGE) {
-      const page = await api("GET", `/api/batches/${this.id}/items?limit=${PAGE}&offset=${offset}`);
-      for (const item of page.items) this.merge(item);
-      if (offset + PAGE >= page.total || !page.items.length) break;
+  /** The page holding the first row in view that is not loaded, else the first page not loaded, else null. */
+  nextPage() {
+    const pages = Math.ceil(this.slots.length / PAGE);
+    const [from, to] = this.visibleRange();
+    for (let page = Math.floor(from / PAGE); page * PAGE < to && page < pages; page += 1) {
+      if (!this.pages.has(page)) return page;
+    }
+    for (let page = 0; page < pages; page += 1) {
+      if (!this.pages.has(page)) return page;
+    }
+    return null;
+  }
+
+  async loadPage(page) {
+    const generation = this.generation;
+    this.pages.add(page);
+    const offset = page * PAGE;
+    let body;
+    try {
+      body = await api("GET", `/api/batches/${this.id}/items?limit=${PAGE}&offset=${offset}`);
+    } catch (error) {
+      if (generation === this.generation) this.pages.delete(page);
+      throw error;
+    }
+    if (this.disposed) return;
+    this.setTotal(body.total);
+    body.items.forEach((item, i) => this.merge(item, offset + i));
+    this.queueRender();
+    this.queueSummary();
+  }
+
+  /** Load the pages not loaded yet, one at a time, the ones in view first; called again by scrolling. */
+  async loadRest() {
+    if (this.loading || this.disposed) return;
+    this.loading = true;
+    try {
+      for (let page = this.nextPage(); page !== null && !this.disposed; page = this.nextPage()) {
+        await this.loadPage(page);
+        await new Promise((resolve) => setTimeout(resolve, 0)); // let a frame through between pages
+      }
+    } catch (error) {
+      this.message(`Could not load every item (${error.message}); trying again.`);
+      this.later(STATUS_POLL_MS, () => {
+        this.message("");
+        this.loadRest();
+      });
+    } finally {
+      this.loading = false;
     }
   }
 
-  /** Take a snapshot item's state unless ours is terminal or further along. */
-  merge(snapshot) {
-    const item = this.items.get(snapshot.key);
+  setTotal(total) {
+    if (Number.isInteger(total) && total > this.slots.length) {
+      this.slots.length = total;
+      this.queueRender();
+    }
+  }
+
+  /** Take a snapshot item's state unless ours is terminal or further along; fill in what the stream lacked. */
+  merge(snapshot, position) {
+    let item = this.items.get(snapshot.key);
     if (!item) {
-      this.addItem({ ...snapshot, progress: null });
+      item = { ...snapshot, progress: null };
+      this.items.set(item.key, item);
+      this.place(item, position);
+      this.track(item, 1);
       return;
     }
-    if (TERMINAL_ITEM.has(item.state)) return;
-    if (TERMINAL_ITEM.has(snapshot.state) || RANK[snapshot.state] > RANK[item.state]) {
-      Object.assign(item, snapshot, { progress: null });
-      this.renderItem(item);
+    if (item.position !== position) this.place(item, position);
+    for (const name of ["index", "prompt", "seed"]) {
+      if (item[name] == null && snapshot[name] != null) item[name] = snapshot[name];
     }
+    if (!TERMINAL_ITEM.has(item.state)
+      && (TERMINAL_ITEM.has(snapshot.state) || RANK[snapshot.state] > RANK[item.state])) {
+      this.track(item, -1);
+      Object.assign(item, snapshot, { progress: null });
+      this.track(item, 1);
+    }
+    this.touch(item);
+  }
+
+  /** Put `item` at `position`. The snapshot's place wins: an item the stream put there first moves to the end. */
+  place(item, position, snapshot = true) {
+    if (item.position != null && this.slots[item.position] === item) {
+      this.slots[item.position] = undefined;
+      this.filled -= 1;
+    }
+    let at = position ?? this.slots.length;
+    const other = this.slots[at];
+    if (other && other !== item) {
+      if (snapshot) this.place(other, undefined, false);
+      else at = this.slots.length;
+    }
+    this.slots[at] = item;
+    this.filled += 1;
+    item.position = at;
+    this.queueRender();
+  }
+
+  /** Add (+1) or take away (-1) an item's share of the per-state and per-server counts. */
+  track(item, sign) {
+    this.counts[item.state] = (this.counts[item.state] || 0) + sign;
+    if (!item.server) return;
+    let lane = this.lanes.get(item.server);
+    if (!lane) this.lanes.set(item.server, (lane = { done: 0, failed: 0, busy: 0 }));
+    if (item.state === "done" || item.state === "skipped") lane.done += sign;
+    else if (item.state === "failed") lane.failed += sign;
+    else if (PENDING_ITEM.has(item.state)) lane.busy += sign;
   }
 
   runEnded() {
@@ -501,14 +657,17 @@ class BatchView {
   async finish() {
     try {
       await this.refreshStatus();
-      await this.loadItems();
     } catch {
       return;
     }
     if (!this.runEnded()) return;
-    for (const item of this.items.values()) {
-      if (PENDING_ITEM.has(item.state)) this.renderItem(item);
+    if (!this.finalSnapshot) {
+      this.finalSnapshot = true;
+      this.generation += 1;
+      this.pages.clear();
+      this.loadRest();
     }
+    for (const item of this.mounted.keys()) this.touch(item);
   }
 
   apply(message) {
@@ -528,11 +687,18 @@ class BatchView {
     }
   }
 
-  /** Terminal states stick: a late or replayed event never moves a done, failed or skipped item. */
+  /** Terminal states stick: a late or replayed event never moves a done, failed, skipped or cancelled item. */
   applyItem(state, message) {
     let item = this.items.get(message.key);
-    if (!item) item = this.addItem({ key: message.key, index: message.index, state: "queued", files: 0 });
+    if (!item) {
+      item = { key: message.key, index: message.index ?? null, state: "queued", files: 0, progress: null };
+      this.items.set(item.key, item);
+      this.place(item, Number.isInteger(message.index) ? message.index : undefined, false);
+      this.track(item, 1);
+    }
     if (TERMINAL_ITEM.has(item.state)) return;
+    if (!["submitted", "retrying", "running", "progress", "done", "skipped", "failed", "cancelled"].includes(state)) return;
+    this.track(item, -1);
     if (message.server) item.server = message.server;
     if (state === "submitted" || state === "retrying") {
       item.state = state;
@@ -547,34 +713,96 @@ class BatchView {
       item.state = state;
       item.files = Array.isArray(message.files) ? message.files.length : 0;
       item.image = item.files ? `/api/batches/${this.id}/items/${encodeURIComponent(item.key)}/image` : null;
-    } else if (state === "failed") {
-      item.state = "failed";
-      item.error = message.error || "failed";
     } else {
-      return;
+      item.state = state; // failed or cancelled
+      item.error = message.error || message.reason || state;
     }
-    this.renderItem(item);
+    this.track(item, 1);
+    this.touch(item);
   }
 
-  // -- rendering --
+  // -- rendering: only the rows in view --
 
-  addItem(item) {
-    item.card = h("article", { class: "card", testid: "item", "data-key": item.key });
-    const position = item.index ?? Infinity;
-    // Items arrive in index order from the snapshot; only stream-discovered ones need a search.
-    const after = position >= this.lastIndex ? null
-      : [...this.items.values()].find((other) => (other.index ?? Infinity) > position);
-    this.lastIndex = Math.max(this.lastIndex, position);
-    this.items.set(item.key, item);
-    this.grid.insertBefore(item.card, after ? after.card : null);
-    this.observer.observe(item.card);
-    this.renderItem(item);
-    return item;
+  /** An item changed: redraw its card at the next frame if it is drawn, and the summary soon. */
+  touch(item) {
+    if (this.mounted.has(item)) {
+      this.dirty.add(item);
+      this.queueRender();
+    }
+    this.queueSummary();
   }
 
-  renderItem(item) {
+  queueRender() {
+    if (this.renderQueued || this.disposed) return;
+    this.renderQueued = true;
+    requestAnimationFrame(() => {
+      this.renderQueued = false;
+      if (!this.disposed) this.render();
+    });
+  }
+
+  layout() {
+    const width = this.grid.clientWidth || CARD_MIN_PX;
+    const key = `${width}:${this.slots.length}`;
+    if (key === this.layoutKey) return;
+    this.layoutKey = key;
+    this.cols = Math.max(1, Math.floor((width + GRID_GAP_PX) / (CARD_MIN_PX + GRID_GAP_PX)));
+    const cardWidth = (width - GRID_GAP_PX * (this.cols - 1)) / this.cols;
+    this.cardHeight = Math.ceil(cardWidth + CARD_TEXT_PX);
+    this.rowHeight = this.cardHeight + GRID_GAP_PX;
+    this.rows = Math.ceil(this.slots.length / this.cols);
+    this.grid.style.height = `${Math.max(0, this.rows * this.rowHeight - GRID_GAP_PX)}px`;
+    this.window.style.gridTemplateColumns = `repeat(${this.cols}, minmax(0, 1fr))`;
+    this.window.style.gridAutoRows = `${this.cardHeight}px`;
+  }
+
+  /** Positions [from, to) of the rows in view plus a margin. */
+  visibleRange() {
+    this.layout();
+    const top = this.grid.getBoundingClientRect().top;
+    const first = Math.max(0, Math.floor(-top / this.rowHeight) - OVERSCAN_ROWS);
+    const last = Math.min(this.rows, Math.ceil((window.innerHeight - top) / this.rowHeight) + OVERSCAN_ROWS);
+    return [Math.min(first, last) * this.cols, Math.min(this.slots.length, last * this.cols)];
+  }
+
+  render() {
+    const [from, to] = this.visibleRange();
+    this.window.style.transform = `translateY(${Math.floor(from / this.cols) * this.rowHeight}px)`;
+    const mounted = new Map();
+    const cards = [];
+    let missing = false;
+    for (let position = from; position < to; position += 1) {
+      const item = this.slots[position];
+      if (!item) {
+        missing = true;
+        cards.push(h("div", { class: "card placeholder", "aria-hidden": "true" }));
+        continue;
+      }
+      let card = this.mounted.get(item);
+      item.visible = true;
+      if (!card) {
+        card = h("article", { class: "card", testid: "item", "data-key": item.key });
+        this.drawCard(item, card);
+      } else if (this.dirty.has(item)) {
+        this.drawCard(item, card);
+      }
+      mounted.set(item, card);
+      cards.push(card);
+    }
+    for (const item of this.mounted.keys()) if (!mounted.has(item)) item.visible = false;
+    this.mounted = mounted;
+    this.dirty.clear();
+    const shown = this.window.children;
+    if (shown.length !== cards.length || cards.some((card, i) => shown[i] !== card)) this.window.replaceChildren(...cards);
+    if (!this.painted && mounted.size) {
+      this.painted = true;
+      performance.mark("comfybatch:first-items"); // read by the browser test: time to the first screen
+    }
+    if (missing) this.loadRest();
+  }
+
+  drawCard(item, card) {
     const halted = PENDING_ITEM.has(item.state) && this.runEnded() && $(this.root, "conn-status").dataset.conn === "ended";
-    const card = item.card;
     card.dataset.state = halted ? "halted" : item.state;
     card.className = `card state-${card.dataset.state}`;
     const number = item.index != null ? `#${item.index + 1}` : item.key.slice(0, 8);
@@ -585,10 +813,9 @@ class BatchView {
       h("p", { class: "meta" }, [number, item.seed != null && `seed ${item.seed}`, item.server].filter(Boolean).join(" · ")),
     ];
     if (item.state === "failed" || item.state === "cancelled") {
-      parts.push(h("p", { class: "error", testid: "item-error" }, item.error || item.state));
+      parts.push(h("p", { class: "error", testid: "item-error", title: item.error || "" }, item.error || item.state));
     }
     card.replaceChildren(...parts);
-    this.queueSummary();
   }
 
   media(item, halted) {
@@ -604,7 +831,9 @@ class BatchView {
       return h("div", { class: "media" }, parts);
     }
     if (item.state === "failed") return h("div", { class: "media failed" }, h("span", { class: "icon", "aria-hidden": "true" }, "✕"));
-    if (item.state === "cancelled") return h("div", { class: "media" }, h("span", { class: "note" }, "not rendered"));
+    if (item.state === "cancelled") {
+      return h("div", { class: "media cancelled" }, h("span", { class: "note" }, "not rendered: the batch ended first"));
+    }
     if (!item.image) return h("div", { class: "media" }, h("span", { class: "note" }, `${item.state}, no output file`));
     if (item.thumb) {
       return h("div", { class: "media" }, h("img", { testid: "thumb", src: item.thumb, alt: item.prompt || "output image" }));
@@ -612,20 +841,22 @@ class BatchView {
     if (item.thumbFailed) {
       return h("div", { class: "media" }, h("button", { type: "button", class: "link", onclick: () => {
         item.thumbFailed = false;
-        this.renderItem(item);
+        this.touch(item);
       } }, "Image unavailable: retry"));
     }
     this.wantThumb(item);
     return h("div", { class: "media loading", "aria-label": "loading image" });
   }
 
+  /** Redraw the counters and lanes at most every SUMMARY_MS. */
   queueSummary() {
-    if (this.summaryQueued) return;
-    this.summaryQueued = true;
-    requestAnimationFrame(() => {
-      this.summaryQueued = false;
+    if (this.summaryTimer !== null || this.disposed) return;
+    const wait = Math.max(0, this.lastSummary + SUMMARY_MS - performance.now());
+    this.summaryTimer = setTimeout(() => requestAnimationFrame(() => {
+      this.summaryTimer = null;
+      this.lastSummary = performance.now();
       if (!this.disposed) this.renderSummary();
-    });
+    }), wait);
   }
 
   renderHead() {
@@ -648,50 +879,50 @@ class BatchView {
     $(this.root, "cancel").disabled = this.runEnded();
   }
 
+  /** Counts from the items while every item is loaded (live), else from the last status read. */
+  summaryCounts() {
+    const total = Math.max(this.status?.counts?.total ?? 0, this.slots.length);
+    if (this.filled < total && this.status?.counts) {
+      const { done = 0, failed = 0, cancelled = 0 } = this.status.counts;
+      const lanes = Object.entries(this.status.servers || {}).map(([name, s]) =>
+        [name, { done: s.done, failed: s.failed, busy: s.in_flight }]);
+      return { total, done, failed, cancelled, lanes };
+    }
+    const count = (state) => this.counts[state] || 0;
+    const lanes = new Map(Object.keys(this.status?.servers || {}).map((name) => [name, { done: 0, failed: 0, busy: 0 }]));
+    for (const [name, lane] of this.lanes) lanes.set(name, lane);
+    return { total, done: count("done") + count("skipped"), failed: count("failed"), cancelled: count("cancelled"),
+      lanes: [...lanes.entries()] };
+  }
+
   renderSummary() {
-    const items = [...this.items.values()];
-    const count = (...states) => items.filter((item) => states.includes(item.state)).length;
-    const total = Math.max(this.status?.counts?.total ?? 0, items.length);
-    const done = count("done", "skipped");
-    const failed = count("failed");
-    const pending = total - done - failed;
-    $(this.root, "counts").textContent = `${done} of ${total} done · ${failed} failed · ${pending} pending`;
+    const { total, done, failed, cancelled, lanes } = this.summaryCounts();
+    const ended = this.runEnded();
+    const pending = Math.max(0, total - done - failed - cancelled);
+    $(this.root, "counts").textContent = `${done} of ${total} done · ${failed} failed · ${pending} pending`
+      + (cancelled ? ` · ${cancelled} cancelled` : "");
     const overall = $(this.root, "overall");
     overall.max = Math.max(total, 1);
-    overall.value = done + failed;
-    $(this.root, "eta").textContent = this.runEnded() ? (this.status.state === "COMPLETED" ? "finished" : "ended") : `ETA ${duration(this.status?.eta_s)}`;
-    const lanes = new Map();
-    for (const name of Object.keys(this.status?.servers || {})) lanes.set(name, { done: 0, failed: 0, busy: 0 });
-    for (const item of items) {
-      if (!item.server) continue;
-      const lane = lanes.get(item.server) || { done: 0, failed: 0, busy: 0 };
-      lanes.set(item.server, lane);
-      if (item.state === "done" || item.state === "skipped") lane.done += 1;
-      else if (item.state === "failed") lane.failed += 1;
-      else if (PENDING_ITEM.has(item.state) && !this.runEnded()) lane.busy += 1;
-    }
-    const rows = [...lanes.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([name, lane]) =>
+    overall.value = done + failed + cancelled;
+    $(this.root, "eta").textContent = ended ? (this.status.state === "COMPLETED" ? "finished" : "ended") : `ETA ${duration(this.status?.eta_s)}`;
+    const shown = lanes.map(([name, lane]) => [name, lane.done, lane.failed, ended ? 0 : lane.busy])
+      .sort(([a], [b]) => a.localeCompare(b));
+    const key = JSON.stringify(shown);
+    if (key === this.summaryKey) return;
+    this.summaryKey = key;
+    const rows = shown.map(([name, laneDone, laneFailed, busy]) =>
       h("li", { testid: "lane", "data-server": name },
         h("span", { class: "lane-name" }, name),
         h("span", { class: "lane-bar", "aria-hidden": "true" },
-          ...Array.from({ length: Math.min(lane.done, 200) }, () => h("i", { class: "d" })),
-          ...Array.from({ length: Math.min(lane.failed, 200) }, () => h("i", { class: "f" })),
-          ...Array.from({ length: Math.min(lane.busy, 50) }, () => h("i", { class: "b" }))),
+          ...Array.from({ length: Math.min(laneDone, 200) }, () => h("i", { class: "d" })),
+          ...Array.from({ length: Math.min(laneFailed, 200) }, () => h("i", { class: "f" })),
+          ...Array.from({ length: Math.min(busy, 50) }, () => h("i", { class: "b" }))),
         h("span", { class: "lane-counts", testid: "lane-counts" },
-          `${lane.done} done · ${lane.failed} failed · ${lane.busy} in flight`)));
+          `${laneDone} done · ${laneFailed} failed · ${busy} in flight`)));
     $(this.root, "lanes").replaceChildren(...(rows.length ? rows : [h("li", { class: "muted" }, "No item has reached a server yet.")]));
   }
 
-  // -- thumbnails: fetched with the key (an <img src> cannot send headers), a few at a time, visible first --
-
-  onVisible(entries) {
-    for (const entry of entries) {
-      const item = this.items.get(entry.target.dataset.key);
-      if (!item) continue;
-      item.visible = entry.isIntersecting;
-      if (item.visible && item.image && !item.thumb && !item.thumbFailed) this.wantThumb(item);
-    }
-  }
+  // -- thumbnails: fetched with the key (an <img src> cannot send headers), a few at a time, drawn cards only --
 
   wantThumb(item) {
     if (!item.visible || item.thumbQueued) return;
@@ -703,12 +934,16 @@ class BatchView {
   pumpThumbs() {
     while (this.thumbWorkers < THUMB_WORKERS && this.thumbQueue.length) {
       const item = this.thumbQueue.shift();
+      if (!item.visible) {
+        item.thumbQueued = false; // scrolled away: asked again when drawn again
+        continue;
+      }
       this.thumbWorkers += 1;
       this.fetchThumb(item).finally(() => {
         this.thumbWorkers -= 1;
         item.thumbQueued = false;
         if (!this.disposed) {
-          this.renderItem(item);
+          this.touch(item);
           this.pumpThumbs();
         }
       });
@@ -719,9 +954,8 @@ class BatchView {
     for (let attempt = 0; attempt < 4 && !this.disposed; attempt += 1) {
       try {
         const response = await api("GET", `${item.image}?thumb=1`, { raw: true });
-        const url = URL.createObjectURL(await response.blob());
-        this.objectUrls.push(url);
-        item.thumb = url;
+        item.thumb = URL.createObjectURL(await response.blob());
+        this.keepThumb(item);
         return;
       } catch (error) {
         if (error.status === 401) break;
@@ -729,6 +963,18 @@ class BatchView {
       }
     }
     item.thumbFailed = true;
+  }
+
+  /** Remember a thumbnail; past MAX_THUMBS, let go of the oldest ones not in view. */
+  keepThumb(item) {
+    this.thumbs.set(item, item.thumb);
+    for (const [old, url] of this.thumbs) {
+      if (this.thumbs.size <= MAX_THUMBS) break;
+      if (old.visible) continue;
+      URL.revokeObjectURL(url);
+      this.thumbs.delete(old);
+      old.thumb = null;
+    }
   }
 
   // -- actions --
