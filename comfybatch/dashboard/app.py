@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from comfybatch.dashboard.events import EventHub
 from comfybatch.dashboard.guard import ApiGuard
 from comfybatch.dashboard.launcher import Launcher
+from comfybatch.dashboard.metrics import ApiLatency
 from comfybatch.dashboard.routes import batches, images, meta, stream, uploads
 from comfybatch.errors import BatchRequestError, ComfyBatchError
 from comfybatch.settings import Settings, get_settings
@@ -108,6 +109,7 @@ def create_app(settings: Settings | None = None, launcher: Launcher | None = Non
     app.state.launcher = launcher
     app.state.hub = hub
     app.add_middleware(ApiGuard, settings=settings)
+    app.add_middleware(ApiLatency, metrics=hub.metrics)  # around the guard: refusals are timed too
     app.add_middleware(  # outermost: refusals carry CORS headers too, so a browser can read them
         CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
         allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],

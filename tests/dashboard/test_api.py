@@ -43,7 +43,7 @@ async def test_created_batch_completes_with_every_item_done(rendered: RenderedBa
     batch = rendered.first
 
     assert (batch["state"], batch["name"], batch["submitted_by"]) == ("COMPLETED", "dash-one", "ci")
-    assert batch["counts"] == {"total": 2, "done": 2, "failed": 0, "pending": 0}
+    assert batch["counts"] == {"total": 2, "done": 2, "failed": 0, "cancelled": 0, "pending": 0}
 
 
 async def test_items_list_the_files_of_the_batch(client: httpx.AsyncClient, rendered: RenderedBatches) -> None:

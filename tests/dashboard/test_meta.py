@@ -78,3 +78,17 @@ async def test_metrics_is_prometheus_text_with_a_line_per_server(
         float(match["value"])
     up = {line for line in samples if line.startswith("comfybatch_server_up{")}
     assert {f'comfybatch_server_up{{server="{name}"}} 1.0' for name in fleet_names(dashboard_platform)} <= up
+
+
+async def test_metrics_has_histograms_with_buckets_and_api_latency_per_route(client: httpx.AsyncClient) -> None:
+    """Prompt, batch and API seconds are histograms with buckets; each request is timed under its route template."""
+    assert (await client.get("/api/workflows", headers=AUTH)).status_code == 200
+    assert (await client.get("/api/batches/00000000-0000-0000-0000-000000000000", headers=AUTH)).status_code == 404
+
+    text = (await client.get("/metrics")).text
+
+    for name in ("comfybatch_prompt_seconds", "comfybatch_batch_seconds", "comfybatch_api_request_seconds"):
+        assert f"# TYPE {name} histogram" in text
+    assert 'comfybatch_api_request_seconds_bucket{le="+Inf",method="GET",route="/api/workflows"} 1.0' in text
+    assert 'comfybatch_api_request_seconds_count{method="GET",route="/api/batches/{batch_id}"} 1.0' in text
+    assert 'comfybatch_api_request_seconds_bucket{le="0.05",method="GET",route="/api/workflows"}' in text

@@ -18,7 +18,8 @@ from prefect.states import Scheduled
 
 from comfybatch.dashboard.app import create_app
 from comfybatch.dashboard.launcher import GENERATE_BATCH, Launcher
-from tests.dashboard.conftest import AUTH, DashboardPlatform, RenderedBatches, tiny_spec
+from comfybatch.settings import Settings
+from tests.dashboard.conftest import API_KEY, AUTH, DashboardPlatform, RenderedBatches, tiny_spec
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
 _REQUEST_LINE = re.compile(rb"(GET|POST|PUT|PATCH|DELETE) (/\S*) HTTP/1\.[01]\r\n")
@@ -74,11 +75,15 @@ class PrefectTap:
 async def test_a_thousand_reads_of_a_finished_batch_write_nothing_to_prefect(
     dashboard_platform: DashboardPlatform, rendered: RenderedBatches
 ) -> None:
-    """1,000 mixed GETs (status, items, list, manifest, servers) of a finished batch send Prefect 0 write requests."""
+    """1,000 mixed GETs (status, items, list, manifest, servers) of a finished batch send Prefect 0 write requests,
+    with the fleet configured in the dashboard's settings (what a fleet sync would write), and the batch reads never
+    load the fleet's blocks or limits."""
     batch_id = rendered.first["batch_id"]
     paths = [f"/api/batches/{batch_id}", f"/api/batches/{batch_id}/items", "/api/batches",
              f"/api/batches/{batch_id}/manifest", "/api/servers"]  # fmt: skip
-    settings = dashboard_platform.settings()
+    urls = [server.url for server in dashboard_platform.fleet.servers]
+    settings = Settings(**{"COMFYUI_URLS": ",".join(urls), "output_root": str(dashboard_platform.out),  # type: ignore[arg-type]
+                           "api_keys": {"ci": API_KEY}})  # fmt: skip
     async with PrefectTap(dashboard_platform.api_url).running() as tap:
         app = create_app(settings, Launcher(settings, api_url=tap.api_url))
         transport = httpx.ASGITransport(app=app)
@@ -91,15 +96,19 @@ async def test_a_thousand_reads_of_a_finished_batch_write_nothing_to_prefect(
             async def read(number: int) -> None:
                 statuses.append((await http.get(paths[number % len(paths)], headers=AUTH)).status_code)
 
+            for number in range(20):  # the batch's own reads first: the fleet is not even read
+                await read(number % 4)
+            fleet_reads = [path for _, path in tap.requests() if "block" in path or "concurrency" in path]
             for start in range(0, 1000, 25):
                 async with anyio.create_task_group() as group:
                     for number in range(start, start + 25):
                         group.start_soon(read, number)
             status = (await http.get(f"/api/batches/{batch_id}", headers=AUTH)).json()
 
-    assert statuses.count(200) == 1000, sorted(set(statuses))
+    assert statuses.count(200) == 1020, sorted(set(statuses))
     assert tap.requests(), "the reads never reached Prefect through the tap"
     assert tap.writes() == []
+    assert fleet_reads == []
     assert (status["planned"], status["counts"]["total"], status["counts"]["done"]) == (True, 2, 2)
 
 

@@ -2,6 +2,7 @@
 
 from collections.abc import AsyncIterator
 
+import anyio
 import httpx
 import pytest
 
@@ -94,12 +95,16 @@ async def test_quota_refuses_a_batch_beyond_the_keys_queued_images(quota_client:
 
 
 async def test_items_list_every_planned_job_with_its_prompt_before_it_runs(client: httpx.AsyncClient) -> None:
-    """Right after creation, items list all jobs in order with their prompts, not only the started ones."""
+    """Once the flow has stored its plan (before its first prompt ends), items list all jobs in order with their
+    prompts, not only the started ones; before that they say `planned: false` rather than expanding the request."""
     prompts = ["a slow heron", "a slow crane", "a slow stork"]
     created = await client.post("/api/batches", json=slow_spec("dash-planned", *prompts), headers=AUTH)
     batch_id = created.json()["batch_id"]
     try:
-        items = (await client.get(f"/api/batches/{batch_id}/items", headers=AUTH)).json()
+        with anyio.fail_after(60):
+            while not (items := (await client.get(f"/api/batches/{batch_id}/items", headers=AUTH)).json())["planned"]:
+                assert items["total"] == 0  # the journal's jobs only: none has started
+                await anyio.sleep(0.2)
     finally:
         await client.post(f"/api/batches/{batch_id}/cancel", headers=AUTH)
 

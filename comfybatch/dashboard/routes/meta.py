@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from comfybatch.blocks.fleet import configured_servers, select_fleet
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.dashboard.deps import HubDep, KeyName, LauncherDep, SettingsDep
 from comfybatch.dashboard.launcher import Launcher
-from comfybatch.dashboard.metrics import Summary
+from comfybatch.dashboard.metrics import CONTENT_TYPE, gauge
 from comfybatch.dashboard.schemas import Health, ServerList, ServerStatus, WorkflowList
 from comfybatch.errors import ComfyBatchError
 from comfybatch.settings import Settings
@@ -21,7 +21,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["meta"])
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
 _HEALTH_TIMEOUT_S = 3.0
-PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @router.get("/api/workflows")
@@ -96,51 +95,24 @@ async def list_servers(_key: KeyName, settings: SettingsDep, launcher: LauncherD
     return ServerList(servers=await _server_statuses(settings, launcher))
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _family(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> list[str]:
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-    for labels, value in samples:
-        rendered = ",".join(f'{key}="{_label(val)}"' for key, val in labels.items())
-        lines.append(f"{name}{{{rendered}}} {float(value)!r}")
-    return lines
-
-
-def _summary(name: str, help_text: str, label: str, summaries: dict[str, Summary]) -> list[str]:
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} summary"]
-    for value, summary in sorted(summaries.items()):
-        lines += [f'{name}_count{{{label}="{_label(value)}"}} {float(summary.count)!r}',
-                  f'{name}_sum{{{label}="{_label(value)}"}} {summary.total!r}']  # fmt: skip
-    return lines
-
-
 @router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(settings: SettingsDep, launcher: LauncherDep, hub: HubDep) -> PlainTextResponse:
-    """Prometheus text format: per-server up, queue depth, in-flight, slots and prompt seconds; items by state;
-    batches by state and their durations.
+async def metrics(settings: SettingsDep, launcher: LauncherDep, hub: HubDep) -> Response:
+    """Prometheus text format: per-server up, queue depth, in-flight and slots, and batches by state (read for this
+    scrape); items by state, prompt seconds per server, batch seconds and API latency per route (histograms).
 
     Unauthenticated like `/health` (scrapers rarely carry bearer keys); it shows server names and counts only.
     """
     statuses, batches = await asyncio.gather(_server_statuses(settings, launcher), launcher.batch_counts())
-    per_server = [({"server": status.name}, status) for status in statuses]
-    lines = [
-        *_family("comfybatch_server_up", "gauge", "1 when the ComfyUI server answers.",
-                 [(labels, 1.0 if s.health == "ok" else 0.0) for labels, s in per_server]),
-        *_family("comfybatch_server_queue_depth", "gauge", "Prompts running or pending in its ComfyUI queue.",
-                 [(labels, float(s.queue_depth)) for labels, s in per_server if s.queue_depth is not None]),
-        *_family("comfybatch_server_inflight", "gauge", "Active slots of its comfy:<name> concurrency limit.",
-                 [(labels, float(s.in_flight)) for labels, s in per_server]),
-        *_family("comfybatch_server_slots", "gauge", "Prompts it may have in flight at once.",
-                 [(labels, float(s.slots)) for labels, s in per_server]),
-        *_family("comfybatch_batches", "gauge", "generate-batch flow runs by state type (newest 200).",
-                 [({"state": state}, float(count)) for state, count in sorted(batches.items())]),
-        *_family("comfybatch_item_events_total", "counter", "Item state changes seen since the dashboard started.",
-                 [({"state": state}, float(count)) for state, count in sorted(hub.metrics.items.items())]),
-        *_summary("comfybatch_prompt_seconds", "Prompt run time (submit to outputs stored), per server.", "server",
-                  hub.metrics.prompt_seconds),
-        *_summary("comfybatch_batch_seconds", "Batch run time (running to final state), per final state.", "state",
-                  hub.metrics.batch_seconds),
+    gauges = [
+        gauge("comfybatch_server_up", "1 when the ComfyUI server answers.", "server",
+              [(s.name, 1.0 if s.health == "ok" else 0.0) for s in statuses]),
+        gauge("comfybatch_server_queue_depth", "Prompts running or pending in its ComfyUI queue.", "server",
+              [(s.name, s.queue_depth) for s in statuses if s.queue_depth is not None]),
+        gauge("comfybatch_server_inflight", "Active slots of its comfy:<name> concurrency limit.", "server",
+              [(s.name, s.in_flight) for s in statuses]),
+        gauge("comfybatch_server_slots", "Prompts it may have in flight at once.", "server",
+              [(s.name, s.slots) for s in statuses]),
+        gauge("comfybatch_batches", "generate-batch flow runs by state type (newest 200).", "state",
+              dict(sorted(batches.items()))),
     ]  # fmt: skip
-    return PlainTextResponse("\n".join(lines) + "\n", media_type=PROMETHEUS_CONTENT_TYPE)
+    return Response(hub.metrics.exposition(gauges), media_type=CONTENT_TYPE)
