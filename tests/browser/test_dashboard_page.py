@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, WebSocketRoute, expect
+from playwright.sync_api import Browser, Page, Route, WebSocketRoute, expect
 
 from tests.browser.conftest import Tab, new_tab
 from tests.dashboard.conftest import API_KEY, AUTH
@@ -175,6 +175,49 @@ def test_check_shows_dry_run_errors_before_submitting(open_tab: Callable[..., Ta
     assert not BATCH_URL.search(page.url)
     listed = httpx.get(f"{live_dashboard}/api/batches", params={"name": name}, headers=AUTH, timeout=30)
     assert listed.json()["batches"] == []
+    assert tab.errors == []
+
+
+def test_submit_retried_after_a_lost_answer_keeps_its_key_and_starts_one_batch(
+    open_tab: Callable[..., Tab], live_dashboard: str
+) -> None:
+    """A refused submit, then a fixed one whose answer is lost: its retry reuses its key and one batch starts."""
+    tab = open_tab()
+    page = tab.page
+    name = _name("retry")
+    keys: list[str | None] = []  # the Idempotency-Key of every POST /api/batches
+
+    def lose_first_answer(route: Route) -> None:
+        """The server gets every POST; the page never hears the answer to the first one it was not refused."""
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        keys.append(route.request.headers.get("idempotency-key"))
+        answer = route.fetch()
+        if answer.status == 202 and len(keys) == 2:
+            route.abort("connectionreset")  # the batch started; the answer is lost on the way back
+        else:
+            route.fulfill(response=answer)
+
+    page.route("**/api/batches", lose_first_answer)
+    page.goto("/")
+    page.get_by_test_id("template").select_option("txt2img-tiny")
+    page.get_by_test_id("batch-name").fill(name)
+    page.get_by_test_id("prompts").fill("a kettle on a stove")
+    page.get_by_test_id("steps").fill("1")
+    page.get_by_test_id("width").fill("100")
+    page.get_by_test_id("submit").click()
+    expect(page.get_by_test_id("problem")).to_contain_text("width")
+    page.get_by_test_id("width").fill("")
+    page.get_by_test_id("submit").click()
+    page.wait_for_url(BATCH_URL)
+
+    listed = httpx.get(f"{live_dashboard}/api/batches", params={"name": name}, headers=AUTH, timeout=30)
+    assert [batch["batch_id"] for batch in listed.json()["batches"]] == [BATCH_URL.search(page.url).group(1)]  # type: ignore[union-attr]
+    assert len(keys) == 3, keys
+    assert keys[1] == keys[2]  # the retry of the lost submission
+    assert keys[0] != keys[1]  # the changed form is a new submission
+    assert all(keys), keys
     assert tab.errors == []
 
 

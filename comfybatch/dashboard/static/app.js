@@ -460,6 +460,7 @@ class BatchView {
 
   async refreshStatus() {
     this.status = await api("GET", `/api/batches/${this.id}`);
+    if (this.status.planned !== false) this.replan();
     this.setTotal(this.status.counts?.total ?? 0);
     this.renderHead();
     this.queueSummary();
@@ -500,7 +501,8 @@ class BatchView {
       if (generation === this.generation) this.pages.delete(page);
       throw error;
     }
-    if (this.disposed) return;
+    if (this.disposed || generation !== this.generation) return;
+    if (body.planned === false) this.unplanned = true;
     this.setTotal(body.total);
     body.items.forEach((item, i) => this.merge(item, offset + i));
     this.queueRender();
@@ -525,6 +527,25 @@ class BatchView {
     } finally {
       this.loading = false;
     }
+  }
+
+  /** The flow has stored its plan: read every page again, in the plan's order (a journal-only page had no order,
+   * prompts or seeds). At most once per journal-only read: a batch that never stores a plan is not read per event. */
+  replan() {
+    if (!this.unplanned) return;
+    this.unplanned = false;
+    this.slots = new Array(this.slots.length);
+    this.filled = 0;
+    for (const item of this.items.values()) item.position = undefined;
+    this.reload();
+  }
+
+  /** Load every page again (the plan appeared, or the run ended): the pages in view first. */
+  reload() {
+    this.generation += 1;
+    this.pages.clear();
+    this.queueRender();
+    this.loadRest();
   }
 
   setTotal(total) {
@@ -616,7 +637,6 @@ class BatchView {
     socket.onclose = (event) => {
       if (this.disposed || socket !== this.socket) return;
       if (event.code === 1000) {
-        this.setConnection("ended", "Stream ended");
         this.finish();
       } else if (event.code === 4401) {
         this.setConnection("unauthorized", "Needs an API key");
@@ -653,21 +673,25 @@ class BatchView {
     el.textContent = text;
   }
 
-  /** The stream closed after the run's end: take the final snapshot, then stop spinners that will never finish. */
+  /** The stream closed after the run's end: take the final snapshot (the pages in view before saying so, the rest
+   * after), then stop spinners that will never finish. */
   async finish() {
     try {
       await this.refreshStatus();
+      if (this.runEnded() && !this.finalSnapshot) {
+        this.finalSnapshot = true;
+        this.generation += 1;
+        this.pages.clear();
+        const page = this.nextPage();
+        if (page !== null) await this.loadPage(page);
+      }
     } catch {
-      return;
+      // the snapshot read again later (a poll, a reload) catches up
+    } finally {
+      this.setConnection("ended", "Stream ended");
+      if (this.runEnded()) this.loadRest();
+      for (const item of this.mounted.keys()) this.touch(item);
     }
-    if (!this.runEnded()) return;
-    if (!this.finalSnapshot) {
-      this.finalSnapshot = true;
-      this.generation += 1;
-      this.pages.clear();
-      this.loadRest();
-    }
-    for (const item of this.mounted.keys()) this.touch(item);
   }
 
   apply(message) {
@@ -689,6 +713,10 @@ class BatchView {
 
   /** Terminal states stick: a late or replayed event never moves a done, failed, skipped or cancelled item. */
   applyItem(state, message) {
+    if (this.unplanned && !this.planAsked) {
+      this.planAsked = true; // the plan is stored before the first prompt: read it now rather than at the next poll
+      this.refreshStatus().catch(() => {});
+    }
     let item = this.items.get(message.key);
     if (!item) {
       item = { key: message.key, index: message.index ?? null, state: "queued", files: 0, progress: null };
