@@ -247,7 +247,8 @@ class AsyncComfyBatchClient:
             if left is not None and left <= 0:
                 first = waiting[0]
                 message = f"batch {first.name} ({first.batch_id}) is still {first.state} after {timeout:g} s"
-                raise BatchWaitTimeout(f"{message}: {first.counts.pending} item(s) pending", status=first)
+                pending = "items" if first.counts.pending is None else f"{first.counts.pending} item(s)"  # no plan yet
+                raise BatchWaitTimeout(f"{message}: {pending} pending", status=first)
             await asyncio.sleep(poll_interval_s if left is None else min(poll_interval_s, left))
         final = [statuses[n] for n in range(len(refs))]
         if raise_on_failure and (failed := [status for status in final if not status.succeeded]):

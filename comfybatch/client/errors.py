@@ -81,8 +81,9 @@ class BatchFailed(BatchIncomplete):
     def __init__(self, statuses: "list[BatchStatus]") -> None:
         lines = []
         for status in statuses:
+            total = "?" if status.counts.total is None else status.counts.total  # the flow ended before its plan
             lines.append(f"batch {status.name} ({status.batch_id}) ended {status.state}: "
-                         f"{status.counts.failed} of {status.counts.total} item(s) failed, "
+                         f"{status.counts.failed} of {total} item(s) failed, "
                          f"{status.counts.cancelled} not rendered")  # fmt: skip
             if status.reason:
                 lines.append(f"  why: {status.reason}")
