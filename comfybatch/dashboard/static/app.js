@@ -267,10 +267,11 @@ class HomeView {
     return this.run("Submitting…", async () => {
       const spec = await this.spec();
       const key = this.submissionKey(spec);
-      const started = await retrying((attempt, wait) => {
-        if (attempt) this.report.replaceChildren(h("p", { class: "muted" }, `No answer yet; retrying in ${Math.ceil(wait / 1000)} s…`));
-        return api("POST", "/api/batches", { json: spec, headers: { "Idempotency-Key": key } });
-      });
+      const started = await retrying(
+        () => api("POST", "/api/batches", { json: spec, headers: { "Idempotency-Key": key } }),
+        (wait, error) => this.report.replaceChildren(h("p", { class: "muted", testid: "retrying" },
+          `${error.status ? "The platform is busy" : "No answer"}; retrying in ${Math.ceil(wait / 1000)} s…`)),
+      );
       this.submission = null;
       location.hash = `#/batches/${started.batch_id}`;
     });
@@ -333,16 +334,18 @@ function defaultName() {
 
 const SUBMIT_ATTEMPTS = 5;
 
-/** Call `send(attempt, wait)` until it answers: again after a network error or a 503 (after its Retry-After). */
-async function retrying(send) {
-  for (let attempt = 0, wait = 0; ; attempt += 1) {
+/** Call `send()` until it answers: again after a network error or a 503 (after its Retry-After), a few times;
+ * `waiting(ms, error)` before each wait. */
+async function retrying(send, waiting) {
+  for (let attempt = 0; ; attempt += 1) {
     try {
-      return await send(attempt, wait);
+      return await send();
     } catch (error) {
       const transient = error instanceof ApiError && (error.status === 0 || error.status === 503);
       if (!transient || attempt + 1 >= SUBMIT_ATTEMPTS) throw error;
       const after = Number(error.retryAfter);
-      wait = Number.isFinite(after) && after > 0 ? Math.min(after, 30) * 1000 : Math.min(8000, 500 * 2 ** attempt);
+      const wait = Number.isFinite(after) && after > 0 ? Math.min(after, 30) * 1000 : Math.min(8000, 500 * 2 ** attempt);
+      waiting(wait, error);
       await new Promise((resolve) => setTimeout(resolve, wait));
     }
   }
