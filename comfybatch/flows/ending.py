@@ -8,6 +8,7 @@ leaves its record.
 
 import asyncio
 import contextlib
+import json
 import time
 from typing import Any
 from uuid import UUID
@@ -15,6 +16,7 @@ from uuid import UUID
 from prefect import get_run_logger
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactCreate
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
@@ -46,11 +48,11 @@ class Ending:
 
     def __init__(
         self, spec: BatchSpec, store: OutputStore, batch_dir: str, jobs: list[JobSpec], results: list[JobResult], *,
-        skipped: int, plan: FleetPlan | None, duplicates: int, journal: JobJournal, publish: bool = True,
+        skipped: int, plan: FleetPlan | None, duplicates: int, journal: JobJournal, run_id: UUID | None = None,
     ) -> None:  # fmt: skip
         self.spec, self.store, self.batch_dir, self.jobs, self.results = spec, store, batch_dir, jobs, results
         self.skipped, self.plan, self.duplicates, self.journal = skipped, plan, duplicates, journal
-        self.publish = publish  # Prefect artifacts need a run context: not in the runner's hooks
+        self.run_id = run_id  # outside the run's own context (the runner's hooks), artifacts name their run
 
     async def finish(self) -> BatchReport:
         """The record of a run that went to the end.
@@ -116,9 +118,8 @@ class Ending:
             contact_sheets=sheets, failures=failures[:_FAILURES_KEPT],
             plan=self.plan.summary_lines() if self.plan else [], ended=ended,
         )  # fmt: skip
-        if self.publish:
-            preview = await asyncio.to_thread(preview_data_uri, store, sheets[0]) if sheets else None
-            await _publish_results(spec, results, report, preview=preview)
+        preview = await asyncio.to_thread(preview_data_uri, store, sheets[0]) if sheets else None
+        await _publish_results(spec, results, report, preview=preview, run_id=self.run_id)
         emit_batch_event(spec.name, "finished", done=done, failed=len(failures), skipped=self.skipped,
                          cancelled=cancelled, ended=ended)  # fmt: skip
         return report
@@ -157,19 +158,36 @@ def _table_row(r: JobResult) -> dict[str, object]:
 
 
 async def _publish_results(spec: BatchSpec, results: list[JobResult], report: BatchReport, *,
-                           preview: str | None) -> None:  # fmt: skip
+                           preview: str | None, run_id: UUID | None = None) -> None:  # fmt: skip
     rows = [_table_row(result) for result in results[:1000]]
-    await acreate_table_artifact(table=rows, key=f"{spec.name}-results", description=f"Jobs of {spec.name}")
     lines = [
-        f"# {spec.name}", "", f"- done: {report.done}", f"- skipped (already stored): {report.skipped}",
-        f"- failed: {report.failed}", f"- output: `{report.output}`",
+        f"# {spec.name}", "", *([f"Ended early: {report.ended}", ""] if report.ended else []),
+        f"- done: {report.done}", f"- skipped (already stored): {report.skipped}",
+        f"- failed: {report.failed}", f"- not rendered (the run ended first): {report.cancelled}",
+        f"- output: `{report.output}`",
         *(f"- manifest: `{uri}`" for uri in report.manifest), *(f"- sheet: `{uri}`" for uri in report.contact_sheets),
     ]  # fmt: skip
     if preview is not None:
         lines += ["", f"![contact sheet of {spec.name}]({preview})"]
     if report.failures:
         lines += ["", "## Failures", *(f"- `{key}`: {error}" for key, error in report.failures[:20])]
-    await acreate_markdown_artifact(markdown="\n".join(lines), key=f"{spec.name}-summary", description="Batch summary")
+    markdown = "\n".join(lines)
+    if run_id is None:
+        await acreate_table_artifact(table=rows, key=f"{spec.name}-results", description=f"Jobs of {spec.name}")
+        await acreate_markdown_artifact(markdown=markdown, key=f"{spec.name}-summary", description="Batch summary")
+        return
+    async with get_client() as client:  # no run context here: the artifacts name the run they belong to
+        await client.create_artifact(
+            ArtifactCreate(
+                key=f"{spec.name}-results",
+                type="table",
+                data=json.dumps(rows),
+                description=f"Jobs of {spec.name}",
+                flow_run_id=run_id,
+            )
+        )
+        await client.create_artifact(ArtifactCreate(key=f"{spec.name}-summary", type="markdown", data=markdown,
+                                                    description="Batch summary", flow_run_id=run_id))  # fmt: skip
 
 
 async def record_ending(flow: Any, flow_run: FlowRun, state: State) -> None:
@@ -186,7 +204,7 @@ async def record_ending(flow: Any, flow_run: FlowRun, state: State) -> None:
         return  # ended before its plan was stored: nothing was rendered
     journal = JobJournal(store, batch_dir)  # `stopped` takes every finished job from it
     ending = Ending(spec, store, batch_dir, jobs, [], skipped=0, plan=None, duplicates=0, journal=journal,
-                    publish=False)  # fmt: skip
+                    run_id=flow_run.id)  # fmt: skip
     reason = state.message or state.name or "ended"
     if state.type == StateType.CANCELLING:
         with contextlib.suppress(Exception):  # the request's own words ("cancelled by alice") where Prefect has them
@@ -194,4 +212,5 @@ async def record_ending(flow: Any, flow_run: FlowRun, state: State) -> None:
                 history = await client.read_flow_run_states(flow_run.id)
             reason = next((s.message for s in reversed(history) if s.message and s.type == StateType.CANCELLING),
                           reason)  # fmt: skip
+    await _cancel_task_runs(str(flow_run.id), reason)  # a killed process left them Running
     await ending.stopped(reason)
