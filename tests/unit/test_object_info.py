@@ -135,3 +135,20 @@ def test_merge_object_infos_unions_combo_options() -> None:
     assert merged.combo_options("Loader", "ckpt_name") == ("a.ckpt", "b.ckpt")
     assert merged.has_class("Only2")
     assert ObjectInfo(old).combo_options("Loader", "ckpt_name") == ("a.ckpt",)
+
+
+def test_merge_object_infos_across_three_servers_leaves_each_catalogue_as_it_was() -> None:
+    """Options from a third server add to the merged combo, and no server's own catalogue changes."""
+    first = ObjectInfo({"Loader": {"input": {"required": {"ckpt_name": [["a"], {}]}, "optional": {"x": ["INT", {}]}}}})
+    second = ObjectInfo({"Loader": {"input": {"required": {"ckpt_name": [["b"], {}]}}}})
+    third = ObjectInfo({"Loader": {"input": {"required": {"ckpt_name": [["c", "a"], {}]}}}})
+
+    merged = merge_object_infos([first, second, third])
+
+    assert merged.combo_options("Loader", "ckpt_name") == ("a", "b", "c")
+    assert merged.input_spec("Loader", "x") is not None
+    assert [info.combo_options("Loader", "ckpt_name") for info in (first, second, third)] == [
+        ("a",),
+        ("b",),
+        ("c", "a"),
+    ]
