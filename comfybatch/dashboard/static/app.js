@@ -407,13 +407,11 @@ class BatchView {
     $(root, "manifest-parquet").addEventListener("click", () => this.download("parquet"));
     this.onOnline = () => this.reconnectNow();
     this.onScroll = () => this.queueRender();
-    this.onResize = () => {
-      this.layoutKey = "";
-      this.queueRender();
-    };
+    this.resized = new ResizeObserver(() => this.queueRender()); // window resized, a scrollbar came or went
+    this.resized.observe(this.grid);
     window.addEventListener("online", this.onOnline);
     window.addEventListener("scroll", this.onScroll, { passive: true });
-    window.addEventListener("resize", this.onResize);
+    window.addEventListener("resize", this.onScroll);
     this.start();
   }
 
@@ -425,7 +423,8 @@ class BatchView {
     this.socket?.close(1000, "page left");
     window.removeEventListener("online", this.onOnline);
     window.removeEventListener("scroll", this.onScroll);
-    window.removeEventListener("resize", this.onResize);
+    window.removeEventListener("resize", this.onScroll);
+    this.resized.disconnect();
     for (const url of this.thumbs.values()) URL.revokeObjectURL(url);
   }
 
