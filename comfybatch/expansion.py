@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -16,9 +17,18 @@ from typing import Any
 import pandas as pd  # type: ignore[import-untyped]  # no stubs installed (pandas-stubs is not a dependency)
 
 from comfybatch.comfy.object_info import InputSpec, ObjectInfo
-from comfybatch.comfy.parameters import InputPath
+from comfybatch.comfy.parameters import UPLOAD_INPUTS, InputPath
 from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.errors import BatchRequestError, BindingError, RequestProblem
+from comfybatch.inputs import (
+    SHA_SUFFIX,
+    InputImage,
+    InputPolicy,
+    check_image,
+    list_images,
+    location_stem,
+    resolve_location,
+)
 from comfybatch.models import BatchSpec, JobSpec, SeedPolicy
 from comfybatch.sheets import EMPTY, cell_value, read_sheet
 from comfybatch.values import BUILTIN_RULES, InvalidValue, Kind, Rule, apply_rule
@@ -52,23 +62,36 @@ class _Item:
 
 
 def expand_batch(
-    spec: BatchSpec, template: ApiWorkflow, *, object_info: ObjectInfo | None = None, sheet: pd.DataFrame | None = None
+    spec: BatchSpec,
+    template: ApiWorkflow,
+    *,
+    object_info: ObjectInfo | None = None,
+    sheet: pd.DataFrame | None = None,
+    input_policy: InputPolicy | None = None,
 ) -> Expansion:
-    """Turn `spec` into image jobs: each item (sheet row, prompt, or one from defaults) x sweep x image.
+    """Turn `spec` into image jobs: each item (sheet row, input image, prompt, or one from defaults) x sweep x image.
 
     Values are checked per parameter (built-in rules for well-known names, plus the server's input specs
     when `object_info` is given), and every problem is collected before anything is bound. A given `sheet`
-    is numbered as a spreadsheet shows it: its first data row is row 2.
+    is numbered as a spreadsheet shows it: its first data row is row 2. Input images (`images`, an `image` column
+    or any upload parameter) are read and checked here, under `input_policy` (the process settings when None).
 
     Raises:
         BatchRequestError: the sheet cannot be read, or the problems found (row, column or field named).
     """
     if spec.sheet is not None and sheet is None:
         sheet = read_sheet(spec.sheet)
-    expander = _Expander(spec, template, object_info)
+    if input_policy is None:
+        from comfybatch.settings import get_settings
+
+        input_policy = InputPolicy.from_settings(get_settings())
+    expander = _Expander(spec, template, object_info, input_policy)
     defaults = {name: expander.value(name, value, field=f"defaults.{name}") for name, value in spec.defaults.items()}
     axes = expander.sweep_axes()
-    items = expander.sheet_items(sheet) if sheet is not None else expander.prompt_items()
+    if sheet is not None:
+        items = expander.sheet_items(sheet)
+    else:
+        items = expander.image_items() if spec.images is not None else expander.prompt_items()
     expander.check_request(_set_names(spec, sheet), jobs=len(items) * math.prod(map(len, axes)))
     expander.raise_if_any()
     return expander.build(items, axes, defaults)
@@ -77,7 +100,9 @@ def expand_batch(
 class _Expander:
     """One batch's offered parameters, their rules, and the problems found so far."""
 
-    def __init__(self, spec: BatchSpec, template: ApiWorkflow, object_info: ObjectInfo | None) -> None:
+    def __init__(
+        self, spec: BatchSpec, template: ApiWorkflow, object_info: ObjectInfo | None, policy: InputPolicy
+    ) -> None:
         self.spec = spec
         self.template = template
         try:
@@ -85,7 +110,15 @@ class _Expander:
         except BindingError as exc:
             problem = RequestProblem(exc.summary, field="bindings")
             raise BatchRequestError("the bindings do not fit the workflow", problems=(problem,)) from exc
-        self.rules = {name: _rules(template, name, paths, object_info) for name, paths in self.offered.items()}
+        self.uploads = {name for name, paths in self.offered.items()
+                        if paths and all(_is_upload(template, path, object_info) for path in paths)}  # fmt: skip
+        self.rules = {
+            name: [Rule("str", non_empty=True)] if name in self.uploads else _rules(template, name, paths, object_info)
+            for name, paths in self.offered.items()
+        }
+        self.policy = policy
+        self.images: dict[str, InputImage] = {}  # by location: each distinct input read and checked once
+        self.sheet_base = _folder_of(spec.sheet) if spec.sheet else None
         self.problems: list[RequestProblem] = []
         self.problem_count = 0
         swept = set(spec.sweep.axes).union(*spec.sweep.zipped)
@@ -121,7 +154,38 @@ class _Expander:
         except InvalidValue as exc:
             self.problem(str(exc), **where)
             return _UNSET
-        return value
+        return self._input(value, **where) if name in self.uploads else value
+
+    def _input(self, value: str, **where: Any) -> Any:
+        """The input image's location, after reading and checking it (once per location)."""
+        try:
+            location = resolve_location(value, self.sheet_base if "row" in where else None)
+            if location not in self.images:
+                self.images[location] = check_image(location, self.policy)
+        except InvalidValue as exc:
+            self.problem(str(exc), **where)
+            return _UNSET
+        return location
+
+    def image_items(self) -> list[_Item]:
+        """One item per input image (x each prompt, when prompts are given too)."""
+        source = self.spec.images
+        if "image" not in self.uploads:
+            self.problem("this workflow has no LoadImage to take the images; bind one: image=<node>.inputs.image",
+                         field="images")  # fmt: skip
+            return []
+        try:
+            locations = list_images(source) if source is not None else []
+        except InvalidValue as exc:
+            self.problem(str(exc), field="images")
+            return []
+        prompts = self.prompt_items()
+        items: list[_Item] = []
+        for number, location in enumerate(locations):
+            where = f"images[{number}]" if isinstance(source, list) else "images"
+            image = self.value("image", location, check_name=False, field=where)
+            items += [_Item({**prompt.values, "image": image}) for prompt in prompts]
+        return items
 
     def sweep_axes(self) -> list[Axis]:
         axes: list[Axis] = []
@@ -162,6 +226,8 @@ class _Expander:
     def sheet_items(self, sheet: pd.DataFrame) -> list[_Item]:
         if self.spec.prompts:
             self.problem("give either a sheet or prompts, not both", field="prompts")
+        if self.spec.images is not None:
+            self.problem("give either a sheet (with an 'image' column) or images, not both", field="images")
         names = [str(column).strip() for column in sheet.columns]
         for name in sorted({name for name in names if names.count(name) > 1}):
             self.problem("the sheet has more than one column with this name", column=name)
@@ -223,11 +289,16 @@ class _Expander:
         for (number, item), (offset, point) in itertools.product(enumerate(items), enumerate(points)):
             item_index = number * len(points) + offset
             values = {**defaults, **item.values, **point}  # precedence: sweep > row or prompt > defaults
-            label = item.label or _slug(str(values.get("prompt", ""))) or "item"
+            inputs = {name: self.images[values[name]] for name in self.uploads if name in values}
+            stem = next((_slug(location_stem(found.location)) for found in inputs.values()), "")
+            label = item.label or stem or _slug(str(values.get("prompt", ""))) or "item"
+            # The graph names each input by its content; the values record where it came from and its digest.
+            bound = {**values, **{name: found.server_name for name, found in inputs.items()}}
+            values = {**values, **{name + SHA_SUFFIX: found.sha256 for name, found in inputs.items()}}
             for image in range(spec.images_per_item):
                 seed = _seed(spec, item_index, image, values.get("seed")) if "seed" in self.offered else None
                 job_values = values if seed is None else {**values, "seed": seed}
-                workflow = self._bind(job_values)
+                workflow = self._bind(bound if seed is None else {**bound, "seed": seed})
                 if (key := workflow.content_hash()[:16]) not in keys:
                     keys.add(key)
                     jobs.append(JobSpec(
@@ -256,6 +327,21 @@ def _rules(template: ApiWorkflow, name: str, paths: list[InputPath], object_info
     return [Rule("str" if isinstance(value, str) else kind)]
 
 
+def _is_upload(template: ApiWorkflow, path: InputPath, object_info: ObjectInfo | None) -> bool:
+    class_type = template.class_type(path.node_id)
+    if (class_type, path.input_name) in UPLOAD_INPUTS:
+        return True
+    spec = _input_spec(template, object_info, path) if object_info is not None else None
+    return spec is not None and spec.has_upload
+
+
+def _folder_of(location: str) -> str:
+    """The folder a sheet is in: relative image paths in it are taken from there."""
+    if "://" in location:
+        return location.rsplit("/", 1)[0]
+    return os.path.dirname(os.path.abspath(location))
+
+
 def _input_spec(template: ApiWorkflow, object_info: ObjectInfo, path: InputPath) -> InputSpec | None:
     class_type = template.class_type(path.node_id)
     return object_info.input_spec(class_type, path.input_name) if object_info.has_class(class_type) else None
@@ -271,6 +357,7 @@ def _spec_rule(spec: InputSpec | None) -> Rule | None:
 def _set_names(spec: BatchSpec, sheet: pd.DataFrame | None) -> set[str]:
     names = set(spec.defaults) | set(spec.sweep.axes) | {name for group in spec.sweep.zipped for name in group}
     names |= {"prompt"} if spec.prompts else set()
+    names |= {"image"} if spec.images is not None else set()
     return names | ({str(column).strip() for column in sheet.columns} if sheet is not None else set())
 
 

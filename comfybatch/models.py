@@ -48,6 +48,10 @@ class BatchSpec(BaseModel):
     )
     prompts: list[str] = Field(default_factory=list, description="One item per prompt.")
     sheet: str | None = Field(None, description="CSV, XLSX or Parquet (path or fsspec URL): one item per row.")
+    images: str | list[str] | None = Field(
+        None, description="Input images: a folder or fsspec prefix (each image file one item, in name order), "
+        "or a list of paths and URLs.",
+    )  # fmt: skip
     sweep: Sweep = Field(default_factory=Sweep, description="Axes multiplied with every item.")
     defaults: dict[str, JsonValue] = Field(default_factory=dict, description="Values for parameters items leave out.")
     images_per_item: int = Field(1, ge=1, le=1000)
@@ -98,6 +102,18 @@ class BatchSpec(BaseModel):
             raise ValueError(problem)
         if ".." in value.replace("\\", "/").split("/"):
             raise ValueError(f"{value!r} has a '..' segment; give an absolute path or a URL instead")
+        return value
+
+    @field_validator("images")
+    @classmethod
+    def _image_locations(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and not value:
+            raise ValueError("is an empty list; leave it out instead")
+        for number, location in enumerate([value] if isinstance(value, str) else value or []):
+            try:
+                cls._location(location)
+            except ValueError as exc:
+                raise ValueError(f"images[{number}]: {exc}" if isinstance(value, list) else str(exc)) from None
         return value
 
     @field_validator("defaults")

@@ -10,6 +10,7 @@ from comfybatch.comfy.follow import EventHandler, PromptResult, Timeouts
 from comfybatch.comfy.protocol import OutputFile
 from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.errors import ComfyBatchError, JobLost
+from comfybatch.inputs import InputPolicy, ensure_uploaded, upload_values
 from comfybatch.models import JobResult, JobSpec, StoredFile
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.records import JobJournal
@@ -26,12 +27,15 @@ def prepare_workflow(job: JobSpec) -> ApiWorkflow:
 async def execute_job(
     comfy: ComfyClient, job: JobSpec, *, store: OutputStore, journal: JobJournal, batch_dir: str,
     timeouts: Timeouts, attempt: int = 1, resume_prompt_id: str | None = None, lease_id: str | None = None,
-    comfyui_version: str | None = None, on_event: EventHandler | None = None,
+    comfyui_version: str | None = None, on_event: EventHandler | None = None, input_policy: InputPolicy | None = None,
 ) -> JobResult:  # fmt: skip
     """Run `job` on `comfy` (or finish `resume_prompt_id` there) and store its outputs.
 
+    Input images the job names are put on the server first, unless it has them already (content-addressed).
+
     Raises:
-        ComfyBatchError subclasses from the client, DownloadError, StorageError.
+        ComfyBatchError subclasses from the client, DownloadError, StorageError; ConfigError when an input
+        image changed or vanished since the batch was checked.
     """
     result: PromptResult | None = None
     if resume_prompt_id is not None:
@@ -40,6 +44,8 @@ async def execute_job(
         except JobLost:
             result = None  # the server restarted or forgot it: render it anew
     if result is None:
+        for location, sha256 in upload_values(job.values):  # on this server, before the prompt names them
+            await ensure_uploaded(comfy, location, sha256, input_policy or InputPolicy())
         prompt_id = new_prompt_id()
         await journal.submitted(job, server=comfy.name, prompt_id=prompt_id, lease_id=lease_id)  # before POST
         result = await comfy.run(prepare_workflow(job), prompt_id=prompt_id, timeouts=timeouts, on_event=on_event)

@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(20_000_000, ge=1, description="Largest sheet `PUT /api/uploads/{name}` accepts.")
     max_request_bytes: int = Field(10_000_000, ge=1, description="Largest JSON body of a batch or validate request.")
+    max_input_pixels: int = Field(
+        50_000_000, ge=1, description="Largest input image (width x height) a batch may bring; larger ones are refused."
+    )
+    max_input_bytes: int = Field(200_000_000, ge=1, description="Largest input image file a batch may bring.")
+    input_allow_private_urls: bool = Field(
+        False, description="Fetch input image URLs on loopback, private or link-local addresses (SSRF: off by default)."
+    )
+    input_allow_http_urls: bool = Field(False, description="Fetch input image URLs over plain http, not only https.")
 
     @field_validator("comfyui_urls", "demo_urls", mode="before")
     @classmethod

@@ -221,6 +221,16 @@ class ComfyClient:
         response = await self._send("POST", "/upload/image", data=form, files=files)
         return self._parse(UploadedFile, response)
 
+    async def has_input(self, filename: str, *, subfolder: str = "") -> bool:
+        """Whether the server's input folder holds `subfolder/filename` (`HEAD /view?type=input`).
+
+        Raises:
+            ServerUnavailable, ServerProtocolError.
+        """
+        params = {"filename": filename, "subfolder": subfolder, "type": "input"}
+        response = await self._head("/view", params=params, accept=(200, 404))
+        return response.status_code == 200
+
     async def download(self, output: OutputFile, dest: Path) -> DownloadedFile:
         """Stream one output to `dest` (written atomically), bytes untouched.
 
@@ -293,6 +303,10 @@ class ComfyClient:
     async def _get(self, path: str, **kwargs: Any) -> httpx.Response:
         # Idempotent reads retry briefly: a blip should not fail over a whole job.
         return await self._send("GET", path, **kwargs)
+
+    @stamina.retry(on=ServerUnavailable, attempts=3, timeout=30.0)
+    async def _head(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await self._send("HEAD", path, **kwargs)
 
     async def _send(self, method: str, path: str, *, accept: tuple[int, ...] = (200,), **kwargs: Any) -> httpx.Response:
         try:

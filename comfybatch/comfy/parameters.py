@@ -1,4 +1,4 @@
-"""Workflow parameters: input paths, detection of the common txt2img parameters, and binding values.
+"""Workflow parameters: input paths, detection of the common txt2img and image-in parameters, and binding values.
 
 Functions here read a validated API-format graph and never mutate it; `with_values` copies only
 the nodes it changes and shares the rest, which is safe because `ApiWorkflow` never hands them out.
@@ -54,6 +54,9 @@ _DETECTED_INPUTS: dict[str, tuple[str, ...]] = {
     "checkpoint": ("ckpt_name",),
     "filename_prefix": ("filename_prefix",),
 }
+# Detected parameter -> the loader class whose first node (by id) holds it in its `image` input.
+_DETECTED_LOADERS = {"image": "LoadImage", "mask": "LoadImageMask"}
+UPLOAD_INPUTS = frozenset({("LoadImage", "image"), ("LoadImageMask", "image")})  # take a file in the input folder
 _SIZE_INPUTS = ("width", "height", "batch_size")  # on EmptyLatentImage-like nodes (class "Empty…")
 _TEXT_INPUTS = ("text", "text_g", "text_l")
 _CONDITIONING_HOPS = ("conditioning", "conditioning_to", "conditioning_1")
@@ -166,6 +169,10 @@ def _detected_parameters(nodes: Graph) -> dict[str, list[InputPath]]:
         found["prompt"] = positive
     if negative := [p for p in negative if p not in positive]:
         found["negative_prompt"] = negative
+    for param, class_type in _DETECTED_LOADERS.items():
+        loader = next((n for n in node_ids if nodes[n]["class_type"] == class_type), None)
+        if loader is not None and isinstance(nodes[loader]["inputs"].get("image"), str):
+            found[param] = [InputPath(loader, "image")]
     for node_id in node_ids:
         node = nodes[node_id]
         for param, names in _DETECTED_INPUTS.items():

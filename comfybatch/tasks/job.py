@@ -12,10 +12,12 @@ from prefect.tasks import exponential_backoff
 from comfybatch.comfy.events import ComfyEvent
 from comfybatch.comfy.follow import EventHandler, Timeouts
 from comfybatch.errors import ComfyBatchError, FleetExhausted, JobInterrupted, JobLost, JobTimeout, ServerUnavailable
+from comfybatch.inputs import InputPolicy
 from comfybatch.models import JobResult, JobSpec
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.pipeline import execute_job
 from comfybatch.records import JobJournal, JobRecord
+from comfybatch.settings import get_settings
 from comfybatch.tasks.dispatch import NoServerAvailable, Slot, SlotBroker
 from comfybatch.tasks.events import ProgressThrottle, emit_item_event
 from comfybatch.tasks.retry import retry_if_retryable
@@ -30,6 +32,7 @@ class JobContext:
     def __init__(
         self, *, broker: SlotBroker, store: OutputStore, journal: JobJournal, batch_dir: str, timeouts: Timeouts,
         eligible: dict[str, tuple[str, ...]], recoverable: dict[str, JobRecord], versions: dict[str, str],
+        input_policy: InputPolicy | None = None,
     ) -> None:  # fmt: skip
         self.broker = broker
         self.store = store
@@ -39,6 +42,7 @@ class JobContext:
         self.eligible = eligible
         self.recoverable = recoverable
         self.versions = versions
+        self.input_policy = input_policy or InputPolicy.from_settings(get_settings())  # built in the flow's process
 
 
 @task(
@@ -80,6 +84,7 @@ async def _run_on(job: JobSpec, slot: Slot, context: JobContext, attempt: int, *
             comfy, job, store=context.store, journal=context.journal, batch_dir=context.batch_dir,
             timeouts=context.timeouts, attempt=attempt, resume_prompt_id=resume_prompt_id, lease_id=slot.lease_id,
             comfyui_version=context.versions.get(server.name), on_event=_progress_reporter(job, server.name),
+            input_policy=context.input_policy,
         )  # fmt: skip
     context.broker.mark_up(server.name)
     seconds = result.finished_at - result.started_at if result.finished_at and result.started_at else None
