@@ -4,22 +4,30 @@ Configured servers are written to blocks (with their source) so they show in the
 configuration wrote outlive it by no more than the next load. Every server gets its `comfy:<name>` limit.
 """
 
+import asyncio
 import contextlib
+import logging
 import os
 import tomllib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
-from prefect.client.orchestration import get_client
-from prefect.exceptions import ObjectNotFound
+from prefect.client.orchestration import PrefectClient
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from pydantic import SecretStr, ValidationError
 
 from comfybatch.blocks.server import CONFIG_SOURCES, ComfyUIServer, ServerConfig, name_from_url
 from comfybatch.errors import ConfigError
 from comfybatch.settings import Settings
+from comfybatch.tasks.leases import api_url, prefect_client
 
 _NOT_FOUND = 404
+logger = logging.getLogger(__name__)
+# (Prefect API, limit name) -> slots this process last saw or wrote: a fleet seen before is re-checked in the
+# background rather than waited for.
+_known_limits: dict[tuple[str, str], int] = {}
+_background: set[asyncio.Task[None]] = set()
 
 
 def configured_servers(settings: Settings) -> list[ServerConfig]:
@@ -65,8 +73,11 @@ def _from_entry(entry: Any, index: int, settings: Settings, *, path: str) -> Ser
 
 async def sync_fleet(servers: Sequence[ServerConfig], *, saved: Sequence[ServerConfig] | None = None) -> None:
     """Save `servers` as blocks (those that changed) and create or update their concurrency limits."""
-    if saved is None:
-        saved = await saved_servers()
+    await _save_blocks(servers, saved=await saved_servers() if saved is None else saved)
+    await sync_limits(servers)
+
+
+async def _save_blocks(servers: Sequence[ServerConfig], *, saved: Sequence[ServerConfig]) -> None:
     # Every write is a transaction on the Prefect server (SQLite by default): write only what changed.
     current = {server.name: server for server in saved}
     for server in servers:
@@ -74,7 +85,6 @@ async def sync_fleet(servers: Sequence[ServerConfig], *, saved: Sequence[ServerC
             block = ComfyUIServer(url=server.url, api_token=server.api_token, slots=server.slots,
                                   labels=list(server.labels), source=server.source)  # fmt: skip
             await block.asave(server.name, overwrite=True)
-    await sync_limits(servers)
 
 
 def stale_servers(configured: Sequence[ServerConfig], saved: Sequence[ServerConfig]) -> list[str]:
@@ -114,7 +124,7 @@ async def delete_servers(names: Sequence[str]) -> None:
     """Delete the `ComfyUI Server` blocks named `names` (their limits stay: a run may still hold a slot)."""
     if not names:
         return
-    async with get_client() as client:
+    async with prefect_client() as client:
         documents = await client.read_block_documents_by_type(ComfyUIServer.get_block_type_slug())
         for document in documents:
             if document.name in names:
@@ -154,20 +164,37 @@ async def given_servers(urls: Sequence[str], settings: Settings) -> AsyncIterato
 
 
 async def sync_limits(servers: Sequence[ServerConfig]) -> None:
-    """One global concurrency limit per server, `comfy:<name>`, sized to its slots."""
-    async with get_client() as client:
+    """One global concurrency limit per server, `comfy:<name>`, sized to its slots (one read; writes only what
+    differs)."""
+    api = api_url()
+    async with prefect_client() as client:
         limits = {limit.name: limit.limit for limit in await client.read_global_concurrency_limits(limit=200)}
+        _known_limits.update({(api, name): slots for name, slots in limits.items()})
         for server in servers:
             if limits.get(server.limit_name) != server.slots:
                 await client.upsert_global_concurrency_limit_by_name(server.limit_name, server.slots)
+                _known_limits[api, server.limit_name] = server.slots
 
 
-async def saved_servers() -> list[ServerConfig]:
+def _limits_known(servers: Sequence[ServerConfig]) -> bool:
+    """Whether this process already saw every server's limit at its size (a fleet seen before)."""
+    api = api_url()
+    return all(_known_limits.get((api, server.limit_name)) == server.slots for server in servers)
+
+
+async def _check_limits(servers: Sequence[ServerConfig]) -> None:
+    try:
+        await sync_limits(servers)
+    except (httpx.HTTPError, OSError, ObjectAlreadyExists) as exc:  # the broker makes a missing limit on use
+        logger.warning("concurrency limits not checked: %r", exc)
+
+
+async def saved_servers(client: PrefectClient | None = None) -> list[ServerConfig]:
     """`ComfyUI Server` blocks, as configs (disabled ones included; callers filter)."""
     slug = ComfyUIServer.get_block_type_slug()
-    async with get_client() as client:
+    async with contextlib.nullcontext(client) if client is not None else prefect_client() as prefect:
         try:
-            documents = await client.read_block_documents_by_type(slug)
+            documents = await prefect.read_block_documents_by_type(slug)
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code != _NOT_FOUND:
                 raise
@@ -194,7 +221,7 @@ async def load_fleet(settings: Settings, *, only: Sequence[str] = ()) -> list[Se
     configured = configured_servers(settings)
     saved = await saved_servers()
     if configured:
-        await sync_fleet(configured, saved=saved)
+        await _save_blocks(configured, saved=saved)  # nothing to write for a fleet seen before
         await delete_servers(stale_servers(configured, saved))
     fleet = select_fleet(configured, saved, only=only)
     if not fleet:
@@ -202,5 +229,12 @@ async def load_fleet(settings: Settings, *, only: Sequence[str] = ()) -> list[Se
             "no ComfyUI servers configured: set COMFYUI_URLS=http://host:8188[,...], write comfybatch.toml, "
             "add a 'ComfyUI Server' block in the Prefect UI, or start the demo fleet (comfybatch demo)"
         )
-    await sync_limits(fleet)
+    targets = list({server.name: server for server in [*configured, *fleet]}.values())
+    if _limits_known(targets):
+        # Seen before: check in the background (a limit deleted meanwhile is re-created by the broker on use).
+        task = asyncio.create_task(_check_limits(targets))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+    else:
+        await sync_limits(targets)
     return fleet

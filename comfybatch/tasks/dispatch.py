@@ -23,11 +23,11 @@ from typing import Self
 from uuid import UUID
 
 import httpx
-from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectAlreadyExists
 
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.errors import ConfigError
-from comfybatch.tasks.leases import LEASE_S, LeaseApi
+from comfybatch.tasks.leases import LEASE_S, LeaseApi, prefect_client
 from comfybatch.tasks.priority import DemandBoard
 
 _POLL_S = 0.5  # how soon a slot freed by another process is noticed
@@ -70,6 +70,7 @@ class SlotBroker:
         self._changed = asyncio.Condition()
         self._increments = asyncio.Lock()
         self._last_jobs = False
+        self._limits_made: set[str] = set()
         self._leases_api: LeaseApi | None = None
         self._renewer: asyncio.Task[None] | None = None
 
@@ -196,7 +197,14 @@ class SlotBroker:
             return None
         if not granted.limits:
             await self._give_back(name, granted.lease_id)
-            raise ConfigError(f"concurrency limit {server.limit_name} is missing (the fleet was not synced)")
+            if name in self._limits_made:
+                raise ConfigError(f"concurrency limit {server.limit_name} is missing (the fleet was not synced)")
+            # The fleet's limits are checked beside the batch's start; one deleted meanwhile is made here.
+            self._limits_made.add(name)
+            with contextlib.suppress(ObjectAlreadyExists):  # the fleet's own check made it first
+                async with prefect_client() as client:
+                    await client.upsert_global_concurrency_limit_by_name(server.limit_name, server.slots)
+            return await self._try_limit(name)
         self._leases.add(granted.lease_id)
         self._busy[name] += 1
         return Slot(server, str(granted.lease_id))
@@ -273,7 +281,7 @@ class SlotBroker:
 async def fleet_usage(servers: Sequence[ServerConfig]) -> dict[str, tuple[int, int]]:
     """`{server: (active_slots, limit)}` as Prefect sees it right now."""
     usage: dict[str, tuple[int, int]] = {}
-    async with get_client() as client:
+    async with prefect_client() as client:
         for limit in await client.read_global_concurrency_limits(limit=200):
             for server in servers:
                 if limit.name == server.limit_name:

@@ -8,16 +8,27 @@ after 30-150 ms.
 
 import asyncio
 import base64
+import functools
 import random
+import ssl
 import time
 from types import TracebackType
 from typing import Self
 from uuid import UUID
 
+import certifi
 import httpx
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse
-from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY
+from prefect.context import AsyncClientContext
+from prefect.settings import (
+    PREFECT_API_AUTH_STRING,
+    PREFECT_API_KEY,
+    PREFECT_API_SSL_CERT_FILE,
+    PREFECT_API_TLS_INSECURE_SKIP_VERIFY,
+    PREFECT_API_URL,
+    PREFECT_SERVER_EPHEMERAL_ENABLED,
+)
 
 LEASE_S = 60.0  # Prefect's minimum: a dead holder's unjournaled slot returns after ~75 s
 _LOCKED, _UNAVAILABLE = 423, 503
@@ -28,6 +39,43 @@ _ATTEMPTS = 40
 # gives up after ~60 s.
 _AWAY_S = 90.0
 _AWAY_PAUSE_S = (0.1, 1.0)
+
+
+def api_url() -> str:
+    """Where the Prefect API is, in every mode: `PREFECT_API_URL`, or the temporary server Prefect starts (once per
+    process) when none is configured. Cheap: no client is built."""
+    if configured := PREFECT_API_URL.value():
+        return str(configured).rstrip("/")
+    if PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        from prefect.server.api.server import SubprocessASGIServer  # a server module: imported only here
+
+        server = SubprocessASGIServer()  # Prefect's own per-process instance, the one `get_client()` starts
+        server.start()  # returns at once when it already runs
+        return server.api_url.rstrip("/")
+    return str(get_client().api_url).rstrip("/")  # Prefect's own error for a missing URL
+
+
+def tls_context() -> ssl.SSLContext:
+    """One TLS context per process and settings, as Prefect's client builds it (building one costs ~18 ms)."""
+    return _tls_context(bool(PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value()), PREFECT_API_SSL_CERT_FILE.value() or None)
+
+
+@functools.cache
+def _tls_context(insecure: bool, cert_file: str | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=cert_file or certifi.where())
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def prefect_client() -> PrefectClient:
+    """Prefect's client for this loop: the run's own where there is one, else a new one on the shared TLS context.
+    Use `async with`."""
+    context = AsyncClientContext.get()
+    if context is not None and getattr(context.client, "_loop", None) in (asyncio.get_running_loop(), None):
+        return get_client()  # the run's own client
+    return get_client(httpx_settings={"verify": tls_context()})
 
 
 class LeaseApi:
@@ -42,10 +90,8 @@ class LeaseApi:
             headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
         elif key := PREFECT_API_KEY.value():
             headers["Authorization"] = f"Bearer {key}"
-        # Prefect's own client knows where its API is in every mode: PREFECT_API_URL, or the temporary server it
-        # starts (once per process) when none is configured.
-        base = str(get_client().api_url).rstrip("/")
-        self._http = httpx.AsyncClient(base_url=base, headers=headers, timeout=httpx.Timeout(30.0, connect=5.0))
+        self._http = httpx.AsyncClient(base_url=api_url(), headers=headers, verify=tls_context(),
+                                       timeout=httpx.Timeout(30.0, connect=5.0))  # fmt: skip
 
     async def __aenter__(self) -> Self:
         return self

@@ -11,6 +11,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from comfybatch.blocks.fleet import load_fleet, saved_servers
 from comfybatch.blocks.server import ComfyUIServer
 from comfybatch.settings import Settings
+from comfybatch.tasks.dispatch import SlotBroker
 from comfybatch.testing.prefect_server import LocalPrefectServer
 from tests.flows.conftest import PREFECT_SOCKETS
 
@@ -58,3 +59,21 @@ async def test_blocks_saved_before_sources_count_as_configuration_when_named_aft
     assert "render-box" in names
     assert "127-0-0-1-5" not in names
     assert "127-0-0-1-5" not in {server.name for server in await saved_servers()}
+
+
+async def test_a_limit_deleted_after_the_fleet_was_seen_is_made_again_by_the_first_lease(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    """A second load of a fleet this process has seen returns without waiting for its limit check; a limit
+    deleted behind its back meanwhile is re-created when the first job asks for a slot, and the slot is granted."""
+    settings = Settings(comfyui_urls="http://127.0.0.1:8", config_file=tmp_path / "absent.toml")
+    await load_fleet(settings)
+    async with get_client() as client:
+        await client.delete_global_concurrency_limit_by_name("comfy:127-0-0-1-8")
+
+    fleet = await load_fleet(settings)
+    async with SlotBroker(fleet) as broker, broker.slot([fleet[0].name], deadline_s=5.0) as slot:
+        assert slot.server.name == "127-0-0-1-8"
+        async with get_client() as client:
+            limit = await client.read_global_concurrency_limit_by_name("comfy:127-0-0-1-8")
+        assert (limit.limit, limit.active_slots) == (fleet[0].slots, 1)
