@@ -85,6 +85,7 @@ async def run(
     *,
     workflow: str,
     sheet: str | None = None,
+    images: str | None = None,
     prompt: Annotated[list[str] | None, Parameter(name=["--prompt"], negative="")] = None,
     set_: Annotated[list[str] | None, Parameter(name=["--set"], negative="")] = None,
     server: Annotated[list[str] | None, Parameter(name=["--server"], negative="")] = None,
@@ -101,7 +102,8 @@ async def run(
 
     Args:
         workflow: Template name (see comfybatch/templates) or a UI-/API-format workflow JSON file.
-        sheet: CSV, XLSX or Parquet: one job per row, columns named after parameters.
+        sheet: CSV, XLSX or Parquet: one job per row, columns named after parameters (an `image` column: input images).
+        images: Folder or fsspec URL of input images: one item per image file, in name order.
         prompt: A prompt; repeat for more jobs.
         set_: name=value defaults for every job, e.g. --set steps=20 --set width=512.
         server: ComfyUI URL; repeat for more (default: COMFYUI_URLS or comfybatch.toml).
@@ -117,7 +119,8 @@ async def run(
     from comfybatch.settings import get_settings
 
     spec = BatchSpec(
-        name=name or default_name(workflow, sheet), workflow=workflow, sheet=sheet, prompts=prompt or [],
+        name=name or default_name(workflow, sheet or images), workflow=workflow, sheet=sheet, prompts=prompt or [],
+        images=_absolute(images) if images and "://" not in images else images,
         defaults=parse_sets(set_ or []), images_per_item=images_per_item, dry_run=dry_run, new_version=new_version,
         output=_absolute(out) if out and "://" not in out else out,  # the flow may run in another folder
         bindings={name: str(path) for name, path in parse_sets(bind or []).items()},
