@@ -34,6 +34,7 @@ from comfybatch.dashboard.schemas import TERMINAL_STATES
 logger = logging.getLogger(__name__)
 
 EVENT_PREFIXES = ["comfybatch.", "prefect.flow-run."]
+BATCH_FLOW = "generate-batch"  # the flow of every batch run (`launcher.GENERATE_BATCH`'s flow part)
 # Flow-run events that are no state change: the engine's heartbeat (every few seconds of a run) and pull steps.
 _NOT_STATES = ["prefect.flow-run.heartbeat", "prefect.flow-run.pull-step."]
 _HISTORY_MARGIN = timedelta(minutes=1)  # clocks of the Prefect server and its clients differ a little
@@ -61,6 +62,13 @@ def state_of(event: Event) -> str | None:
     if not event.event.startswith("prefect.flow-run."):
         return None
     return (event.resource.get("prefect.state-type") or "").upper() or None
+
+
+def is_batch_event(event: Event) -> bool:
+    """Whether the event is one of a batch's: ours, or a state change of a `generate-batch` flow run."""
+    if event.event.startswith("comfybatch."):
+        return True
+    return any(r.role == "flow" and r.get("prefect.resource.name") == BATCH_FLOW for r in event.related)
 
 
 def streamed(event: Event) -> bool:
@@ -154,14 +162,24 @@ class EventHub:
         if log is None:
             log = self._logs[run_id] = BatchLog()
             while len(self._logs) > self.max_batches:  # forget the least recently used batch
-                self._logs.popitem(last=False)
+                _, evicted = self._logs.popitem(last=False)
+                evicted.changed.set()  # its streams wake up, see it is gone and rebuild it
         else:
             self._logs.move_to_end(run_id)
         return log
 
+    @property
+    def logged(self) -> int:
+        """How many batch logs this hub holds (at most `max_batches`)."""
+        return len(self._logs)
+
     def ingest(self, event: Event) -> None:
+        """Add a live event to its batch's log. Only batches get logs: `comfybatch.*` events and the state changes
+        of `generate-batch` runs (or of runs already logged); other flows of the workspace cost nothing."""
         run_id = run_id_of(event)
-        if run_id is not None and self._log(run_id).add(event):
+        if run_id is None or not (run_id in self._logs or is_batch_event(event)):
+            return
+        if self._log(run_id).add(event):
             self.metrics.observe(event, run_id)
 
     async def _subscribe(self) -> None:
@@ -203,6 +221,8 @@ class EventHub:
         log = await self.log(run_id, created)
         position = max(after, 0)
         while True:
+            if self._logs.get(run_id) is not log:  # evicted while streamed: rebuilt from the history and live events
+                log = await self.log(run_id, created)
             changed = log.changed
             while position < len(log.events):
                 position += 1
