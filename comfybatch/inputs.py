@@ -160,8 +160,11 @@ def inspect_image(location: str, data: bytes, policy: InputPolicy) -> InputImage
                 found = str(image.format)
         except UnidentifiedImageError:
             raise InvalidValue(f"{shown}: not an image (or a format ComfyUI cannot load)") from None
-        except Image.DecompressionBombError:
-            raise InvalidValue(f"{shown}: too many pixels (a decompression bomb?)") from None
+        except Image.DecompressionBombError:  # over twice Pillow's limit: refused before its size is known
+            raise InvalidValue(
+                f"{shown}: declares more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels (a decompression bomb?); "
+                f"at most {policy.max_pixels:,} pixels are allowed"
+            ) from None
         except (OSError, SyntaxError, ValueError) as exc:  # Pillow: truncated or corrupt data
             raise InvalidValue(f"{shown}: the image is truncated or corrupt ({exc})") from None
     return InputImage(location, hashlib.sha256(data).hexdigest(), found, width, height)
