@@ -1,6 +1,11 @@
 """Fleet benchmark: the same Delay workload fed directly (the limit), by comfybatch, and by a peer client.
 
-    .venv/bin/python bench/fleet.py --scenario 1|2|3 [--quick] [--servers N --delay S --images M] [--py-spy]
+    .venv/bin/python bench/fleet.py --scenario 1|2|3|4 [--quick] [--servers N --delay S --images M] [--py-spy]
+
+Scenario 4 is small triggered batches (`bench/_triggered.py`): `batches` runs of the served `generate-batch`
+deployment, one after another, each of `images / batches` prompts, against direct feeding of each batch alone.
+It has no peer figure: the peer client has no deployment to trigger, and feeding it 10 prompts measures the
+same thing as direct feeding.
 
 Prints a table and, as its last line, JSON; writes `bench/out/fleet-s<N>-timeline.png`. See `bench/README.md`.
 """
@@ -35,6 +40,7 @@ from _common import (
 )
 from _profile import SpyRecorder
 from _timeline import draw_timeline
+from _triggered import measure_triggered
 
 from comfybatch.settings import get_settings
 
@@ -47,6 +53,7 @@ class Scenario:
     proxy_delay_s: float = 0.0
     target_utilisation: float = 0.0
     target_vs_peer: float | None = None
+    batches: int = 1  # scenario 4: the images come in this many batches, one after another
 
 
 # Issue 6 §1. Utilisation = direct makespan / comfybatch makespan; vs peer = peer makespan / comfybatch makespan.
@@ -54,11 +61,14 @@ SCENARIOS = {
     1: Scenario(servers=8, delay_s=1.0, images=400, target_utilisation=0.98),
     2: Scenario(servers=8, delay_s=0.1, images=2000, target_utilisation=0.90),
     3: Scenario(servers=8, delay_s=0.5, images=400, proxy_delay_s=0.025, target_utilisation=0.97, target_vs_peer=1.25),
+    # Issue 11: sum of batch makespans <= 1.25x direct feeding of each batch, i.e. utilisation >= 0.8.
+    4: Scenario(servers=4, delay_s=0.5, images=200, batches=20, target_utilisation=0.8),
 }
 QUICK = {  # the same shapes, small enough for CI (< 2 min with start-up)
     1: Scenario(servers=2, delay_s=0.5, images=24, target_utilisation=0.98),
     2: Scenario(servers=2, delay_s=0.1, images=100, target_utilisation=0.90),
     3: Scenario(servers=2, delay_s=0.5, images=24, proxy_delay_s=0.025, target_utilisation=0.97, target_vs_peer=1.25),
+    4: Scenario(servers=2, delay_s=0.5, images=60, batches=6, target_utilisation=0.8),
 }
 
 
@@ -171,13 +181,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, help="override the scenario's Delay seconds")
     parser.add_argument("--images", type=int, help="override the scenario's image count")
     parser.add_argument("--py-spy", action="store_true", help="sample client + Prefect server during comfybatch")
+    parser.add_argument("--batches", type=int, help="override scenario 4's batch count")
+    parser.add_argument("--serve-args", default="", help="scenario 4: extra `comfybatch serve` arguments")
     args = parser.parse_args(argv)
     base = (QUICK if args.quick else SCENARIOS)[args.scenario]
     scenario = Scenario(
         servers=args.servers or base.servers, delay_s=args.delay or base.delay_s, images=args.images or base.images,
         proxy_delay_s=base.proxy_delay_s, target_utilisation=base.target_utilisation,
-        target_vs_peer=base.target_vs_peer,
+        target_vs_peer=base.target_vs_peer, batches=args.batches or base.batches,
     )  # fmt: skip
+    if args.scenario == 4:
+        return main_triggered(scenario, quick=args.quick, serve_args=args.serve_args.split())
     spy = SpyRecorder(OUT_DIR) if args.py_spy else None
     proxied = f", behind a {1000 * scenario.proxy_delay_s:g} ms proxy each way" if scenario.proxy_delay_s else ""
     title = (f"scenario {args.scenario}{' (quick)' if args.quick else ''}: {scenario.servers} servers, "
@@ -204,6 +218,35 @@ def main(argv: list[str] | None = None) -> int:
     print(f"timeline: {draw_timeline(phases, runs, lanes, path, title=title)}")
     if spy is not None:
         spy.summarise()
+    print(json.dumps(result))
+    return 0
+
+
+def main_triggered(scenario: Scenario, *, quick: bool, serve_args: list[str]) -> int:
+    """Scenario 4: small batches through the served deployment, one after another."""
+    per_batch = scenario.images // scenario.batches
+    title = (f"scenario 4{' (quick)' if quick else ''}: {scenario.batches} triggered batches of {per_batch}, "
+             f"{scenario.servers} servers, Delay {scenario.delay_s:g} s")  # fmt: skip
+    print(f"{title}\nstarting {scenario.servers} ComfyUI servers and a Prefect server ...", flush=True)
+    with bench_environment(scenario.servers) as bench:
+        found = asyncio.run(measure_triggered(bench, batches=scenario.batches, images=per_batch,
+                                              delay_s=scenario.delay_s, serve_args=serve_args))  # fmt: skip
+    print(f"\n{title}")
+    print(f"{'per batch [s]':<34}{'p50':>8}{'p95':>8}")
+    labels = {"wait_s": "call -> Pending (runner poll)", "start_s": "Pending -> Running (process start)",
+              "setup_s": "set-up: Running -> first submit", "first_image_s": "time to first image",
+              "wrapup_s": "wrap-up: last finish -> end", "makespan_s": "makespan: call -> end"}  # fmt: skip
+    for name, label in labels.items():
+        print(f"{label:<34}{found['phases'][name]['p50']:>8.2f}{found['phases'][name]['p95']:>8.2f}")
+    print(f"sum of makespans: comfybatch {found['comfybatch_sum_s']:.1f} s, direct {found['direct_sum_s']:.1f} s: "
+          f"utilisation {found['utilisation']:.3f} (target {scenario.target_utilisation}, i.e. <= 1.25x)")  # fmt: skip
+    result = {
+        "bench": "fleet", "scenario": 4, "quick": quick, "servers": scenario.servers, "delay_s": scenario.delay_s,
+        "batches": scenario.batches, "images_per_batch": per_batch, "serve_args": serve_args, **found,
+        "first_image_s": found["phases"]["first_image_s"],
+        "target_utilisation": scenario.target_utilisation,
+        "met": {"utilisation": found["utilisation"] >= scenario.target_utilisation},
+    }  # fmt: skip
     print(json.dumps(result))
     return 0
 

@@ -1,7 +1,10 @@
 """Every deployment comfybatch serves: the single source of truth for names and schedules."""
 
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
+from prefect import Flow
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.deployments.runner import RunnerDeployment
@@ -14,7 +17,15 @@ GENERATE_BATCH = "generate-batch/generate-batch"
 SCHEDULED_PRODUCTION = "process-inbox/scheduled-production"
 
 
-async def deployments(settings: Settings) -> list[RunnerDeployment]:
+@dataclass(frozen=True)
+class Served:
+    """A flow and the options of its deployment (`Flow.to_deployment` / `Runner.add_flow` keywords)."""
+
+    flow: Flow[..., Any]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def catalog(settings: Settings) -> list[Served]:
     """`generate-batch` (on demand: Prefect UI form, REST API, dashboard) and `scheduled-production`."""
     schedule = (
         IntervalSchedule(interval=timedelta(seconds=settings.inbox_interval_s))
@@ -22,14 +33,21 @@ async def deployments(settings: Settings) -> list[RunnerDeployment]:
         else CronSchedule(cron=settings.inbox_cron, timezone=settings.timezone)
     )
     return [
-        await generate_batch.ato_deployment(
-            name="generate-batch", tags=["comfybatch"],
-            description="Render a batch: a workflow, items from prompts, a sheet or sweeps. Reruns skip stored images.",
-        ),
-        await process_inbox.ato_deployment(
-            name="scheduled-production", tags=["comfybatch"], schedules=[schedule],
+        Served(generate_batch, {
+            "name": "generate-batch", "tags": ["comfybatch"],
+            "description": "Render a batch: a workflow, items from prompts, a sheet or sweeps. "
+                           "Reruns skip stored images.",
+        }),
+        Served(process_inbox, {
+            "name": "scheduled-production", "tags": ["comfybatch"], "schedules": [schedule],
             # One inbox run at a time: a schedule firing while a run is still going is dropped.
-            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
-            description="Turn job sheets dropped in the inbox into batches; sheets move to done/ or failed/.",
-        ),
+            "concurrency_limit": ConcurrencyLimitConfig(limit=1,
+                                                        collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+            "description": "Turn job sheets dropped in the inbox into batches; sheets move to done/ or failed/.",
+        }),
     ]  # fmt: skip
+
+
+async def deployments(settings: Settings) -> list[RunnerDeployment]:
+    """The catalog as RunnerDeployments (for `prefect deploy`-style use; `serve` adds the flows themselves)."""
+    return [await served.flow.ato_deployment(**served.options) for served in catalog(settings)]

@@ -106,15 +106,17 @@ async def restart(*, port: int | None = None) -> int:
     return code
 
 
-async def serve(*, limit: int = 4) -> int:
+async def serve(*, limit: int = 4, poll_s: float = 0.5, cold: bool = False) -> int:
     """Serve the deployments from this process until stopped (what `up` runs in the background).
 
     Args:
         limit: How many flow runs at once.
+        poll_s: How often to ask the Prefect server for runs to start, in seconds.
+        cold: Start each flow run in a fresh Python (Prefect's default) instead of forking a warm one.
     """
     from comfybatch.deployments.serve import serve_deployments
 
-    await serve_deployments(limit=limit)
+    await serve_deployments(limit=limit, poll_s=poll_s, warm=not cold)
     return 0
 
 
