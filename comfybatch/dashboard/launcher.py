@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 from weakref import WeakKeyDictionary, WeakValueDictionary
 
+import httpx
 from cachetools import LRUCache
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
@@ -143,16 +144,20 @@ class Launcher:
 
     @asynccontextmanager
     async def _client(self) -> AsyncIterator[PrefectClient]:
-        if not self._keep_client:
-            async with self._new_client() as client:
-                yield client
-            return
-        loop = asyncio.get_running_loop()
-        kept = self._clients.get(loop)
-        if kept is None:
-            kept = self._clients[loop] = self._new_client()
-            await kept.__aenter__()
-        yield kept
+        """The Prefect client; Prefect unreachable is an outage (503, retry later), never an internal error."""
+        try:
+            if not self._keep_client:
+                async with self._new_client() as client:
+                    yield client
+                return
+            loop = asyncio.get_running_loop()
+            kept = self._clients.get(loop)
+            if kept is None:
+                kept = self._clients[loop] = self._new_client()
+                await kept.__aenter__()
+            yield kept
+        except httpx.TransportError as exc:
+            raise PlatformUnavailable(f"the Prefect API does not answer ({type(exc).__name__})") from None
 
     def open(self) -> None:
         """Keep one Prefect client open per event loop until `aclose()`."""

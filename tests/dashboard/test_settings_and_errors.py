@@ -88,3 +88,17 @@ async def test_disabled_auth_lets_requests_without_key_through() -> None:
         response = await http.get("/api/workflows")
 
     assert response.status_code == 200
+
+
+@pytest.mark.anyio
+async def test_prefect_unreachable_is_503_with_retry_after() -> None:
+    """With nothing listening at the Prefect API, listing batches answers 503 + Retry-After (an outage to retry),
+    not 500."""
+    settings = Settings(api_keys={"ci": API_KEY})
+    app = create_app(settings, Launcher(settings, api_url="http://127.0.0.1:9/api"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as http:
+        response = await http.get("/api/batches", headers=AUTH)
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"].isdigit()
+    assert "Prefect API" in response.json()["detail"]
