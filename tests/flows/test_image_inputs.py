@@ -69,7 +69,7 @@ def _write_inputs(folder: Path, colours: list[tuple[int, int, int]]) -> list[Pat
 
 
 def _outputs(settings: Settings, batch: str) -> list[Path]:
-    return sorted(Path(settings.output_root, batch).glob("*.png"))
+    return sorted(Path(settings.output_root, batch).glob("[0-9]*.png"))
 
 
 def _pixel(path: str) -> tuple[int, int, int]:
