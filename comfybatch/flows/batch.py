@@ -89,19 +89,26 @@ async def _render(
     fleet: tuple[list[ServerConfig], list[ServerProbe], dict[str, ObjectInfo]], run_id: str,
 ) -> BatchReport:  # fmt: skip
     servers, probes, infos = fleet
-    template = resolve_workflow(spec.workflow, infos)
-    expansion = expand_batch(spec, template, object_info=merge_object_infos(infos.values()))
     batch_dir = folder.relpath
     journal = JobJournal(store, batch_dir)
-    records = await journal.load()
+    loading = asyncio.create_task(journal.load())  # the journal's read overlaps the expansion
+    try:
+        template = resolve_workflow(spec.workflow, infos)
+        expansion = expand_batch(spec, template, object_info=merge_object_infos(infos.values()))
+    except BaseException:
+        loading.cancel()
+        await asyncio.gather(loading, return_exceptions=True)
+        raise
+    records = await loading
     stored = await asyncio.to_thread(_still_stored, store, records)
     slots = {server.name: server.slots for server in servers if server.name in infos}
     plan = plan_fleet(expansion.jobs, probes, infos, history=list(stored.values()), slots=slots)
     if expansion.jobs and plan.runnable == 0:
         await _publish_plan(spec, plan, len(expansion.jobs), expansion.duplicates)
         raise ConfigError("no server can run any job of this batch:\n" + "\n".join(plan.summary_lines()))
-    await remember_request(store, folder, identity)
-    await asyncio.to_thread(write_plan, store, batch_dir, expansion.jobs, plan.eligible)
+    # Both before the first prompt (the ending hooks read the plan), side by side.
+    await asyncio.gather(remember_request(store, folder, identity),
+                         asyncio.to_thread(write_plan, store, batch_dir, expansion.jobs, plan.eligible))  # fmt: skip
 
     results = [stored[job.key] for job in expansion.jobs if job.key in stored]
     for result in results:
