@@ -46,6 +46,8 @@ class InputPolicy:
     allow_private_urls: bool = False  # loopback, private, link-local and other internal targets
     allow_http_urls: bool = False  # plain http (https only by default)
     fetch_timeout_s: float = 30.0
+    # Set for requests that came over the API: local paths and fsspec URLs must lie under it (the uploads folder).
+    local_root: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "InputPolicy":
@@ -179,6 +181,8 @@ def read_input(location: str, policy: InputPolicy) -> bytes:
     shown = _display(location)
     if location.startswith(("http://", "https://")):
         return _fetch(location, policy)
+    if policy.local_root is not None and not _under(location, policy.local_root):
+        raise InvalidValue(f"{shown}: only https URLs and uploaded files can be named here")
     try:
         with fsspec.open(location, "rb") as file:
             data: bytes = file.read(policy.max_bytes + 1)
@@ -280,6 +284,12 @@ def upload_values(values: dict[str, Any]) -> list[tuple[str, str]]:
         for name, digest in values.items()
         if name.endswith(SHA_SUFFIX) and name.removesuffix(SHA_SUFFIX) in values
     ]
+
+
+def _under(location: str, root: str) -> bool:
+    if "://" in root or "://" in location:
+        return location.startswith(root.rstrip("/") + "/") and "/../" not in location
+    return os.path.commonpath([os.path.abspath(location), os.path.abspath(root)]) == os.path.abspath(root)
 
 
 def _display(location: str) -> str:

@@ -131,3 +131,35 @@ def test_url_that_does_not_answer_is_named(tmp_path: Path) -> None:
 
     with pytest.raises(BatchRequestError, match=r"images\[0\].*cat.png: does not answer"):
         expand_batch(spec, resolve_workflow("upscale", {}), input_policy=policy)
+
+
+def test_bound_upload_input_and_mask_are_input_images(tmp_path: Path) -> None:
+    """A name bound to a LoadImage's file is checked and content-addressed like `image`; `mask` is detected."""
+    photo = _swatch(tmp_path, "photo.png")
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+        "3": {"class_type": "LoadImageMask", "inputs": {"image": "example.png", "channel": "alpha"}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}},
+    }
+    spec = BatchSpec(name="b", workflow=graph, bindings={"photo": "2.inputs.image"},
+                     defaults={"photo": str(photo), "mask": str(photo)})  # fmt: skip
+
+    job = expand_batch(spec, resolve_workflow(graph, {}), input_policy=POLICY).jobs[0]
+
+    name = check_image(str(photo), POLICY).server_name
+    assert (job.workflow.get_input("2", "image"), job.workflow.get_input("3", "image")) == (name, name)
+    assert job.workflow.get_input("1", "image") == "example.png"  # `image` is offered, and unset here
+    assert {"photo_sha256", "mask_sha256"} <= set(job.values)
+
+
+def test_local_root_refuses_files_outside_it(tmp_path: Path) -> None:
+    """With `local_root` set (requests over the API), a sheet cell naming a file elsewhere is refused by row."""
+    _swatch(tmp_path / "secret", "private.png")
+    (tmp_path / "uploads").mkdir()
+    (tmp_path / "uploads" / "rows.csv").write_text("image\n../secret/private.png\n", encoding="utf-8")
+    spec = BatchSpec(name="r", workflow="upscale", sheet=str(tmp_path / "uploads" / "rows.csv"))
+    policy = InputPolicy(local_root=str(tmp_path / "uploads"))
+
+    with pytest.raises(BatchRequestError, match=r"row 2, column 'image'.*only https URLs and uploaded files"):
+        expand_batch(spec, resolve_workflow("upscale", {}), input_policy=policy)
