@@ -199,9 +199,9 @@ def read_input(location: str, policy: InputPolicy) -> bytes:
     return data
 
 
-def check_url(url: str, policy: InputPolicy) -> None:
-    """Refuse URLs the process must not fetch: not https (unless allowed), or a host that resolves to a loopback,
-    private, link-local or otherwise internal address (unless allowed).
+def check_url(url: str, policy: InputPolicy) -> str:
+    """The address to fetch `url` from, after refusing what the process must not fetch: not https (unless
+    allowed), or a host that resolves to a loopback, private, link-local or other internal address (unless allowed).
 
     Raises:
         InvalidValue: naming the URL and why.
@@ -212,29 +212,34 @@ def check_url(url: str, policy: InputPolicy) -> None:
         raise InvalidValue(f"{shown}: only https URLs are fetched (COMFYBATCH_INPUT_ALLOW_HTTP_URLS)")
     if not parts.hostname:
         raise InvalidValue(f"{shown}: the URL names no host")
-    if policy.allow_private_urls:
-        return
     try:
         infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError):
         raise InvalidValue(f"{shown}: the host {parts.hostname!r} does not resolve") from None
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if not address.is_global:
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+    for address in addresses:
+        if not address.is_global and not policy.allow_private_urls:
             raise InvalidValue(
                 f"{shown}: {parts.hostname} is an internal address ({address}); only public hosts are fetched "
                 "(COMFYBATCH_INPUT_ALLOW_PRIVATE_URLS)"
             )
+    return str(addresses[0])
 
 
 def _fetch(url: str, policy: InputPolicy) -> bytes:
-    check_url(url, policy)
+    address = check_url(url, policy)
     shown = _display(url)
+    # Connect to the address just checked (a second DNS answer could point inside: rebinding), with the URL's
+    # host in the Host header and for TLS (SNI and certificate). No redirects: each hop would need the check.
+    target = httpx.URL(url)
+    host = target.host
+    pinned = target.copy_with(host=address)
     try:
-        # No redirects: each hop would need the same address check.
         with (
             httpx.Client(timeout=policy.fetch_timeout_s, follow_redirects=False) as http,
-            http.stream("GET", url) as response,
+            http.stream(
+                "GET", pinned, headers={"Host": target.netloc.decode()}, extensions={"sni_hostname": host}
+            ) as response,  # fmt: skip
         ):
             if response.status_code != 200:
                 raise InvalidValue(f"{shown}: answered HTTP {response.status_code}")

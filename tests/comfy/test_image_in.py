@@ -1,9 +1,13 @@
 """Input images on a real ComfyUI: content-addressed uploads, and the image-in templates."""
 
 import asyncio
+import functools
+import http.server
 import random
 import shutil
+import threading
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -163,3 +167,34 @@ def test_local_root_refuses_files_outside_it(tmp_path: Path) -> None:
 
     with pytest.raises(BatchRequestError, match=r"row 2, column 'image'.*only https URLs and uploaded files"):
         expand_batch(spec, resolve_workflow("upscale", {}), input_policy=policy)
+
+
+class _RecordingHandler(http.server.SimpleHTTPRequestHandler):
+    hosts: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.hosts.append(self.headers["Host"])
+        super().do_GET()
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet test output
+        return
+
+
+def test_image_url_is_fetched_from_the_checked_address_with_its_host(tmp_path: Path) -> None:
+    """An image URL (internal hosts allowed by the setting) becomes an item; it is fetched once, Host kept."""
+    _swatch(tmp_path, "remote.png")
+    handler = functools.partial(_RecordingHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://localhost:{server.server_port}/remote.png"
+    policy = InputPolicy(allow_private_urls=True, allow_http_urls=True, fetch_timeout_s=5.0)
+    try:
+        spec = BatchSpec(name="u", workflow="upscale", images=[url])
+        job = expand_batch(spec, resolve_workflow("upscale", {}), input_policy=policy).jobs[0]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert (job.values["image"], job.label) == (url, "remote")
+    assert _RecordingHandler.hosts == [f"localhost:{server.server_port}"]
