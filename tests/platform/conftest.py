@@ -99,11 +99,11 @@ class ServeProcess:
     log: Path
 
     @classmethod
-    def start(cls, env: dict[str, str], *, cwd: Path) -> "ServeProcess":
+    def start(cls, env: dict[str, str], *, cwd: Path, args: tuple[str, ...] = ()) -> "ServeProcess":
         log = cwd / "serve.log"
         with log.open("ab") as sink:
             process = subprocess.Popen(
-                [sys.executable, "-m", "comfybatch.cli", "serve"], env=env, cwd=cwd, stdout=sink,
+                [sys.executable, "-m", "comfybatch.cli", "serve", *args], env=env, cwd=cwd, stdout=sink,
                 stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
             )  # fmt: skip
         return cls(process, log)
@@ -147,9 +147,11 @@ class ServeProcess:
 
 
 @contextlib.contextmanager
-def serving(api_url: str, env: dict[str, str], root: Path, *deployments: str) -> Iterator[ServeProcess]:
-    """`comfybatch serve` in `root` until the block exits, once the server knows `deployments`."""
-    serve = ServeProcess.start(env, cwd=root)
+def serving(
+    api_url: str, env: dict[str, str], root: Path, *deployments: str, args: tuple[str, ...] = ()
+) -> Iterator[ServeProcess]:
+    """`comfybatch serve [args]` in `root` until the block exits, once the server knows `deployments`."""
+    serve = ServeProcess.start(env, cwd=root, args=args)
     try:
         serve.wait_for_deployments(api_url, *deployments)
         yield serve

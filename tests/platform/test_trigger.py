@@ -2,6 +2,7 @@
 runs, started from serve's warm fork server rather than a fresh Python, and cancellable with its hook run."""
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,7 +57,8 @@ def served(
 ) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("trigger")
     env = serve_env(platform_prefect.api_url, comfy_fleet, root)
-    with serving(platform_prefect.api_url, env, root, GENERATE_BATCH) as serve:
+    args = tuple(os.environ.get("COMFYBATCH_TEST_SERVE_ARGS", "").split())
+    with serving(platform_prefect.api_url, env, root, GENERATE_BATCH, args=args) as serve:
         yield Served(platform_prefect.api_url, root / "out", serve, name_from_url(comfy_fleet.servers[0].url))
 
 
