@@ -244,6 +244,7 @@ def main_triggered(scenario: Scenario, *, quick: bool, serve_args: list[str]) ->
         "bench": "fleet", "scenario": 4, "quick": quick, "servers": scenario.servers, "delay_s": scenario.delay_s,
         "batches": scenario.batches, "images_per_batch": per_batch, "serve_args": serve_args, **found,
         "first_image_s": found["phases"]["first_image_s"],
+        "no_vs_peer": "the peer client has no deployment to trigger; fed 10 prompts it is direct feeding",
         "target_utilisation": scenario.target_utilisation,
         "met": {"utilisation": found["utilisation"] >= scenario.target_utilisation},
     }  # fmt: skip
