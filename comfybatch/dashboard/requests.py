@@ -48,10 +48,28 @@ def check_api_request(spec: BatchSpec, settings: Settings) -> None:
             problems.append(
                 RequestProblem("upload it with PUT /api/uploads/{filename}; pass the `sheet` it returns", field="sheet")
             )
+    problems += _image_problems(spec, OutputStore(settings.output_root))
     if problems:
         raise BatchRequestError("this batch request is not allowed over the API", problems=tuple(problems))
     check_parameters_size(spec)
     check_files(spec)
+
+
+def _image_problems(spec: BatchSpec, store: OutputStore) -> list[RequestProblem]:
+    """Input images over the API are https URLs or files uploaded with PUT /api/uploads, never a path of this machine
+    (the flow still checks every URL's host against the SSRF rules)."""
+    if spec.images is None:
+        return []
+    entries = [("images", spec.images)] if isinstance(spec.images, str) else [
+        (f"images[{number}]", entry) for number, entry in enumerate(spec.images)]  # fmt: skip
+    problems = []
+    for field, entry in entries:
+        relpath = store.relpath_of(entry)
+        if entry.startswith("https://") or (relpath is not None and relpath.startswith(f"{UPLOADS}/")):
+            continue
+        message = f"{entry!r} is not an https URL or an upload; upload it with PUT /api/uploads/{{filename}}"
+        problems.append(RequestProblem(message, field=field))
+    return problems
 
 
 def check_parameters_size(spec: BatchSpec) -> None:

@@ -135,8 +135,12 @@ class ValidationReport(BaseModel):
 
 
 class Uploaded(BaseModel):
-    """A stored sheet: put `sheet` into a batch request."""
+    """A stored upload: put `sheet` into a batch request, or `image` into its `images`."""
 
-    sheet: str
-    rows: int
-    columns: list[str]
+    sheet: str | None = None
+    rows: int | None = None
+    columns: list[str] | None = None
+    image: str | None = None
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None

@@ -1,10 +1,12 @@
 """Requests before and around a batch: the dry run, uploads, what the API refuses, quotas, who cancelled."""
 
+import io
 from collections.abc import AsyncIterator
 
 import anyio
 import httpx
 import pytest
+from PIL import Image
 
 from comfybatch.dashboard.app import create_app
 from comfybatch.dashboard.launcher import Launcher
@@ -122,3 +124,29 @@ async def test_who_cancelled_is_recorded(client: httpx.AsyncClient) -> None:
     final = await wait_finished(client, batch_id, timeout_s=90)
 
     assert (final["state"], final["cancelled_by"], final["submitted_by"]) == ("CANCELLED", "ci", "ci")
+
+
+async def test_an_uploaded_image_is_what_an_image_in_batch_renders(client: httpx.AsyncClient) -> None:
+    """Issue 14 over the API: `PUT /api/uploads/<name>.png` stores a checked image; a batch naming it in `images`
+    renders one item from it with the `upscale` template, while a local path in `images` is refused naming the
+    entry, and bytes that are no image are refused before anything is kept."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 6), (200, 30, 30)).save(buffer, format="PNG")
+    png = {**AUTH, "content-type": "image/png"}
+
+    uploaded = await client.put("/api/uploads/red.png", content=buffer.getvalue(), headers=png)
+    not_image = await client.put("/api/uploads/fake.png", content=b"not a picture", headers=png)
+    local = await client.post("/api/validate", headers=AUTH, json={
+        "name": "dash-image-local", "workflow": "upscale", "images": ["/etc/hostname"]})  # fmt: skip
+    created = await client.post("/api/batches", headers=AUTH, json={
+        "name": "dash-image-in", "workflow": "upscale", "images": [uploaded.json()["image"]]})  # fmt: skip
+    final = await wait_finished(client, created.json()["batch_id"])
+
+    assert uploaded.status_code == 201, uploaded.text
+    assert (uploaded.json()["width"], uploaded.json()["height"]) == (8, 6)
+    assert not_image.status_code == 400
+    assert "not an image" in not_image.json()["detail"]
+    assert local.status_code == 400
+    assert local.json()["problems"][0]["field"] == "images[0]"
+    assert final["state"] == "COMPLETED", final
+    assert final["counts"]["done"] == 1
