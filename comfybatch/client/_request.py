@@ -16,6 +16,7 @@ SHEET_MEDIA = {
     ".xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
     ".parquet": "application/vnd.apache.parquet",
 }
+IMAGE_MEDIA = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 _NOT_SLUG = re.compile(r"[^a-z0-9]+")
 _NOT_UPLOAD_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
 
@@ -64,14 +65,14 @@ def upload_name(path: Path) -> tuple[str, str]:
     """The file name the upload route accepts, and the content type for its suffix.
 
     Raises:
-        BatchRequestError: not a .csv, .xlsx or .parquet file.
+        BatchRequestError: not a sheet (.csv, .xlsx, .parquet) or an image (.png, .jpg, .jpeg, .webp).
     """
     suffix = path.suffix.lower()
-    if suffix not in SHEET_MEDIA:
-        message = f"{path.name}: a sheet is a .csv, .xlsx or .parquet file"
-        raise BatchRequestError("unsupported sheet", problems=(RequestProblem(message, field="sheet"),))
-    stem = _NOT_UPLOAD_NAME.sub("_", path.stem).lstrip("._ -")[:90] or "sheet"
-    return f"{stem}{suffix}", SHEET_MEDIA[suffix]
+    if suffix not in SHEET_MEDIA and suffix not in IMAGE_MEDIA:
+        message = f"{path.name}: a sheet is a .csv, .xlsx or .parquet file, an image a .png, .jpg, .jpeg or .webp file"
+        raise BatchRequestError("unsupported upload", problems=(RequestProblem(message, field="sheet"),))
+    stem = _NOT_UPLOAD_NAME.sub("_", path.stem).lstrip("._ -")[:90] or "upload"
+    return f"{stem}{suffix}", {**SHEET_MEDIA, **IMAGE_MEDIA}[suffix]
 
 
 def batch_body(

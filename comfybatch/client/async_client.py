@@ -114,7 +114,7 @@ class AsyncComfyBatchClient:
         batch_name: str | None = None, idempotency_key: str | None = None, bindings: Mapping[str, str] | None = None,
         sweep: Mapping[str, Any] | None = None, images_per_item: int | None = None, seed_policy: str | None = None,
         base_seed: int | None = None, priority: int | None = None, servers: Sequence[str] | None = None,
-        **params: Any,
+        images: Sequence[str | os.PathLike[str]] | None = None, **params: Any,
     ) -> BatchStarted:  # fmt: skip
         """Start a batch: one item per prompt and per sheet row, times the sweep (`POST /api/batches`).
 
@@ -125,6 +125,7 @@ class AsyncComfyBatchClient:
             width: Image width (`defaults.width`); height likewise.
             batch_name: The batch's name and output folder; a fresh slug of the first prompt when omitted.
             idempotency_key: Makes a repeated call return the same batch; one is generated for each call.
+            images: Input images, one item each: local files (uploaded first) or https URLs.
             bindings, sweep, images_per_item, seed_policy, base_seed, priority, servers: `BatchSpec` fields.
             **params: Values for parameters the items leave out (`BatchSpec.defaults`), e.g. `steps=20`.
 
@@ -135,6 +136,7 @@ class AsyncComfyBatchClient:
         body = await self._batch_body(prompts, sheet, workflow, width, height, batch_name, params, {
             "bindings": bindings, "sweep": sweep, "images_per_item": images_per_item, "seed_policy": seed_policy,
             "base_seed": base_seed, "priority": priority, "servers": servers,
+            "images": await self._image_refs(images) if images is not None else None,
         })  # fmt: skip
         headers = {"Idempotency-Key": idempotency_key or f"sdk-{uuid4()}"}  # retries below reuse it: one batch
         return await self._call(BatchStarted, "POST", "/api/batches", json=body, headers=headers)
@@ -160,8 +162,17 @@ class AsyncComfyBatchClient:
         })  # fmt: skip
         return await self._call(ValidationReport, "POST", "/api/validate", json=body)
 
+    async def _image_refs(self, images: Sequence[str | os.PathLike[str]]) -> list[str]:
+        """Each image as the API takes it: an https URL as it is, a local file uploaded first."""
+        refs = []
+        for image in images:
+            text = os.fspath(image)
+            refs.append(text if "://" in text else str((await self.upload_sheet(text)).image))
+        return refs
+
     async def upload_sheet(self, path: str | os.PathLike[str]) -> Uploaded:
-        """Store a local sheet on the dashboard (`PUT /api/uploads/{name}`); its `sheet` goes into a request.
+        """Store a local sheet or input image on the dashboard (`PUT /api/uploads/{name}`); its `sheet` goes into a
+        request, or its `image` into `images`.
 
         Raises:
             BatchRejected (unreadable sheet, wrong type, too large), AuthenticationFailed, DashboardUnavailable.

@@ -142,3 +142,29 @@ async def test_rejected_request_names_the_field(live_dashboard: str) -> None:
     assert (unknown.value.status_code, [p.field for p in unknown.value.problems]) == (400, ["workflow"])
     assert out_of_range.value.status_code == 422
     assert [p.field for p in out_of_range.value.problems] == ["images_per_item"]
+
+
+@pytest.mark.anyio
+async def test_submit_with_local_images_uploads_them_and_renders_one_item_each(
+    live_dashboard: str, tmp_path: Path
+) -> None:
+    """Issue 14 in the SDK: `submit_batch(images=[...])` uploads local files first; each becomes one item whose
+    output (the `upscale` template) is its input at twice the size."""
+    paths = []
+    for name, colour in (("mug", (250, 10, 10)), ("wallet", (10, 10, 250))):
+        paths.append(tmp_path / f"{name}.png")
+        Image.new("RGB", (10, 8), colour).save(paths[-1])
+
+    async with AsyncComfyBatchClient(live_dashboard, API_KEY) as client:
+        batch = await client.submit_batch(
+            images=paths, workflow="upscale", batch_name=f"sdk-images-{uuid.uuid4().hex[:6]}"
+        )
+        status = await client.wait_for_batch(batch, timeout=120)
+        downloaded = await client.download(batch, tmp_path / "out")
+
+    assert status.state == "COMPLETED"
+    sizes = []
+    for path in sorted(p for p in downloaded if p.suffix == ".png"):
+        with Image.open(path) as image:
+            sizes.append(image.size)
+    assert sizes == [(20, 16), (20, 16)]
