@@ -138,9 +138,11 @@ async def measure_triggered(
                 name=f"bench4-{run_id}-{batch:03d}", workflow=delay_graph(delay_s), bindings={"nonce": NONCE_INPUT},
                 sweep=Sweep(axes={"nonce": [f"cb-{run_id}-{batch:03d}-{index:05d}" for index in range(images)]}),
             )  # fmt: skip
+            log_before = bench.prefect_log_size()
             triggered.append(one := await trigger(bench, spec))
             shown = "  ".join(f"{name} {value:.2f}" for name, value in one.figures.items())
-            print(f"    batch {batch:2d} {one.state}: {shown}", flush=True)
+            busy = bench.prefect_503s(log_before, bench.prefect_log_size())  # SQLite busy: the client retries later
+            print(f"    batch {batch:2d} {one.state}: {shown}" + (f"  503s {dict(busy)}" if busy else ""), flush=True)
         cpu = cpu_delta(bench, cpu_before)
         cpu["serve"] = cpu_seconds(serve.pid) - serve_before
     sums = {name: [t.figures[name] for t in triggered] for name in _PHASES}
