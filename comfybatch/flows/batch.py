@@ -40,7 +40,8 @@ _PROGRESS_EVERY_S = 1.0
 _OK, _NO_CONTENT = 200, 204
 _PACE_EVERY_S = 1.0
 _PACE_STALL_S = 15.0
-_ENDING_READ_S = 5.0
+_CANCEL_POLL_S = 1.0
+_RUNNER_KILL_S = 60.0  # longer than the runner's grace period (30 s) between SIGTERM and SIGKILL
 
 
 # The hooks write the record in the process that saw the run end (Prefect's runner), also when this one was killed.
@@ -141,8 +142,17 @@ async def _render(
     except BaseException as exc:
         # Cancelled, stopped or crashed: what exists is recorded before the run goes (never at success only).
         await asyncio.shield(ending.early(exc, run_id=run_id))
+        if isinstance(exc, BaseExceptionGroup) and exc.subgroup(CancelRequested) is not None:
+            await _await_the_runner()
         raise
     return await ending.finish()
+
+
+async def _await_the_runner() -> None:
+    """The record is written; the runner that asked for the cancel stops this process (SIGTERM, then SIGKILL after
+    its grace period) and settles the run's state. Without one (an in-process run), end as cancelled."""
+    await asyncio.sleep(_RUNNER_KILL_S)
+    raise asyncio.CancelledError("cancel requested and no runner stopped this run")
 
 
 async def _drain(
@@ -180,10 +190,33 @@ async def _drain(
     async with asyncio.TaskGroup() as group:
         group.create_task(_report_progress(spec, results, drained, total=total))
         group.create_task(pacer.run(drained))
+        group.create_task(_watch_for_cancel(run_id, drained))
         async with asyncio.TaskGroup() as jobs:
             for _ in range(workers):
                 jobs.create_task(worker())
         drained.set()
+
+
+class CancelRequested(Exception):
+    """Internal: the run's own state says Cancelling; its jobs stop now, whatever became of the runner's signal."""
+
+
+async def _watch_for_cancel(run_id: str, drained: asyncio.Event) -> None:
+    """Stop the jobs as soon as the run is Cancelling. The runner's SIGTERM alone can be lost (Prefect raises it
+    from a signal handler, and asyncio swallows an exception raised inside one of its network callbacks); then
+    the batch would keep rendering through the runner's grace period."""
+    if not run_id:
+        return
+    async with LeaseApi() as api:
+        while not drained.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(drained.wait(), _CANCEL_POLL_S)
+            try:
+                state = (await api.send("GET", f"/flow_runs/{run_id}", accept=(_OK,))).json().get("state") or {}
+            except httpx.HTTPError:
+                continue  # monitoring never stops the batch
+            if state.get("type") in ("CANCELLING", "CANCELLED"):
+                raise CancelRequested(state.get("message") or "cancelled")
 
 
 class _RecorderPacer:
