@@ -3,7 +3,6 @@
 import asyncio
 from pathlib import Path
 
-import httpx
 import pytest
 
 from comfybatch.blocks.server import name_from_url
@@ -14,6 +13,7 @@ from comfybatch.testing.proxy import TcpProxy
 from tests.conftest import FleetServer, SuiteFleet
 from tests.flows.conftest import PREFECT_SOCKETS, use_test_settings
 from tests.support import batches
+from tests.support.faults import port_of
 
 pytestmark = [pytest.mark.anyio, PREFECT_SOCKETS]
 
@@ -30,18 +30,12 @@ class CountingProxy(TcpProxy):
         await super()._accept(client_reader, client_writer)
 
 
-def _port(url: str) -> int:
-    port = httpx.URL(url).port
-    assert port is not None
-    return port
-
-
 async def test_batch_opens_one_socket_per_server_not_one_per_job(
     prefect_api: str, comfy_fleet: SuiteFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Twelve images on two servers: each server sees one event socket and a few pooled HTTP connections."""
     backends = comfy_fleet.servers[:2]
-    async with CountingProxy(_port(backends[0].url)) as first, CountingProxy(_port(backends[1].url)) as second:
+    async with CountingProxy(port_of(backends[0].url)) as first, CountingProxy(port_of(backends[1].url)) as second:
         proxies = [first, second]
         fleet = SuiteFleet([FleetServer(proxy.url, proxy.url) for proxy in proxies], None)
         use_test_settings(monkeypatch, fleet, tmp_path)

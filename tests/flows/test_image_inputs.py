@@ -5,7 +5,6 @@ import contextlib
 import random
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
 
@@ -19,6 +18,7 @@ from comfybatch.settings import Settings, get_settings
 from comfybatch.testing.proxy import TcpProxy
 from tests.conftest import FleetServer, SuiteFleet
 from tests.flows.conftest import PREFECT_SOCKETS, server_names, use_test_settings
+from tests.support.faults import port_of
 
 pytestmark = [pytest.mark.anyio, PREFECT_SOCKETS]
 
@@ -115,12 +115,6 @@ async def test_img2img_tiny_template_renders_each_input(
     assert [name.rsplit("_", 1)[0] for name in names] == ["00000_swatch-0", "00001_swatch-1"]
 
 
-def _port(url: str) -> int:
-    port = httpx.URL(url).port
-    assert port is not None
-    return port
-
-
 async def test_each_input_is_uploaded_once_per_server_and_never_again(
     prefect_api: str, comfy_fleet: SuiteFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -128,8 +122,8 @@ async def test_each_input_is_uploaded_once_per_server_and_never_again(
     inputs = _write_inputs(tmp_path / "photos", _colours(2))
     backends = comfy_fleet.servers[:2]
     async with (
-        UploadCountingProxy(_port(backends[0].url)) as first,
-        UploadCountingProxy(_port(backends[1].url)) as second,
+        UploadCountingProxy(port_of(backends[0].url)) as first,
+        UploadCountingProxy(port_of(backends[1].url)) as second,
     ):
         proxies = [first, second]
         use_test_settings(monkeypatch, SuiteFleet([FleetServer(p.url, p.url) for p in proxies], None), tmp_path)

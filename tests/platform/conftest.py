@@ -72,8 +72,8 @@ def running(pid: int) -> bool:
     return _process_start(pid) is not None
 
 
-def _descendants(pid: int) -> list[tuple[int, str]]:
-    """(pid, start time) of every live descendant of `pid`."""
+def _child_map() -> dict[int, list[int]]:
+    """Every process's children, by parent pid (from /proc)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -82,6 +82,17 @@ def _descendants(pid: int) -> list[tuple[int, str]]:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(parent, []).append(int(entry.name))
+    return children
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of `pid`."""
+    return _child_map().get(pid, [])
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of every live descendant of `pid`."""
+    children = _child_map()
     found, todo = [], list(children.get(pid, []))
     while todo:
         child = todo.pop()

@@ -16,7 +16,16 @@ from comfybatch.blocks.server import name_from_url
 from comfybatch.deployments.catalog import GENERATE_BATCH
 from comfybatch.testing.prefect_server import LocalPrefectServer
 from tests.conftest import SuiteFleet
-from tests.platform.conftest import TERMINAL, ServeProcess, api_call, api_json, serve_env, serving, wait_until
+from tests.platform.conftest import (
+    TERMINAL,
+    ServeProcess,
+    api_call,
+    api_json,
+    children,
+    serve_env,
+    serving,
+    wait_until,
+)
 from tests.support.batches import delay_spec
 
 pytestmark = pytest.mark.timeout(300)
@@ -69,29 +78,16 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if parent == pid:
-                found.append(int(entry.name))
-    return found
-
-
 def test_triggered_batch_is_its_own_flow_run_forked_warm_with_its_task_runs(served: Served) -> None:
     """A run created on the deployment runs in a process forked from serve's fork server (which preloaded the
     flows), completes as its own flow run of generate-batch, with one completed task run per image."""
     run = served.trigger("triggered", seconds=1.0, count=3)
 
     def forked_run() -> list[int]:
-        servers = [pid for pid in _children(served.serve.process.pid) if "multiprocessing.forkserver" in _cmdline(pid)]
-        return [child for server in servers for child in _children(server)]
+        servers = [pid for pid in children(served.serve.process.pid) if "multiprocessing.forkserver" in _cmdline(pid)]
+        return [child for server in servers for child in children(server)]
 
-    assert "comfybatch.flows.batch" in " ".join(_cmdline(pid) for pid in _children(served.serve.process.pid))
+    assert "comfybatch.flows.batch" in " ".join(_cmdline(pid) for pid in children(served.serve.process.pid))
     wait_until(forked_run, timeout_s=30, what="the flow-run process, forked from the fork server",
                context=served.serve.tail, interval_s=0.1)  # fmt: skip
     ended = served.wait_terminal(run["id"])

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 
+import httpx
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -68,3 +69,10 @@ async def running_batch(spec: BatchSpec) -> AsyncIterator["asyncio.Task[BatchRep
         if not task.done():
             task.cancel()
             await asyncio.wait([task])
+
+
+def port_of(url: str) -> int:
+    """The port of a server URL (for a proxy in front of it)."""
+    port = httpx.URL(url).port
+    assert port is not None
+    return port
