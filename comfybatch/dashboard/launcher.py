@@ -56,7 +56,7 @@ ACTIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, Stat
 _HAS_PROCESS = {StateType.RUNNING, StateType.PAUSED}  # a cancel goes through Cancelling: the runner stops it
 _PLANS_KEPT = 64
 _JOURNALS_KEPT = 64
-_CANCELLED_BY = "cancelled by "
+CANCELLED_BY = "cancelled by "  # a cancel's message: who asked, then any explanation after ": "
 _STARTED_KEPT = 10_000
 _POLL_TTL_S = 1.0  # how stale a polled run or list may be while many clients poll
 _FINAL_TTL_S = 3600.0
@@ -316,7 +316,7 @@ class Launcher:
                 return run
             if (ended := _ended(run)) is not None:
                 raise ended
-            message = f"cancelled by {cancelled_by}"
+            message = f"{CANCELLED_BY}{cancelled_by}"
             # A run whose process has not started has nothing to stop: a runner would never move it on from
             # Cancelling. Not forced: Prefect's rules refuse to move a run that ended meanwhile.
             proposed: State[Any] = (
@@ -461,13 +461,13 @@ class Launcher:
         state = run.state
         if state is None or state.type.value not in TERMINAL_STATES or state.is_completed():
             return None
-        if state.type != StateType.CANCELLED or (state.message or "").startswith(_CANCELLED_BY):
+        if state.type != StateType.CANCELLED or (state.message or "").startswith(CANCELLED_BY):
             return state.message or state.name
         if (known := self._endings.get(run.id)) is not None:
             return known
         async with self._client() as client:
             history = await client.read_flow_run_states(run.id)
-        asked = [s.message for s in history if s.message and s.message.startswith(_CANCELLED_BY)]
+        asked = [s.message for s in history if s.message and s.message.startswith(CANCELLED_BY)]
         message = asked[-1] if asked else (state.message or state.name or "cancelled")
         self._endings[run.id] = message  # an ended run's history no longer changes
         return message

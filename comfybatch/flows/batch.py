@@ -23,7 +23,7 @@ from comfybatch.blocks.server import ServerConfig
 from comfybatch.comfy.follow import Timeouts
 from comfybatch.comfy.object_info import ObjectInfo, merge_object_infos
 from comfybatch.errors import ConfigError
-from comfybatch.expansion import expand_batch
+from comfybatch.expansion import Expansion, expand_batch
 from comfybatch.flows.ending import Ending, record_ending
 from comfybatch.flows.plan import FleetPlan, ServerProbe, beside, load_and_probe, plan_fleet, resolve_workflow
 from comfybatch.models import BatchReport, BatchSpec, JobResult, JobSpec
@@ -74,25 +74,22 @@ async def generate_batch(spec: BatchSpec) -> BatchReport:
 
 
 async def _dry_run(spec: BatchSpec, settings: Settings, store: OutputStore, batch_dir: str) -> BatchReport:
-    servers, probes, infos = await load_and_probe(settings, only=spec.servers)
-    template = resolve_workflow(spec.workflow, infos)
-    expansion = expand_batch(spec, template, object_info=merge_object_infos(infos.values()))
-    stored = await asyncio.to_thread(_still_stored, store, await JobJournal(store, batch_dir).load())
-    slots = {server.name: server.slots for server in servers if server.name in infos}
-    plan = plan_fleet(expansion.jobs, probes, infos, history=list(stored.values()), slots=slots)
+    fleet = await load_and_probe(settings, only=spec.servers)
+    expansion, _, _, plan = await _planned(spec, fleet, JobJournal(store, batch_dir))
     await _publish_plan(spec, plan, len(expansion.jobs), expansion.duplicates)
     return BatchReport(name=spec.name, dry_run=True, total=len(expansion.jobs), duplicates=expansion.duplicates,
                        output=store.uri(batch_dir), plan=plan.summary_lines())  # fmt: skip
 
 
-async def _render(
-    spec: BatchSpec, settings: Settings, store: OutputStore, folder: BatchFolder, identity: dict[str, JsonValue],
-    fleet: tuple[list[ServerConfig], list[ServerProbe], dict[str, ObjectInfo]], run_id: str,
-) -> BatchReport:  # fmt: skip
+_Fleet = tuple[list[ServerConfig], list[ServerProbe], dict[str, ObjectInfo]]
+
+
+async def _planned(
+    spec: BatchSpec, fleet: _Fleet, journal: JobJournal
+) -> tuple[Expansion, dict[str, JobRecord], dict[str, JobResult], FleetPlan]:
+    """Expand the batch (the journal's read overlapping), and plan it on the fleet around what is already stored."""
     servers, probes, infos = fleet
-    batch_dir = folder.relpath
-    journal = JobJournal(store, batch_dir)
-    loading = asyncio.create_task(journal.load())  # the journal's read overlaps the expansion
+    loading = asyncio.create_task(journal.load())
     try:
         template = resolve_workflow(spec.workflow, infos)
         expansion = expand_batch(spec, template, object_info=merge_object_infos(infos.values()))
@@ -101,9 +98,20 @@ async def _render(
         await asyncio.gather(loading, return_exceptions=True)
         raise
     records = await loading
-    stored = await asyncio.to_thread(_still_stored, store, records)
+    stored = await asyncio.to_thread(_still_stored, journal.store, records)
     slots = {server.name: server.slots for server in servers if server.name in infos}
     plan = plan_fleet(expansion.jobs, probes, infos, history=list(stored.values()), slots=slots)
+    return expansion, records, stored, plan
+
+
+async def _render(
+    spec: BatchSpec, settings: Settings, store: OutputStore, folder: BatchFolder, identity: dict[str, JsonValue],
+    fleet: _Fleet, run_id: str,
+) -> BatchReport:  # fmt: skip
+    servers, probes, infos = fleet
+    batch_dir = folder.relpath
+    journal = JobJournal(store, batch_dir)
+    expansion, records, stored, plan = await _planned(spec, fleet, journal)
     if expansion.jobs and plan.runnable == 0:
         await _publish_plan(spec, plan, len(expansion.jobs), expansion.duplicates)
         raise ConfigError("no server can run any job of this batch:\n" + "\n".join(plan.summary_lines()))

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, 
 from prefect.client.schemas.objects import FlowRun
 
 from comfybatch.dashboard.deps import HubDep, KeyName, LauncherDep, SettingsDep
-from comfybatch.dashboard.launcher import Launcher
+from comfybatch.dashboard.launcher import CANCELLED_BY, Launcher
 from comfybatch.dashboard.requests import check_api_request
 from comfybatch.dashboard.schemas import (
     TERMINAL_STATES,
@@ -214,9 +214,9 @@ def _tagged(run: FlowRun, name: str) -> str | None:
 
 def _cancelled_by(reason: str | None) -> str | None:
     """Who cancelled: the key's name, or the command ("comfybatch stop") before the message's explanation."""
-    if not reason or not reason.startswith("cancelled by "):
+    if not reason or not reason.startswith(CANCELLED_BY):
         return None
-    return reason.removeprefix("cancelled by ").partition(": ")[0]
+    return reason.removeprefix(CANCELLED_BY).partition(": ")[0]
 
 
 def _eta(records: dict[str, JobRecord], counts: BatchCounts) -> float | None:
