@@ -1,0 +1,102 @@
+"""Batches on object storage: sheet, input images, outputs, manifest and contact sheet under `s3://`, on moto's
+standalone S3 server (the way s3fs's own suite tests) and real ComfyUI."""
+
+import io
+import random
+import re
+from collections.abc import Iterator
+
+import pytest
+from PIL import Image
+
+from comfybatch.flows.batch import generate_batch
+from comfybatch.models import BatchSpec
+from comfybatch.outputs.manifest import read_manifest
+from comfybatch.outputs.storage import OutputStore
+from comfybatch.settings import Settings
+from tests.conftest import SuiteFleet
+from tests.flows.conftest import PREFECT_SOCKETS, server_names
+from tests.flows.test_image_inputs import INVERT
+from tests.support.s3 import moto_s3, use_s3
+
+pytestmark = [pytest.mark.anyio, PREFECT_SOCKETS]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    with moto_s3() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    return use_s3(monkeypatch, s3_endpoint)
+
+
+def _png(colour: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _pixel(data: bytes) -> tuple[int, int, int]:
+    with Image.open(io.BytesIO(data)) as image:
+        red, green, blue = image.convert("RGB").getpixel((4, 4))  # type: ignore[misc]
+        return red, green, blue
+
+
+def _colours(count: int) -> list[tuple[int, int, int]]:
+    rng = random.Random()
+    chosen: set[tuple[int, int, int]] = set()
+    while len(chosen) < count:
+        chosen.add((rng.randrange(256), rng.randrange(256), rng.randrange(256)))
+    return sorted(chosen)
+
+
+async def test_sheet_inputs_and_outputs_all_on_s3(
+    batch_settings: Settings, comfy_fleet: SuiteFleet, bucket: str
+) -> None:
+    """A sheet on S3 naming images beside it: each output, the manifest and the contact sheet land on S3, and each
+    output is the inverse of its own input."""
+    inputs = OutputStore(f"s3://{bucket}/in")
+    colours = _colours(2)
+    for number, colour in enumerate(colours):
+        inputs.write_bytes(f"photos/item-{number}.png", _png(colour))
+    inputs.write_bytes("photos/rows.csv", b"image\nitem-0.png\nitem-1.png\n")
+    spec = BatchSpec(name="on-s3", workflow=INVERT, sheet=f"s3://{bucket}/in/photos/rows.csv",
+                     output=f"s3://{bucket}/out", servers=server_names(comfy_fleet))  # fmt: skip
+
+    report = await generate_batch(spec)
+
+    store = OutputStore(f"s3://{bucket}/out")
+    manifest = read_manifest(store, "on-s3")
+    assert (report.done, report.failed) == (2, 0)
+    assert report.output == f"s3://{bucket}/out/on-s3"
+    assert manifest is not None
+    assert store.exists("on-s3/contact_sheet.png")
+    for number, (_, row) in enumerate(manifest.sort_values("index").iterrows()):
+        assert row["param.image"] == f"s3://{bucket}/in/photos/item-{number}.png"
+        relpath = store.relpath_of(str(row["outputs"][0]))
+        assert relpath is not None
+        assert relpath.startswith(f"on-s3/{number:05d}_item-{number}_")
+        inverse = [255 - channel for channel in colours[number]]
+        assert all(abs(a - b) <= 1 for a, b in zip(_pixel(store.read_bytes(relpath)), inverse, strict=True))
+
+
+async def test_image_prefix_on_s3_is_one_item_per_file_and_a_rerun_renders_nothing(
+    batch_settings: Settings, comfy_fleet: SuiteFleet, bucket: str
+) -> None:
+    """An `s3://` prefix of images is one item per file in name order; a rerun finds every output on S3."""
+    inputs = OutputStore(f"s3://{bucket}/shoot")
+    for number, colour in enumerate(_colours(3)):
+        inputs.write_bytes(f"photo-{number}.png", _png(colour))
+    spec = BatchSpec(name="prefix", workflow=INVERT, images=f"s3://{bucket}/shoot", output=f"s3://{bucket}/out",
+                     servers=server_names(comfy_fleet))  # fmt: skip
+
+    first = await generate_batch(spec)
+    second = await generate_batch(spec)
+
+    store = OutputStore(f"s3://{bucket}/out")
+    stored = [path for path in store.list("prefix") if re.fullmatch(r"prefix/\d{5}_.+\.png", path)]
+    assert (first.done, second.done, second.skipped) == (3, 0, 3)
+    assert [path.rsplit("_", 1)[0] for path in stored] == [f"prefix/{n:05d}_photo-{n}" for n in range(3)]
