@@ -72,6 +72,7 @@ class OutputStore:
         what = f"cannot open output store {self._location!r}"
         fs, root = self._run(what, lambda: url_to_fs(text, **options), error=ConfigError, catch=catch)
         self._fs: Any = fs
+        self._errors: tuple[type[Exception], ...] = (OSError, *_client_errors(fs))
         self._is_local = isinstance(fs, LocalFileSystem)
         protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
         self._is_object_store = bool(protocols & _OBJECT_STORE_PROTOCOLS)
@@ -245,9 +246,10 @@ class OutputStore:
         operation: Callable[[], T],
         *,
         error: type[ComfyBatchError] = StorageError,
-        catch: tuple[type[Exception], ...] = (OSError,),
+        catch: tuple[type[Exception], ...] | None = None,
     ) -> T:
         """Run a filesystem call, turning its failure into `error` with a redacted message."""
+        catch = self._errors if catch is None else catch
         try:
             return operation()
         except catch as exc:
@@ -285,6 +287,16 @@ class OutputStore:
             if relpath and not _is_temp(relpath):
                 paths.append(relpath)
         return sorted(paths)
+
+
+def _client_errors(fs: Any) -> tuple[type[Exception], ...]:
+    """What the filesystem's own client raises besides `OSError`: s3fs lets botocore's connection errors
+    (refused, reset mid-upload, timeouts) through untranslated."""
+    if not type(fs).__module__.startswith("s3fs"):
+        return ()
+    from botocore.exceptions import BotoCoreError  # type: ignore[import-untyped]  # installed with s3fs
+
+    return (BotoCoreError,)
 
 
 def _is_temp(relpath: str) -> bool:

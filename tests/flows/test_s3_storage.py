@@ -1,6 +1,8 @@
 """Batches on object storage: sheet, input images, outputs, manifest and contact sheet under `s3://`, on moto's
 standalone S3 server (the way s3fs's own suite tests) and real ComfyUI."""
 
+import asyncio
+import contextlib
 import io
 import random
 import re
@@ -9,17 +11,38 @@ from collections.abc import Iterator
 import pytest
 from PIL import Image
 
+from comfybatch.errors import StorageError
 from comfybatch.flows.batch import generate_batch
 from comfybatch.models import BatchSpec
 from comfybatch.outputs.manifest import read_manifest
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.settings import Settings
+from comfybatch.testing.proxy import TcpProxy
 from tests.conftest import SuiteFleet
 from tests.flows.conftest import PREFECT_SOCKETS, server_names
 from tests.flows.test_image_inputs import INVERT
+from tests.support.faults import port_of
 from tests.support.s3 import moto_s3, use_s3
 
 pytestmark = [pytest.mark.anyio, PREFECT_SOCKETS]
+
+
+class CuttingProxy(TcpProxy):
+    """A `TcpProxy` that drops every connection, and refuses new ones, once `budget_bytes` went upstream."""
+
+    def __init__(self, target_port: int, *, budget_bytes: int) -> None:
+        super().__init__(target_port)
+        self.budget_bytes = budget_bytes
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while self.budget_bytes > 0 and (chunk := await reader.read(1 << 16)):
+                self.budget_bytes -= len(chunk)
+                writer.write(chunk[: max(0, len(chunk) + self.budget_bytes)])
+                await writer.drain()
+        if self.budget_bytes <= 0 and self._server is not None:
+            self._server.close()
+        self.cut()
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +123,15 @@ async def test_image_prefix_on_s3_is_one_item_per_file_and_a_rerun_renders_nothi
     stored = [path for path in store.list("prefix") if re.fullmatch(r"prefix/\d{5}_.+\.png", path)]
     assert (first.done, second.done, second.skipped) == (3, 0, 3)
     assert [path.rsplit("_", 1)[0] for path in stored] == [f"prefix/{n:05d}_photo-{n}" for n in range(3)]
+
+
+async def test_an_upload_cut_halfway_leaves_no_object(s3_endpoint: str, bucket: str) -> None:
+    """A write whose connection drops halfway through the body fails, and S3 holds no object, whole or partial."""
+    data = random.randbytes(4 << 20)
+    no_retries = {"config_kwargs": {"retries": {"max_attempts": 1}}}
+    async with CuttingProxy(port_of(s3_endpoint), budget_bytes=1 << 20) as proxy:
+        store = OutputStore(f"s3://{bucket}/out", storage_options={"endpoint_url": proxy.url, **no_retries})
+        with pytest.raises(StorageError):
+            await asyncio.to_thread(store.write_bytes, "cut/big.bin", data)
+
+    assert OutputStore(f"s3://{bucket}/out").list() == []
