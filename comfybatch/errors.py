@@ -25,9 +25,10 @@
     ├── FleetExhausted                 every eligible server failed a job     retryable if a cause is
     ├── BatchIncomplete                some jobs of a batch failed (the record is written)
     ├── BatchConflict                  the batch's name or state forbids this          409
-    └── BatchNotFound                  the dashboard knows no such batch or item       404
+    ├── BatchNotFound                  the dashboard knows no such batch or item       404
+    └── WebhookUndelivered             a webhook attempt got no 2xx answer             retryable (not after 410)
 
-    BatchRequestError also has IdempotencyKeyReused (422) and RequestTooLarge (413).
+    BatchRequestError also has IdempotencyKeyReused (422), RequestTooLarge (413) and WebhookRefused (422).
 """
 
 from dataclasses import dataclass
@@ -93,6 +94,13 @@ class RequestTooLarge(BatchRequestError):
     """Raised when a request is larger than the platform can store as run parameters."""
 
     http_status = 413
+
+
+class WebhookRefused(BatchRequestError):
+    """Raised when a webhook URL is malformed, does not resolve, or points at a loopback, private or link-local
+    address (SSRF) while `COMFYBATCH_WEBHOOK_ALLOW_PRIVATE` is off; also when no signing secret is set."""
+
+    http_status = 422
 
 
 @dataclass(frozen=True)
@@ -250,6 +258,17 @@ class BatchIncomplete(ComfyBatchError):
     def __init__(self, message: str, *, report: object) -> None:
         super().__init__(message)
         self.report = report
+
+
+class WebhookUndelivered(ComfyBatchError):
+    """Raised when one webhook attempt got no 2xx answer (refused, timed out, 3xx, 4xx, 5xx); 410 Gone is final."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retryable: bool = True, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s  # the receiver's Retry-After, if it sent one
 
 
 class BatchConflict(ComfyBatchError):

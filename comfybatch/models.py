@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from comfybatch.comfy.workflow import ApiWorkflow, detect_format
 from comfybatch.errors import WorkflowFormatError
+from comfybatch.notify.targets import url_problem
 from comfybatch.values import BUILTIN_RULES, InvalidValue, apply_rule, control_character, non_finite
 
 BATCH_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -66,6 +67,10 @@ class BatchSpec(BaseModel):
         description="When a batch of this name exists with a different request, render this one as a new version "
         "in a folder of its own (<name>.v2, …) instead of refusing it.",
     )
+    webhook: str | None = Field(
+        None, description="http(s) URL told batch.started and batch.finished by signed POSTs (Standard Webhooks).",
+    )  # fmt: skip
+    webhook_items: bool = Field(False, description="Also send item.done and item.failed to the webhooks.")
 
     # Checks that need no file, server or template, so a bad request is refused where it arrives: the Prefect
     # form, the REST API (422/409 naming the field) or the CLI. The expansion repeats them with rows and columns.
@@ -102,6 +107,13 @@ class BatchSpec(BaseModel):
             raise ValueError(problem)
         if ".." in value.replace("\\", "/").split("/"):
             raise ValueError(f"{value!r} has a '..' segment; give an absolute path or a URL instead")
+        return value
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is not None and (problem := url_problem(value)):
+            raise ValueError(problem)  # the address itself is checked where settings are known (SSRF)
         return value
 
     @field_validator("images")

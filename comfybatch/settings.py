@@ -4,8 +4,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from comfybatch.notify.signing import secret_bytes
 
 
 class Settings(BaseSettings):
@@ -63,6 +65,21 @@ class Settings(BaseSettings):
         False, description="Fetch input image URLs on loopback, private or link-local addresses (SSRF: off by default)."
     )
     input_allow_http_urls: bool = Field(False, description="Fetch input image URLs over plain http, not only https.")
+    webhook_secret: SecretStr | None = Field(
+        None, description="Standard Webhooks signing secret, `whsec_<base64 of 24-64 random bytes>`; webhooks need it."
+    )
+    webhook_allow_private: bool = Field(
+        False, description="Send webhooks to loopback, private or link-local addresses (SSRF: off by default)."
+    )
+    api_key_webhooks: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description="Webhook URL per API key, `name:url,name2:url2`: every batch the key submits."
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="One webhook attempt's deadline.")
+    webhook_retry_s: float = Field(300.0, gt=0, description="A webhook is retried (back-off, jitter) for this long.")
+    webhook_attempts: int = Field(10, ge=1, le=100, description="At most this many attempts per webhook.")
+    webhook_drain_s: float = Field(
+        5.0, ge=0, description="The longest a batch's end waits for its undelivered webhooks before leaving them."
+    )
 
     @field_validator("comfyui_urls", "demo_urls", mode="before")
     @classmethod
@@ -90,6 +107,26 @@ class Settings(BaseSettings):
                 raise ValueError("expected `name:key` pairs separated by commas")  # never echo the key
             keys[name.strip()] = key.strip()
         return keys
+
+    @field_validator("api_key_webhooks", mode="before")
+    @classmethod
+    def _parse_key_webhooks(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        hooks: dict[str, str] = {}
+        for pair in filter(None, (part.strip() for part in value.split(","))):
+            name, sep, url = pair.partition(":")  # key names hold no colon; the URL's own colons stay in `url`
+            if not (sep and name.strip() and url.strip()):
+                raise ValueError("expected `name:url` pairs separated by commas")
+            hooks[name.strip()] = url.strip()
+        return hooks
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _standard_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            secret_bytes(value.get_secret_value())  # ValueError naming the format, never the secret
+        return value
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,1 @@
+"""Telling other systems about batches: signed webhooks."""
