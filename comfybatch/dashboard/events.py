@@ -1,13 +1,17 @@
-"""Per-batch event logs with sequence numbers, fed by one subscription to Prefect's event stream.
+"""Per-batch event logs, fed by one subscription to Prefect's event stream, numbered by the engine.
 
-The engine emits `comfybatch.*` events; Prefect emits `prefect.flow-run.*` state changes. One
-subscriber receives both for every batch and appends each to its batch's log (by flow run id),
-numbering them 1, 2, 3… A client that reconnects with `after=N` gets events N+1… from the log,
-then live ones. A batch that began before this process subscribed is read back once from Prefect's
-event history (oldest first) the first time someone asks for it, before any number is handed out.
+The engine numbers each run's `comfybatch.*` events itself (`seq` in the payload, `tasks/events.py`), and Prefect
+stores that number with the event: every dashboard replica, whenever it subscribed, serves the same messages
+under the same numbers. A client that reconnects with `after=N` — to this process or another — gets N+1… from
+the log, then live ones. A batch that began before this process subscribed is read back from Prefect's event
+history the first time someone asks for it; numbers missing between live and stored events are read back again
+once Prefect has surely stored them. Prefect's own state changes of the run are not numbered: they tell the log
+when the run has ended, and the log then closes with one `run.<state>` message numbered after the engine's last
+(`batch.finished`, or the last one stored when the engine died without it).
 """
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import time
@@ -30,6 +34,7 @@ from prefect.events.schemas.events import Event
 
 from comfybatch.dashboard.metrics import EventMetrics
 from comfybatch.dashboard.schemas import TERMINAL_STATES
+from comfybatch.tasks.events import FINAL_EVENT
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +43,7 @@ BATCH_FLOW = "generate-batch"  # the flow of every batch run (`launcher.GENERATE
 # Flow-run events that are no state change: the engine's heartbeat (every few seconds of a run) and pull steps.
 _NOT_STATES = ["prefect.flow-run.heartbeat", "prefect.flow-run.pull-step."]
 _HISTORY_MARGIN = timedelta(minutes=1)  # clocks of the Prefect server and its clients differ a little
+_LONG_AGO = timedelta(minutes=2)  # beyond the storage lag and any clock difference
 # Prefect's event persister stores what it received at least every 5 s: a history read sooner may lack the newest.
 _PERSIST_LAG_S = 6.0
 _RECONNECT_PAUSE_S = 1.0
@@ -71,9 +77,10 @@ def is_batch_event(event: Event) -> bool:
     return any(r.role == "flow" and r.get("prefect.resource.name") == BATCH_FLOW for r in event.related)
 
 
-def streamed(event: Event) -> bool:
-    """Whether a batch's stream carries the event: our events and its run's state changes, nothing else."""
-    return not event.event.startswith("prefect.flow-run.") or state_of(event) is not None
+def seq_of(event: Event) -> int | None:
+    """The engine's number for one of its events (None for Prefect's events and unnumbered ones)."""
+    seq = event.payload.get("seq") if event.event.startswith("comfybatch.") else None
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) and seq > 0 else None
 
 
 def message_of(event: Event, seq: int) -> dict[str, Any]:
@@ -88,47 +95,94 @@ def message_of(event: Event, seq: int) -> dict[str, Any]:
 
 @dataclass
 class BatchLog:
-    """The numbered events of one batch. Unsealed events are collected but not yet numbered."""
+    """The numbered messages of one batch, in the engine's order.
 
-    events: list[Event] = field(default_factory=list)
-    seen: set[UUID] = field(default_factory=set)
+    Messages are released only as an unbroken run 1, 2, 3…; a number that is missing waits for Prefect's history
+    (`settle`). When Prefect reports the run ended, the log closes with one `run.<state>` message: at once after
+    the engine's `batch.finished`, otherwise once the history is surely complete (the engine died).
+    """
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    pending: dict[int, Event] = field(default_factory=dict)  # numbered, not released: an earlier number is missing
+    last_seq: int = 0
+    terminal: Event | None = None  # Prefect's state change that ended the run
+    finished: bool = False  # the engine's last numbered event was released
+    ended: bool = False  # the closing `run.<state>` message is in `messages`
     sealed: bool = False
-    ended: bool = False
-    sealed_at: tuple[float, datetime] | None = None  # monotonic and wall-clock time of sealing
-    caught_up: bool = False
+    recheck: bool = False  # read the history once more when it is surely complete (events in flight at sealing)
+    waiting_since: float | None = None  # monotonic time the log began to wait for a missing number or an end
+    reading: asyncio.Lock = field(default_factory=asyncio.Lock)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def add(self, event: Event) -> bool:
-        # A heartbeat once took a number of its own and reached clients as `{"type": "run.", "state": ""}`.
-        if event.id in self.seen or not streamed(event):
-            return False
-        self.seen.add(event.id)
-        self.events.append(event)
+        """Take one event; True if it was new to the log."""
         if (state := state_of(event)) is not None:
-            self.ended = state in TERMINAL_STATES
-        if self.sealed:
-            self.changed.set()
-            self.changed = asyncio.Event()  # waiters hold the set one; later waiters get a fresh one
+            if state not in TERMINAL_STATES or self.terminal is not None:
+                return False
+            self.terminal = event
+        elif (seq := seq_of(event)) is None or seq <= self.last_seq or seq in self.pending:
+            return False  # unnumbered (another process's audit event) or already here
+        else:
+            self.pending[seq] = event
+        self._release()
         return True
 
-    def seal(self, history: list[Event]) -> None:
-        """Number the events: history and live ones merged, oldest first (by time, then arrival)."""
-        live = self.events
-        self.events, self.seen = [], set()
-        for event in sorted(history, key=lambda e: e.occurred):
-            self.add(event)
-        for event in live:
-            self.add(event)
-        self.events.sort(key=lambda e: e.occurred)  # stable: arrival order breaks ties
-        self.ended = any(state_of(e) in TERMINAL_STATES for e in self.events)
-        self.sealed = True
-        self.sealed_at = (time.monotonic(), datetime.now(UTC))
+    def _release(self) -> None:
+        released = False
+        while (event := self.pending.pop(self.last_seq + 1, None)) is not None:
+            self.last_seq += 1
+            self.messages.append(message_of(event, self.last_seq))
+            self.finished = self.finished or event.event == FINAL_EVENT
+            released = True
+        if self.terminal is not None and self.finished and not self.ended:
+            self._close()
+            released = True
+        waiting = self.recheck or bool(self.pending) or (self.terminal is not None and not self.ended)
+        self.waiting_since = (self.waiting_since or time.monotonic()) if waiting else None
+        if released:
+            self.changed.set()
+            self.changed = asyncio.Event()  # waiters hold the set one; later waiters get a fresh one
 
-    def catch_up_in(self) -> float | None:
-        """Seconds until the history read at sealing is surely complete (None once caught up)."""
-        if self.caught_up or self.sealed_at is None:
+    def _close(self) -> None:
+        assert self.terminal is not None
+        self.last_seq += 1
+        self.messages.append(message_of(self.terminal, self.last_seq))
+        self.ended = True
+
+    def settle(self, history: list[Event], *, complete: bool) -> None:
+        """Add the stored events; with `complete` (read when Prefect has surely stored everything this log waits
+        for), numbers still missing are given up and a run that ended without `batch.finished` is closed. Every
+        replica reads the same store, so every replica gives up the same numbers."""
+        for event in history:
+            self.add(event)
+        if complete:
+            self.recheck = False
+            if self.pending:
+                self.last_seq = min(self.pending) - 1
+            if self.terminal is not None and not self.ended:
+                self.finished = True  # whatever the engine numbered is here now
+        self._release()
+
+    def wait_s(self) -> float | None:
+        """Seconds until Prefect has surely stored what this log waits for (None: it waits for nothing)."""
+        if self.waiting_since is None:
             return None
-        return max(self.sealed_at[0] + _PERSIST_LAG_S - time.monotonic(), 0.0)
+        return max(self.waiting_since + _PERSIST_LAG_S - time.monotonic(), 0.0)
+
+    def after(self, seq: int) -> int:
+        """The position in `messages` of the first message numbered after `seq`."""
+        return bisect.bisect_right(self.messages, seq, key=lambda message: int(message["seq"]))
+
+    @property
+    def latest(self) -> int:
+        """The number of the last message released (0 before the first)."""
+        return int(self.messages[-1]["seq"]) if self.messages else 0
+
+    def since(self, created: datetime) -> datetime:
+        """Where a history read for what this log waits for starts: events missing now came after the last one
+        released."""
+        last = self.messages[-1]["occurred"] if self.messages else None
+        return (datetime.fromisoformat(last) if last else created) - _HISTORY_MARGIN
 
 
 class EventHub:
@@ -179,7 +233,8 @@ class EventHub:
         run_id = run_id_of(event)
         if run_id is None or not (run_id in self._logs or is_batch_event(event)):
             return
-        if self._log(run_id).add(event):
+        # Prefect's state changes count too (a batch's duration), though only the one that ends it enters the log.
+        if self._log(run_id).add(event) or state_of(event) is not None:
             self.metrics.observe(event, run_id)
 
     async def _subscribe(self) -> None:
@@ -203,7 +258,7 @@ class EventHub:
             pause = min(pause * 2, _RECONNECT_MAX_PAUSE_S)
 
     async def log(self, run_id: UUID, created: datetime) -> BatchLog:
-        """The batch's numbered log, read back from Prefect's history the first time."""
+        """The batch's log, read back from Prefect's history the first time."""
         self.start()
         log = self._log(run_id)
         if log.sealed:
@@ -212,50 +267,67 @@ class EventHub:
         async with lock:
             if not log.sealed:
                 await self.subscribed.wait()  # live events from here on reach the log
-                log.seal(await self.history(run_id, created - _HISTORY_MARGIN))
+                history = await self.history(run_id, created - _HISTORY_MARGIN)
+                # Events in flight when the subscription began may not be stored yet: read once more later, unless
+                # the run ended long ago.
+                log.recheck = True
+                log.settle(history, complete=_long_ended(log.terminal))
+                log.sealed = True
         self._sealing.pop(run_id, None)
         return log
 
     async def stream(self, run_id: UUID, created: datetime, *, after: int = 0) -> AsyncIterator[dict[str, Any]]:
         """Messages numbered after `after`, then live ones, until the batch's run has ended."""
         log = await self.log(run_id, created)
-        position = max(after, 0)
+        sent = max(after, 0)
+        position = log.after(sent)
         while True:
             if self._logs.get(run_id) is not log:  # evicted while streamed: rebuilt from the history and live events
                 log = await self.log(run_id, created)
+                position = log.after(sent)
             changed = log.changed
-            while position < len(log.events):
+            while position < len(log.messages):
+                message = log.messages[position]
                 position += 1
-                yield message_of(log.events[position - 1], position)
+                if message["seq"] > sent:  # a rebuilt log may release again what was sent from the evicted one
+                    sent = int(message["seq"])
+                    yield message
             if log.ended:
                 return
             try:
-                async with asyncio.timeout(log.catch_up_in()):
+                async with asyncio.timeout(log.wait_s()):
                     await changed.wait()
             except TimeoutError:
-                await self._catch_up(run_id, log)
+                await self._catch_up(run_id, created, log)
 
-    async def _catch_up(self, run_id: UUID, log: BatchLog) -> None:
-        """Add events that happened before the subscription but were not stored yet when the log was sealed.
-
-        Without this a batch that ended seconds before its first stream never showed its ending: the stream hung.
-        """
-        if log.caught_up or log.sealed_at is None:
-            return
-        log.caught_up = True  # before the await: concurrent streams of the batch read the history once
-        for event in sorted(await self.history(run_id, log.sealed_at[1] - _HISTORY_MARGIN), key=lambda e: e.occurred):
-            log.add(event)  # appended: numbers already sent never change
+    async def _catch_up(self, run_id: UUID, created: datetime, log: BatchLog) -> None:
+        """Read the stored events this log waits for (a missing number, the events of a run that ended without
+        `batch.finished`, events in flight when the log was sealed). Once streams have waited out Prefect's storage
+        lag, what is still missing is given up: Prefect never stored it."""
+        async with log.reading:  # one read for every stream of the batch
+            wait = log.wait_s()
+            if wait is None or wait > 0:
+                return  # another stream read it meanwhile
+            log.settle(await self.history(run_id, log.since(created)), complete=True)
 
     async def latest(self, run_id: UUID, created: datetime) -> int:
         """The last sequence number a stream of the batch would send now (0 before its first event)."""
         log = self._logs.get(run_id)
         if log is not None and log.sealed:
-            return len(log.events)
-        if self.subscribed.is_set():  # live events reach the log: number it now, as a stream would
-            return len((await self.log(run_id, created)).events)
-        # Not subscribed (an app without its lifespan): a stream would number the stored history, once each.
+            return log.latest
+        if self.subscribed.is_set():  # live events reach the log: read it now, as a stream would
+            return (await self.log(run_id, created)).latest
+        # Not subscribed (an app without its lifespan): what a stream would number from the stored history.
+        stored = BatchLog()
         history = await self.history(run_id, created - _HISTORY_MARGIN)
-        return len({event.id for event in history if streamed(event)})
+        stored.settle(history, complete=False)
+        stored.settle([], complete=_long_ended(stored.terminal))
+        return stored.latest
+
+
+def _long_ended(terminal: Event | None) -> bool:
+    """Whether the run ended so long ago that Prefect has stored every event of it."""
+    return terminal is not None and datetime.now(UTC) - terminal.occurred > _LONG_AGO
 
 
 def history_filter(run_id: UUID, since: datetime) -> EventFilter:

@@ -32,7 +32,7 @@ from comfybatch.outputs.storage import OutputStore
 from comfybatch.records import JobJournal, JobRecord, write_plan
 from comfybatch.settings import Settings, get_settings
 from comfybatch.tasks.dispatch import SlotBroker
-from comfybatch.tasks.events import emit_batch_event, emit_item_event
+from comfybatch.tasks.events import emit_batch_event, emit_item_event, emit_run_state
 from comfybatch.tasks.job import JobContext, run_job
 from comfybatch.tasks.leases import LeaseApi
 
@@ -137,7 +137,7 @@ async def _render(
         eligible=plan.eligible, versions={p.name: p.comfyui_version or "" for p in probes},
         recoverable={key: record for key, record in records.items() if _recoverable(record)},
     )  # fmt: skip
-    emit_batch_event(spec.name, "started", total=len(expansion.jobs), skipped=len(results))
+    emit_batch_event(spec.name, "started", total=len(expansion.jobs), skipped=len(results), by=_submitted_by())
     ending = Ending(spec, store, batch_dir, expansion.jobs, results, skipped=len(stored), plan=plan,
                     duplicates=expansion.duplicates, journal=journal)  # fmt: skip
     try:
@@ -198,18 +198,25 @@ async def _drain(
     async with asyncio.TaskGroup() as group:
         group.create_task(_report_progress(spec, results, drained, total=total))
         group.create_task(pacer.run(drained))
-        group.create_task(_watch_for_cancel(run_id, drained))
+        group.create_task(_watch_for_cancel(run_id, drained, batch=spec.name))
         async with asyncio.TaskGroup() as jobs:
             for _ in range(workers):
                 jobs.create_task(worker())
         drained.set()
 
 
+def _submitted_by() -> str | None:
+    """Who submitted the run (the API key's name the dashboard tagged it with), for the stream's `batch.started`."""
+    run = FlowRunContext.get()
+    tags = run.flow_run.tags if run is not None and run.flow_run is not None else []
+    return next((tag.removeprefix("submitted-by:") for tag in tags if tag.startswith("submitted-by:")), None)
+
+
 class CancelRequested(Exception):
     """Internal: the run's own state says Cancelling; its jobs stop now, whatever became of the runner's signal."""
 
 
-async def _watch_for_cancel(run_id: str, drained: asyncio.Event) -> None:
+async def _watch_for_cancel(run_id: str, drained: asyncio.Event, *, batch: str) -> None:
     """Stop the jobs as soon as the run is Cancelling. The runner's SIGTERM alone can be lost (Prefect raises it
     from a signal handler, and asyncio swallows an exception raised inside one of its network callbacks); then
     the batch would keep rendering through the runner's grace period."""
@@ -224,7 +231,9 @@ async def _watch_for_cancel(run_id: str, drained: asyncio.Event) -> None:
             except httpx.HTTPError:
                 continue  # monitoring never stops the batch
             if state.get("type") in ("CANCELLING", "CANCELLED"):
-                raise CancelRequested(state.get("message") or "cancelled")
+                message = state.get("message") or "cancelled"
+                emit_run_state(batch, "CANCELLING", "Cancelling", message=message)  # the stream's badge, numbered
+                raise CancelRequested(message)
 
 
 class _RecorderPacer:

@@ -1,9 +1,18 @@
-"""Prefect events for item state changes (`comfybatch.item.<state>`, resource = the batch)."""
+"""Prefect events for item state changes (`comfybatch.item.<state>`, resource = the batch).
 
+The engine numbers the events of each flow run itself (`seq` in the payload: 1, 2, 3… in the order they are
+handed to Prefect's event worker, which sends them in that order). The number is stored with the event, so every
+dashboard replica serves one batch's stream with the same numbers, whenever it subscribed. `batch.finished` is the
+last numbered event of a run; `run.cancelling` tells the stream the engine saw its run asked to stop.
+"""
+
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from uuid import UUID
 
+from prefect.context import FlowRunContext, TaskRunContext
 from prefect.events import emit_event
 
 from comfybatch.models import JobSpec
@@ -11,6 +20,7 @@ from comfybatch.models import JobSpec
 ItemState = str  # submitted | running | progress | done | failed | retrying | skipped
 Listener = Callable[[str, dict[str, Any]], None]
 _listeners: list[Listener] = []
+FINAL_EVENT = "comfybatch.batch.finished"
 
 
 def add_listener(listener: Listener) -> Callable[[], None]:
@@ -23,29 +33,62 @@ def batch_resource(batch: str) -> dict[str, str]:
     return {"prefect.resource.id": f"comfybatch.batch.{batch}", "prefect.resource.name": batch}
 
 
+class EventNumbers:
+    """The next `seq` of each flow run in this process. Numbering and handing the event to Prefect happen under
+    one lock: jobs in threads never send number 6 before number 5."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._last: dict[UUID, int] = {}
+
+    def take(self, run_id: UUID) -> int:
+        self._last[run_id] = seq = self._last.get(run_id, 0) + 1
+        return seq
+
+    def close(self, run_id: UUID) -> None:
+        """The run's stream is complete: later events of it are not numbered (nor streamed)."""
+        self._last[run_id] = -(2**62)
+
+
+_numbers = EventNumbers()
+
+
+def _current_run_id() -> UUID | None:
+    if (task := TaskRunContext.get()) is not None:
+        return task.task_run.flow_run_id
+    flow = FlowRunContext.get()
+    return flow.flow_run.id if flow is not None and flow.flow_run is not None else None
+
+
+def _emit(event: str, batch: str, payload: dict[str, Any], related: list[dict[str, str]] | None = None) -> None:
+    run_id = _current_run_id()
+    with _numbers.lock:
+        if run_id is not None and (seq := _numbers.take(run_id)) > 0:
+            payload = {**payload, "seq": seq}
+        if run_id is not None and event == FINAL_EVENT:
+            _numbers.close(run_id)
+        emit_event(event=event, resource=batch_resource(batch), related=related, payload=payload)
+
+
 def emit_item_event(job: JobSpec, state: ItemState, **payload: Any) -> None:
     """Record one item's state change; the dashboard streams these."""
     body = {"key": job.key, "index": job.index, "job_key": job.job_key, "state": state, **payload}
     for listener in list(_listeners):
         listener(f"comfybatch.item.{state}", body)
-    emit_event(
-        event=f"comfybatch.item.{state}",
-        resource=batch_resource(job.batch),
-        related=[
-            {
-                "prefect.resource.id": f"comfybatch.item.{job.key}",
-                "prefect.resource.role": "item",
-                "prefect.resource.name": job.job_key,
-            }
-        ],
-        payload=body,
-    )
+    related = [{"prefect.resource.id": f"comfybatch.item.{job.key}", "prefect.resource.role": "item",
+                "prefect.resource.name": job.job_key}]  # fmt: skip
+    _emit(f"comfybatch.item.{state}", job.batch, body, related)
 
 
 def emit_batch_event(batch: str, state: str, **payload: Any) -> None:
     for listener in list(_listeners):
         listener(f"comfybatch.batch.{state}", {"batch": batch, **payload})
-    emit_event(event=f"comfybatch.batch.{state}", resource=batch_resource(batch), payload=payload)
+    _emit(f"comfybatch.batch.{state}", batch, payload)
+
+
+def emit_run_state(batch: str, state: str, state_name: str, **payload: Any) -> None:
+    """The engine's own view of its run's state (`comfybatch.run.cancelling`), streamed as `run.<state>`."""
+    _emit(f"comfybatch.run.{state.lower()}", batch, {"state": state, "state_name": state_name, **payload})
 
 
 class ProgressThrottle:

@@ -46,12 +46,13 @@ async def test_stream_numbers_events_from_one_without_gaps(streamed: tuple[str, 
 
 
 async def test_stream_reports_each_item_done_and_the_run_ending(streamed: tuple[str, list[dict[str, Any]]]) -> None:
-    """Both items arrive as `item.done`, who submitted is recorded, and the last message is the run's completion."""
+    """Both items arrive as `item.done`, who submitted is named when the batch starts, and the last message is the
+    run's completion."""
     _, messages = streamed
     types = [m["type"] for m in messages]
 
     assert len({m["key"] for m in messages if m["type"] == "item.done"}) == 2
-    submitted = next(m for m in messages if m["type"] == "batch.submitted")
+    submitted = next(m for m in messages if m["type"] == "batch.started")
     assert submitted["by"] == "ci"
     assert types[-1] == "run.completed"
 

@@ -1,4 +1,4 @@
-"""The dashboard's per-batch event log: history and live events merged once, numbered without gaps or repeats."""
+"""The dashboard's per-batch event log: the engine's numbers, released without gaps or repeats, closed once."""
 
 import asyncio
 import uuid
@@ -7,83 +7,153 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prefect.events.schemas.events import Event, RelatedResource, Resource
 
-from comfybatch.dashboard.events import BatchLog, EventHub, message_of, run_id_of
+from comfybatch.dashboard import events as hub_module
+from comfybatch.dashboard.events import BatchLog, EventHub, run_id_of
 
 pytestmark = pytest.mark.anyio
 RUN = uuid.uuid4()
-T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+T0 = datetime.now(UTC) - timedelta(minutes=1)
+LONG_AGO = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
 
-def item_event(second: int, state: str = "done", key: str = "k") -> Event:
+def item_event(seq: int | None, state: str = "done", key: str = "k", *, at: datetime = T0) -> Event:
+    payload: dict[str, object] = {"key": key, "state": state}
+    if seq is not None:
+        payload["seq"] = seq
     return Event(
-        event=f"comfybatch.item.{state}", occurred=T0 + timedelta(seconds=second),
+        event=f"comfybatch.item.{state}", occurred=at + timedelta(seconds=seq or 0),
         resource=Resource({"prefect.resource.id": "comfybatch.batch.b"}),
         related=[RelatedResource({"prefect.resource.id": f"prefect.flow-run.{RUN}",
                                   "prefect.resource.role": "flow-run"})],
-        payload={"key": key, "state": state},
+        payload=payload,
     )  # fmt: skip
 
 
-def run_event(second: int, state_type: str) -> Event:
-    return Event(event=f"prefect.flow-run.{state_type.title()}", occurred=T0 + timedelta(seconds=second),
+def finished_event(seq: int, *, at: datetime = T0) -> Event:
+    event = item_event(seq, at=at)
+    return event.model_copy(update={"event": "comfybatch.batch.finished", "payload": {"seq": seq, "done": 1}})
+
+
+def run_event(state_type: str, *, at: datetime = T0) -> Event:
+    return Event(event=f"prefect.flow-run.{state_type.title()}", occurred=at + timedelta(seconds=30),
                  resource=Resource({"prefect.resource.id": f"prefect.flow-run.{RUN}",
-                                    "prefect.state-type": state_type}))  # fmt: skip
+                                    "prefect.state-type": state_type,
+                                    "prefect.state-name": state_type.title()}))  # fmt: skip
 
 
-def test_seal_merges_history_and_live_in_time_order_once() -> None:
-    """An event seen both in history and live is numbered once; the order is by time."""
-    first, second, third = item_event(1, key="a"), item_event(2, key="b"), item_event(3, key="c")
+def numbered(log: BatchLog) -> list[tuple[int, str]]:
+    return [(m["seq"], m["type"]) for m in log.messages]
+
+
+def test_events_are_released_in_the_engines_order_whatever_the_arrival_order() -> None:
+    """Number 3 arriving before 2 waits for it: the messages are 1, 2, 3 in every replica."""
     log = BatchLog()
-    log.add(third)
-    log.add(second)
+    for seq in (1, 3, 2):
+        log.add(item_event(seq, key=f"k{seq}"))
 
-    log.seal([first, second])
+    assert [m["key"] for m in log.messages] == ["k1", "k2", "k3"]
+    assert [m["seq"] for m in log.messages] == [1, 2, 3]
 
-    assert [e.payload["key"] for e in log.events] == ["a", "b", "c"]
 
-
-def test_events_after_sealing_are_appended_and_duplicates_dropped() -> None:
-    """Live events after the seal get the next numbers; a repeated delivery adds nothing."""
+def test_a_repeated_or_unnumbered_event_adds_nothing() -> None:
+    """A second delivery of number 1, and another process's unnumbered audit event, are not messages."""
     log = BatchLog()
-    log.seal([item_event(1, key="a")])
-    late = item_event(5, key="b")
 
-    added = [log.add(late), log.add(late)]
+    added = [log.add(item_event(1)), log.add(item_event(1)), log.add(item_event(None))]
 
-    assert added == [True, False]
-    assert [message_of(e, i + 1)["seq"] for i, e in enumerate(log.events)] == [1, 2]
+    assert added == [True, False, False]
+    assert numbered(log) == [(1, "item.done")]
+
+
+def test_a_missing_number_holds_back_later_ones_until_the_history_is_complete() -> None:
+    """With 2 missing, 3 waits; a complete history read that still lacks 2 gives it up and releases 3."""
+    log = BatchLog()
+    log.add(item_event(1))
+    log.add(item_event(3))
+    assert log.latest == 1 and log.wait_s() is not None
+
+    log.settle([item_event(1)], complete=True)
+
+    assert [m["seq"] for m in log.messages] == [1, 3]
+    assert log.wait_s() is None
+
+
+def test_the_run_closes_after_the_engines_last_event() -> None:
+    """Prefect's Completed arriving before `batch.finished` waits for it; then `run.completed` is the next number."""
+    log = BatchLog()
+    log.add(item_event(1))
+    log.add(run_event("COMPLETED"))
+    assert not log.ended
+
+    log.add(finished_event(2))
+
+    assert numbered(log) == [(1, "item.done"), (2, "batch.finished"), (3, "run.completed")]
+    assert log.ended
+
+
+def test_a_run_that_died_without_its_last_event_closes_once_the_history_is_complete() -> None:
+    """A SIGKILLed engine never sends `batch.finished`: the stored history decides where `run.crashed` goes."""
+    log = BatchLog()
+    log.add(item_event(1))
+    log.add(run_event("CRASHED"))
+
+    log.settle([item_event(1), item_event(2)], complete=True)
+
+    assert numbered(log) == [(1, "item.done"), (2, "item.done"), (3, "run.crashed")]
+
+
+def test_non_terminal_prefect_states_are_not_messages() -> None:
+    """Running and Cancelling from Prefect only tell the log about the run; the engine numbers what it streams."""
+    log = BatchLog()
+
+    assert not log.add(run_event("RUNNING"))
+    assert log.messages == []
 
 
 def test_run_id_comes_from_the_flow_run_resource_or_a_related_one() -> None:
     """Engine events name the run as a related resource; Prefect's state events as their resource."""
     assert run_id_of(item_event(1)) == RUN
-    assert run_id_of(run_event(1, "RUNNING")) == RUN
+    assert run_id_of(run_event("RUNNING")) == RUN
 
 
-async def test_stream_ends_after_the_runs_terminal_state() -> None:
-    """`stream(after=1)` yields events 2..N and stops once the run has completed."""
-
+def _offline_hub(stored: list[Event]) -> EventHub:
     async def history(run_id: uuid.UUID, since: datetime) -> list[Event]:
-        return [item_event(1, "submitted"), item_event(2), run_event(3, "COMPLETED")]
+        return [event for event in stored if event.occurred >= since]
 
     hub = EventHub("http://127.0.0.1:9/api", history)
     hub.subscribed.set()
     hub.start = lambda: None  # type: ignore[method-assign]  # no Prefect here: the history is all there is
+    return hub
 
-    messages = [m async for m in hub.stream(RUN, T0, after=1)]
 
-    assert [(m["seq"], m["type"]) for m in messages] == [(2, "item.done"), (3, "run.completed")]
+async def test_stream_of_a_long_ended_run_replays_after_and_closes() -> None:
+    """`stream(after=1)` of a run that ended long ago yields 2..N at once and stops after `run.completed`."""
+    hub = _offline_hub([item_event(1, "submitted", at=LONG_AGO), item_event(2, at=LONG_AGO),
+                        finished_event(3, at=LONG_AGO), run_event("COMPLETED", at=LONG_AGO)])  # fmt: skip
+
+    messages = [m async for m in hub.stream(RUN, LONG_AGO, after=1)]
+
+    assert [(m["seq"], m["type"]) for m in messages] == [(2, "item.done"), (3, "batch.finished"),
+                                                          (4, "run.completed")]  # fmt: skip
+
+
+async def test_two_hubs_number_a_crashed_run_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One hub saw the run live, the other only reads the store: both close the crashed run with the same number."""
+    monkeypatch.setattr(hub_module, "_PERSIST_LAG_S", 0.05)
+    stored = [item_event(1), item_event(2), run_event("CRASHED")]
+    live, late = _offline_hub(stored), _offline_hub(stored)
+    live.ingest(stored[0])  # this one missed number 2 live
+
+    from_live = [m async for m in live.stream(RUN, T0)]
+    from_late = [m async for m in late.stream(RUN, T0)]
+
+    assert from_live == from_late
+    assert [m["type"] for m in from_live] == ["item.done", "item.done", "run.crashed"]
 
 
 async def test_waiting_stream_wakes_for_a_live_event() -> None:
     """A stream that has sent everything wakes when the next live event arrives."""
-
-    async def history(run_id: uuid.UUID, since: datetime) -> list[Event]:
-        return [item_event(1, "submitted")]
-
-    hub = EventHub("http://127.0.0.1:9/api", history)
-    hub.subscribed.set()
-    hub.start = lambda: None  # type: ignore[method-assign]
+    hub = _offline_hub([item_event(1, "submitted")])
     stream = hub.stream(RUN, T0)
     assert (await anext(stream))["seq"] == 1
 
