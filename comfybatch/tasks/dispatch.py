@@ -50,6 +50,15 @@ class Slot:
     lease_id: str
 
 
+@dataclass(eq=False)
+class _Waiter:
+    """A job in line for a slot: the servers it may use, and where a slot (or a wake-up, None) is handed to it."""
+
+    names: frozenset[str]
+    handed: "asyncio.Future[Slot | None]"
+    trying: bool = False  # taking a slot itself right now (a Prefect request out): hand nothing to it meanwhile
+
+
 class SlotBroker:
     """Slots on the fleet's servers for the jobs of one flow run (one event loop). Use `async with`."""
 
@@ -67,7 +76,7 @@ class SlotBroker:
         self._down_until = dict.fromkeys(self.servers, 0.0)
         self._failures = dict.fromkeys(self.servers, 0)
         self._leases: set[UUID] = set()
-        self._changed = asyncio.Condition()
+        self._line: list[_Waiter] = []  # jobs waiting for a slot, oldest first
         self._increments = asyncio.Lock()
         self._last_jobs = False
         self._limits_made: set[str] = set()
@@ -114,6 +123,8 @@ class SlotBroker:
         self._down_until[name] = time.monotonic() + min(longest, first * 2 ** (self._failures[name] - 1))
 
     def mark_up(self, name: str) -> None:
+        if self._down_until[name]:
+            self._wake()
         self._failures[name] = 0
         self._down_until[name] = 0.0
 
@@ -161,26 +172,83 @@ class SlotBroker:
             await self._park(slot)
 
     async def _acquire(self, names: list[str], give_up_at: float | None) -> Slot:
-        while True:
-            now = time.monotonic()
-            usable = [name for name in names if not self.is_down(name) and not self._outranked(name)]
-            random.shuffle(usable)  # ties go to a random server
-            usable.sort(key=self.load)
-            # A lease this batch already holds costs nothing; a new one is a write on the Prefect server.
-            for name in usable:
-                if self._idle[name]:
-                    lease_id = self._idle[name].pop()[0]
-                    self._busy[name] += 1
-                    return Slot(self.servers[name], str(lease_id))
-            for name in usable:
-                room = self._held(name) < self.servers[name].slots and self._busy_elsewhere_until[name] <= now
-                if room and (slot := await self._try_limit(name)) is not None:
+        """First come, first served: a job waits in line, and a slot a job gives back goes straight to the
+        longest-waiting job that may use it (`_park`), never to one that asks later."""
+        waiter = _Waiter(frozenset(names), asyncio.get_running_loop().create_future())
+        self._line.append(waiter)
+        try:
+            while True:
+                if not self._ahead(waiter):  # nobody earlier waits for these servers: try them now
+                    waiter.trying = True  # not handed anything meanwhile: a job holds at most one slot
+                    try:
+                        slot = await self._take(names)
+                    finally:
+                        waiter.trying = False
+                    if slot is not None:
+                        return slot
+                if give_up_at is not None and time.monotonic() >= give_up_at:
+                    raise NoServerAvailable
+                # Woken by a hand-off, by room made here (a lease given back, a server up again) or by the poll
+                # that notices slots other processes freed.
+                timeout = _POLL_S if give_up_at is None else max(0.0, min(_POLL_S, give_up_at - time.monotonic()))
+                await asyncio.wait([waiter.handed], timeout=timeout)
+                if waiter.handed.done() and (slot := waiter.handed.result()) is not None:
                     return slot
-            if give_up_at is not None and now >= give_up_at:
-                raise NoServerAvailable
-            async with self._changed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout=_POLL_S)
+                if waiter.handed.done():
+                    waiter.handed = asyncio.get_running_loop().create_future()
+        except BaseException:
+            if waiter.handed.done() and not waiter.handed.cancelled() and (slot := waiter.handed.result()):
+                self._line.remove(waiter)
+                self._busy[slot.server.name] -= 1
+                self._hand_over(slot.server.name, UUID(slot.lease_id))  # cancelled after the hand-off: pass it on
+            raise
+        finally:
+            if waiter in self._line:
+                self._line.remove(waiter)
+
+    def _ahead(self, waiter: "_Waiter") -> bool:
+        """True when an earlier job waits for one of the same servers (and is not trying one right now)."""
+        for other in self._line:
+            if other is waiter:
+                return False
+            if not other.trying and not other.handed.done() and not other.names.isdisjoint(waiter.names):
+                return True
+        return False
+
+    async def _take(self, names: list[str]) -> Slot | None:
+        """A slot on the least-loaded usable server now, or None: a lease this batch already holds (free), else a
+        new one (a write on the Prefect server)."""
+        now = time.monotonic()
+        usable = [name for name in names if not self.is_down(name) and not self._outranked(name)]
+        random.shuffle(usable)  # ties go to a random server
+        usable.sort(key=self.load)
+        for name in usable:
+            if self._idle[name]:
+                lease_id = self._idle[name].pop()[0]
+                self._busy[name] += 1
+                return Slot(self.servers[name], str(lease_id))
+        for name in usable:
+            room = self._held(name) < self.servers[name].slots and self._busy_elsewhere_until[name] <= now
+            if room and (slot := await self._try_limit(name)) is not None:
+                return slot
+        return None
+
+    def _hand_over(self, name: str, lease_id: UUID) -> bool:
+        """Give a held lease to the longest-waiting job that may use `name`; else keep it idle. True if handed."""
+        if not self.is_down(name) and not self._outranked(name):
+            for waiter in self._line:
+                if name in waiter.names and not waiter.trying and not waiter.handed.done():
+                    self._busy[name] += 1
+                    waiter.handed.set_result(Slot(self.servers[name], str(lease_id)))
+                    return True
+        self._idle[name].append((lease_id, time.monotonic()))
+        return False
+
+    def _wake(self) -> None:
+        """Room was made here (a lease given back, a server up again): waiting jobs look again now."""
+        for waiter in self._line:
+            if not waiter.handed.done():
+                waiter.handed.set_result(None)
 
     async def _try_limit(self, name: str) -> Slot | None:
         server = self.servers[name]
@@ -210,13 +278,13 @@ class SlotBroker:
         return Slot(server, str(granted.lease_id))
 
     async def _park(self, slot: Slot) -> None:
-        """A job is done with its slot: keep the lease for the next job, unless another batch should have it."""
+        """A job is done with its slot: hand the lease to the next waiting job, or keep it for the next one to
+        ask, unless another batch should have it."""
         name, lease_id = slot.server.name, UUID(slot.lease_id)
         self._leases.add(lease_id)
-        async with self._changed:
-            self._busy[name] -= 1
-            self._idle[name].append((lease_id, time.monotonic()))
-            self._changed.notify_all()
+        self._busy[name] -= 1
+        if self._hand_over(name, lease_id):
+            return
         if self._outranked(name) or (self._last_jobs and self._waiting[name] == 0):
             await self._release_idle(name, older_than_s=0.0)
 
@@ -239,6 +307,7 @@ class SlotBroker:
             await self._api.release(lease_id)
         except httpx.HTTPError as exc:  # the Prefect server is away; the lease expires by itself
             logger.warning("releasing %s lease %s: %s", name, lease_id, exc)
+        self._wake()  # room on `name` again: a job of this batch waiting for it may take a new lease
 
     async def _renew(self, lease_id: UUID) -> bool:
         try:
