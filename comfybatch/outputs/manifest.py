@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import mimetypes
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -37,10 +38,18 @@ MANIFEST_COLUMNS: dict[str, str] = {
     "duration_s": "float64",
     "outputs": "object",  # list[str] of URIs
     "sha256": "object",  # list[str], parallel to outputs
+    "media_types": "object",  # list[str], parallel to outputs: image/png, image/webp (animated), video/webm…
     "comfyui_version": "string",
     "values_json": "string",
 }
-_LIST_COLUMNS = ("outputs", "sha256")
+_LIST_COLUMNS = ("outputs", "sha256", "media_types")
+# What ComfyUI 0.3.75's save nodes write (SaveImage, SaveAnimatedWEBP/PNG, SaveWEBM, SaveVideo, SaveAudio*), fixed
+# here rather than read from the host's mime.types, which differs between machines.
+_MEDIA_TYPES = {
+    ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp", ".gif": "image/gif",
+    ".webm": "video/webm", ".mp4": "video/mp4", ".mov": "video/quicktime",
+    ".flac": "audio/flac", ".mp3": "audio/mpeg", ".opus": "audio/ogg", ".ogg": "audio/ogg", ".wav": "audio/wav",
+}  # fmt: skip
 _TIME_COLUMNS = ("queued_at", "started_at", "finished_at")
 _INT64_RANGE = range(-(2**63), 2**63)
 # OWASP "CSV Injection": a spreadsheet runs a cell starting with one of these as a formula. Such text cells are
@@ -97,6 +106,12 @@ def read_manifest(store: OutputStore, batch_dir: str) -> pd.DataFrame | None:
     return None
 
 
+def media_type_of(uri: str) -> str:
+    """The media type of an output file, from its extension (`application/octet-stream` when unknown)."""
+    suffix = "." + uri.rpartition("/")[2].rpartition(".")[2].lower() if "." in uri.rpartition("/")[2] else ""
+    return _MEDIA_TYPES.get(suffix) or mimetypes.guess_type(f"x{suffix}")[0] or "application/octet-stream"
+
+
 def _row(result: JobResult) -> dict[str, Any]:
     job = result.job
     duration = None
@@ -121,6 +136,7 @@ def _row(result: JobResult) -> dict[str, Any]:
         "duration_s": duration,
         "outputs": [file.uri for file in result.files],
         "sha256": [file.sha256 for file in result.files],
+        "media_types": [media_type_of(file.uri) for file in result.files],
         "comfyui_version": result.comfyui_version,
         "values_json": json.dumps(job.values, sort_keys=True, ensure_ascii=False),
     }
@@ -129,6 +145,9 @@ def _row(result: JobResult) -> dict[str, Any]:
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     """Give the fixed columns their dtypes, whether they come from rows, Parquet or CSV text."""
     frame = frame.copy()
+    for column in _LIST_COLUMNS:
+        if column not in frame.columns:  # a manifest written before the column existed
+            frame[column] = None
     for column in _TIME_COLUMNS:
         frame[column] = _timestamps(frame[column])
     for column in _LIST_COLUMNS:
@@ -207,5 +226,5 @@ def _restored(cell: str) -> str:
 def _from_csv(data: bytes) -> pd.DataFrame:
     """Parse the CSV manifest; parameter columns are rebuilt from `values_json`, their exact source."""
     frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False).map(_restored)
-    fixed = _typed(frame[list(MANIFEST_COLUMNS)].replace({"": None}))
+    fixed = _typed(frame.reindex(columns=list(MANIFEST_COLUMNS)).replace({"": None}))
     return _with_params(fixed, [json.loads(text) for text in fixed["values_json"]])

@@ -20,7 +20,7 @@ from tests.support import graphs
 
 pytestmark = pytest.mark.anyio
 
-IMAGE_IN = {"img2img-tiny", "upscale"}  # take input images: tests/comfy/test_image_in_templates.py
+IMAGE_IN = {"img2img-tiny", "upscale", "inpaint-tiny"}  # take input images: tests/flows/test_image_*.py
 TEMPLATES = sorted(path.stem for path in TEMPLATES_DIR.glob("*.json") if path.stem not in IMAGE_IN)
 USE_CASES = ["picture-book-tiny", "picture-book-sd15", "product-on-white-tiny", "product-on-white-sdxl",
              "social-post-tiny", "social-post-sdxl"]  # fmt: skip

@@ -20,7 +20,7 @@ from comfybatch.settings import Settings
 from comfybatch.testing.proxy import TcpProxy
 from tests.conftest import SuiteFleet
 from tests.flows.conftest import PREFECT_SOCKETS, server_names
-from tests.flows.test_image_inputs import INVERT
+from tests.flows.test_image_inputs import INVERT, _colours
 from tests.support.faults import port_of
 from tests.support.s3 import moto_s3, use_s3
 
@@ -66,14 +66,6 @@ def _pixel(data: bytes) -> tuple[int, int, int]:
     with Image.open(io.BytesIO(data)) as image:
         red, green, blue = image.convert("RGB").getpixel((4, 4))  # type: ignore[misc]
         return red, green, blue
-
-
-def _colours(count: int) -> list[tuple[int, int, int]]:
-    rng = random.Random()
-    chosen: set[tuple[int, int, int]] = set()
-    while len(chosen) < count:
-        chosen.add((rng.randrange(256), rng.randrange(256), rng.randrange(256)))
-    return sorted(chosen)
 
 
 async def test_sheet_inputs_and_outputs_all_on_s3(
