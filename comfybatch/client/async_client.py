@@ -211,6 +211,17 @@ class AsyncComfyBatchClient:
         """Ask for the batch to be cancelled; it ends CANCELLED once its running jobs stop."""
         return await self._call(BatchStarted, "POST", f"/api/batches/{batch_id_of(batch)}/cancel")
 
+    async def resume(self, batch: BatchRef) -> BatchStarted:
+        """Render what an ended batch left undone (failed, cancelled, never started) in a new run of the same batch;
+        its stored images are kept. The new run's id is in the answer; asking again answers the same run.
+
+        Raises:
+            NotFound, BatchRejected: the batch is still under way or every item is done (409), QuotaExceeded.
+        """
+        return await self._call(BatchStarted, "POST", f"/api/batches/{batch_id_of(batch)}/resume")
+
+    retry_failed = resume  # the page's "Retry failed" and "Render the rest" are this one call
+
     async def workflows(self) -> list[str]:
         """The template names the dashboard accepts as `workflow`."""
         return (await self._call(_WorkflowList, "GET", "/api/workflows")).workflows
@@ -313,6 +324,42 @@ class AsyncComfyBatchClient:
         manifest = folder / "manifest.csv"
         await asyncio.to_thread(manifest.write_bytes, await self.manifest(batch))
         return [*(task.result() for task in tasks), manifest]
+
+    async def download_archive(self, batch: BatchRef, dest: str | os.PathLike[str]) -> Path:
+        """Stream the batch's zip (its stored images and manifest, bytes as stored) to `dest`: a file, or an existing
+        folder to hold `<batch name>.zip`; its path. Written to `<file>.part` first: a broken download leaves nothing.
+
+        Raises:
+            NotFound: the batch has stored nothing yet.
+        """
+        path = f"/api/batches/{batch_id_of(batch)}/archive.zip"
+        async for attempt in stamina.retry_context(on=DashboardUnavailable, attempts=3, timeout=30.0):
+            with attempt:
+                return await self._stream_to(path, Path(dest))
+        raise AssertionError("unreachable: stamina re-raises the last error")
+
+    async def _stream_to(self, path: str, dest: Path) -> Path:
+        where = f"GET {path}"
+        try:
+            async with self._http.stream("GET", path) as response:
+                if not response.is_success:
+                    await response.aread()
+                    raise error_for(response, where, secret=self._api_key)
+                disposition = response.headers.get("content-disposition", "")
+                name = disposition.partition('filename="')[2].partition('"')[0] or Path(path).name
+                target = dest / Path(name).name if await asyncio.to_thread(dest.is_dir) else dest
+                partial = target.with_name(f"{target.name}.part")
+                try:
+                    with await asyncio.to_thread(partial.open, "wb") as out:
+                        async for chunk in response.aiter_bytes():
+                            await asyncio.to_thread(out.write, chunk)
+                    await asyncio.to_thread(partial.replace, target)
+                finally:
+                    await asyncio.to_thread(partial.unlink, missing_ok=True)  # gone already when it became the zip
+                return target
+        except httpx.TransportError as exc:
+            reason = f"{type(exc).__name__}: {exc}".replace(self._api_key or "\0", "***")
+            raise DashboardUnavailable(reason, request=where) from exc
 
     async def _batch_body(
         self, prompts: Sequence[str] | str | None, sheet: SheetSource | None, workflow: Workflow | None,

@@ -121,6 +121,9 @@ class ComfyBatchClient:
     workflows = _blocking(AsyncComfyBatchClient.workflows)
     manifest = _blocking(AsyncComfyBatchClient.manifest)
     download = _blocking(AsyncComfyBatchClient.download)
+    download_archive = _blocking(AsyncComfyBatchClient.download_archive)
+    resume = _blocking(AsyncComfyBatchClient.resume)
+    retry_failed = resume  # the page's "Retry failed" and "Render the rest" are this one call
 
     @overload
     def wait_for_batch(  # type: ignore[overload-overlap]  # a str is a Sequence: ids match this one first

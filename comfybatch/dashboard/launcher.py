@@ -25,6 +25,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterName,
     FlowRunFilterState,
     FlowRunFilterStateType,
+    FlowRunFilterTags,
 )
 from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
@@ -56,6 +57,7 @@ ACTIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, Stat
 _HAS_PROCESS = {StateType.RUNNING, StateType.PAUSED}  # a cancel goes through Cancelling: the runner stops it
 _PLANS_KEPT = 64
 _JOURNALS_KEPT = 64
+RESUMED_FROM = "resumed-from:"  # same tag as `deployments.handover.RESUMED_FROM` (a test keeps them equal)
 CANCELLED_BY = "cancelled by "  # a cancel's message: who asked, then any explanation after ": "
 _STARTED_KEPT = 10_000
 _POLL_TTL_S = 1.0  # how stale a polled run or list may be while many clients poll
@@ -129,6 +131,9 @@ class Launcher:
         # idempotency key -> the run it created and the fingerprint of the body it was created from
         self._started: OrderedDict[str, tuple[UUID, str]] = OrderedDict()
         self._creating: dict[str, tuple[str, asyncio.Future[tuple[FlowRun, str]]]] = {}
+        # server name -> (when, why) of the last failed probe this process saw: the fleet panel's "last error"
+        self.probe_failures: dict[str, tuple[datetime, str]] = {}
+        self._resumed: set[UUID] = set()  # runs this process created by `resume` and recorded
         self._cancelling: WeakValueDictionary[UUID, asyncio.Lock] = WeakValueDictionary()
         # Between `open()` and `aclose()` (the app's lifespan) one Prefect client serves every request:
         # a new one per request costs a TLS context and a connection. Without a lifespan, one per call.
@@ -342,6 +347,47 @@ class Launcher:
                 f"batch {flow_run_id} is {state}: Prefect refused to cancel it ({reason})"
             )
 
+    async def resume(self, flow_run_id: UUID, resumed_by: str) -> FlowRun:
+        """Start the ended batch again: a new run with the same request and name, tagged `resumed-from:<old id>`,
+        which renders what the journal does not hold as done (failed, cancelled, never started). Asking twice for
+        one run answers the same new run (its idempotency key is the old run's id).
+
+        Raises:
+            BatchNotFound, BatchConflict: the batch is still under way, or was a dry run.
+        """
+        run = await self._read_run(flow_run_id)  # never a shared answer: it may predate the run's end
+        spec = self.spec_of(run)
+        if run.state_type is None or run.state_type.value not in TERMINAL_STATES:
+            state = run.state_type.value if run.state_type else "UNKNOWN"
+            raise BatchConflict(f"batch {spec.name} ({flow_run_id}) is {state}: cancel it or let it end first")
+        if spec.dry_run:
+            raise BatchConflict(f"batch {spec.name} ({flow_run_id}) was a dry run: it renders nothing to resume")
+        tags = [tag for tag in run.tags if not tag.startswith(RESUMED_FROM)] + [f"{RESUMED_FROM}{run.id}"]
+        async with self._client() as client:
+            resumed = await client.create_flow_run_from_deployment(
+                await self._deployment_id(client), parameters={"spec": run.parameters.get("spec")}, name=run.name,
+                idempotency_key=f"{RESUMED_FROM}{run.id}", tags=tags,
+            )  # fmt: skip
+        if resumed.id not in self._resumed:  # a repeated ask (same idempotency key) is recorded once
+            self._resumed.add(resumed.id)
+            await self.record(resumed, "resumed", by=resumed_by, resumed_from=str(run.id))
+        return resumed
+
+    async def resumed_as(self, run: FlowRun) -> UUID | None:
+        """The newest run resuming this ended one (tagged `resumed-from:<id>`), or None; a read, shared briefly."""
+        if run.state_type is None or run.state_type.value not in TERMINAL_STATES:
+            return None
+
+        async def newest() -> UUID | None:
+            run_filter = FlowRunFilter(tags=FlowRunFilterTags(all_=[f"{RESUMED_FROM}{run.id}"]))
+            async with self._client() as client:
+                found = await client.read_flow_runs(
+                    flow_run_filter=run_filter, sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=1
+                )
+            return found[0].id if found else None
+
+        return await self._shared(("resumed-as", run.id), newest)
+
     async def record(self, run: FlowRun, action: str, **payload: Any) -> None:
         """Emit `comfybatch.batch.<action>` for the batch's run: who did what, by key name (never the key)."""
         event = Event(
@@ -498,6 +544,8 @@ class Launcher:
         With `run_id`, finished records read before are reused: polling a big batch reads only new files.
         """
         known = self._journals.get(run_id) if run_id is not None else None
+        if known is not None:  # a failed or cancelled record is rewritten when the batch is resumed: read it again
+            known = {key: record for key, record in known.items() if record.result and record.result.status == "done"}
         # Read afresh every time (only unfinished records cost a file read): a page reloaded mid-batch must never see
         # an item older than the events it already showed, so no shared, seconds-old answer here.
         records = await JobJournal(self.store_of(spec), await self.batch_dir(spec, run_id)).load(known)

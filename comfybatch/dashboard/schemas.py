@@ -51,6 +51,9 @@ class BatchStatus(BatchStarted):
     planned: bool = Field(
         True, description="Counts come from the plan the flow stored; false before it is written (from the request)."
     )
+    resumed_from: str | None = Field(None, description="The ended run of this batch that this run resumes.")
+    resumed_as: str | None = Field(None, description="The run that resumed this ended one (it goes on there).")
+    template: str | None = Field(None, description="The template's name; none for a graph sent inline.")
 
 
 class ItemFailure(BaseModel):
@@ -65,6 +68,11 @@ class BatchSummary(BaseModel):
     state: str
     state_name: str
     created: str | None = None
+    template: str | None = Field(None, description="The template's name; none for a graph sent inline.")
+    submitted_by: str | None = None
+    counts: BatchCounts | None = Field(None, description="From the stored plan and journal; none if unreadable.")
+    duration_s: float | None = Field(None, description="Seconds from the run's start to its end (or to now).")
+    resumed_from: str | None = None
 
 
 class BatchList(BaseModel):
@@ -116,6 +124,8 @@ class ServerStatus(BaseModel):
     reason: str | None = Field(None, description="Why it is unreachable.")
     queue_depth: int | None = Field(None, description="Running plus pending prompts in its ComfyUI queue.")
     in_flight: int = Field(0, description="Active slots of its `comfy:<name>` concurrency limit.")
+    last_error: str | None = Field(None, description="The last probe failure this dashboard saw, even if healthy now.")
+    last_error_at: str | None = Field(None, description="When that was (ISO 8601, UTC).")
 
 
 class ServerList(BaseModel):

@@ -1,5 +1,6 @@
 """`/api/batches`: create, list, read, page items, download the manifest, cancel; `/api/validate`."""
 
+import asyncio
 import logging
 import math
 import time
@@ -28,8 +29,9 @@ from comfybatch.dashboard.schemas import (
     ServerProgress,
     ValidationReport,
 )
-from comfybatch.errors import BatchNotFound
+from comfybatch.errors import BatchConflict, BatchNotFound, ComfyBatchError
 from comfybatch.models import BatchSpec, JobSpec
+from comfybatch.notify.webhooks import check_webhook
 from comfybatch.records import JobRecord
 
 logger = logging.getLogger(__name__)
@@ -95,12 +97,23 @@ async def _queued_images(launcher: Launcher, key_name: str) -> int:
     return queued
 
 
+async def _check_quota(launcher: Launcher, quota: int, key_name: str, adds: int, what: str) -> None:
+    queued = await _queued_images(launcher, key_name)
+    if queued + adds > quota:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"key {key_name!r} has {queued} image(s) queued and {what} adds {adds}: over its quota of "
+            f"{quota}; wait for a batch to finish or split this one",
+        )
+
+
 @router.post("/validate")
 async def validate_batch(
     spec: BatchSpec, launcher: LauncherDep, settings: SettingsDep, _key: KeyName
 ) -> ValidationReport:
     """The fleet dry run of a request: expand it and check every job on every server; renders nothing."""
     check_api_request(spec, settings)
+    await check_webhook(spec, settings)  # 422 naming `webhook`: internal addresses are refused (SSRF)
     await launcher.check_identity(spec)
     preview = await launcher.preview(spec)
     plan = preview.plan
@@ -130,17 +143,12 @@ async def create_batch(
     An `Idempotency-Key` sent again with the same body answers the same batch; with another body, 422.
     """
     check_api_request(spec, settings)
+    await check_webhook(spec, settings)  # 422 naming `webhook`: internal addresses are refused (SSRF)
     await launcher.check_identity(spec)
-    if (quota := settings.api_quota_images) is not None:
+    if settings.api_quota_images is not None:
         bound = requested_bound(spec)  # a sheet's rows need the expansion
         adds = bound if bound is not None else len((await launcher.preview(spec)).expansion.jobs)
-        queued = await _queued_images(launcher, key_name)
-        if queued + adds > quota:
-            raise HTTPException(
-                status.HTTP_429_TOO_MANY_REQUESTS,
-                f"key {key_name!r} has {queued} image(s) queued and this batch adds {adds}: over its quota of "
-                f"{quota}; wait for a batch to finish or split this one",
-            )
+        await _check_quota(launcher, settings.api_quota_images, key_name, adds, "this batch")
     run = await launcher.start(spec, idempotency_key, key_name)
     return BatchStarted(batch_id=str(run.id), name=spec.name, state=_state(run)[0],
                         links=_links(request, run, launcher))  # fmt: skip
@@ -160,9 +168,38 @@ async def list_batches(
 ) -> BatchList:
     """Batches, newest first."""
     runs = await launcher.list_batches(state=state, name=name, limit=limit, offset=offset)
-    summaries = [BatchSummary(batch_id=str(run.id), name=run.name, state=_state(run)[0], state_name=_state(run)[1],
-                              created=run.created.isoformat() if run.created else None) for run in runs]  # fmt: skip
-    return BatchList(batches=summaries, limit=limit, offset=offset)
+    summaries = await asyncio.gather(*(_summary(launcher, run) for run in runs))
+    return BatchList(batches=list(summaries), limit=limit, offset=offset)
+
+
+async def _summary(launcher: Launcher, run: FlowRun) -> BatchSummary:
+    """One row of the list, from the run and the batch's stored plan and journal (never expanded again)."""
+    state, state_name = _state(run)
+    summary = BatchSummary(
+        batch_id=str(run.id), name=run.name, state=state, state_name=state_name, duration_s=_duration(run),
+        created=run.created.isoformat() if run.created else None, submitted_by=_tagged(run, "submitted-by"),
+        resumed_from=_tagged(run, "resumed-from"),
+    )  # fmt: skip
+    try:
+        spec = launcher.spec_of(run)
+        summary.template = _template(spec)
+        jobs, records = await asyncio.gather(launcher.plan(spec, run.id), launcher.records(spec, run.id))
+    except ComfyBatchError:  # an unreadable spec or store: the row still lists the run
+        return summary
+    summary.counts = _counts(jobs, records, spec, ended=_ended(run))
+    return summary
+
+
+def _template(spec: BatchSpec) -> str | None:
+    return spec.workflow if isinstance(spec.workflow, str) else None
+
+
+def _duration(run: FlowRun) -> float | None:
+    """Seconds the run has been running: start to end, or to now while it runs."""
+    if run.start_time is None:
+        return None
+    end = run.end_time or (None if _ended(run) else datetime.now(UTC))
+    return None if end is None else max((end - run.start_time).total_seconds(), 0.0)
 
 
 @router.get("/batches/{batch_id}")
@@ -187,12 +224,13 @@ async def get_batch(batch_id: UUID, request: Request, launcher: LauncherDep, hub
     failures = [ItemFailure(key=r.key, index=index.get(r.key), error=(r.result and r.result.error) or "failed")
                 for r in failed]  # fmt: skip
     state, state_name = _state(run)
-    reason = await launcher.ending_message(run)
+    reason, resumed_as = await asyncio.gather(launcher.ending_message(run), launcher.resumed_as(run))
     return BatchStatus(batch_id=str(run.id), name=spec.name, state=state, state_name=state_name,
                        links=_links(request, run, launcher), counts=counts, submitted_by=_tagged(run, "submitted-by"),
                        cancelled_by=_cancelled_by(reason), reason=reason, servers=dict(servers),
                        eta_s=_eta(records, counts), planned=jobs is not None,
-                       failures=failures[:_FAILURES_SHOWN],
+                       failures=failures[:_FAILURES_SHOWN], resumed_from=_tagged(run, "resumed-from"),
+                       resumed_as=str(resumed_as) if resumed_as else None, template=_template(spec),
                        events_seq=await hub.latest(run.id, run.created or datetime.now(UTC)))  # fmt: skip
 
 
@@ -294,3 +332,30 @@ async def cancel_batch(batch_id: UUID, request: Request, launcher: LauncherDep, 
     """
     run = await launcher.cancel(batch_id, key_name)
     return BatchStarted(batch_id=str(run.id), name=run.name, state=_state(run)[0], links=_links(request, run, launcher))
+
+
+@router.post(
+    "/batches/{batch_id}/resume", status_code=status.HTTP_202_ACCEPTED,
+    responses={404: {"description": "No such batch."},
+               409: {"description": "The batch is still under way, every item is done, or it was a dry run."}},
+)  # fmt: skip
+async def resume_batch(
+    batch_id: UUID, request: Request, launcher: LauncherDep, settings: SettingsDep, key_name: KeyName
+) -> BatchStarted:
+    """Render what an ended batch left undone (failed, cancelled and never-started items) in a new run of the same
+    batch, tagged `resumed-from:<id>`; its stored images are kept, not rendered again. The page's "Retry failed" and
+    "Render the rest". Asking again for the same batch answers the same new run.
+    """
+    run = await launcher.get(batch_id)
+    spec = launcher.spec_of(run)
+    if _ended(run):
+        jobs, records = await asyncio.gather(launcher.plan(spec, run.id), launcher.records(spec, run.id))
+        counts = _counts(jobs, records, spec, ended=True)
+        left = None if counts.total is None else counts.total - counts.done
+        if left == 0:
+            raise BatchConflict(f"every item of batch {spec.name} is done: there is nothing left to render")
+        if settings.api_quota_images is not None and left is not None:
+            await _check_quota(launcher, settings.api_quota_images, key_name, left, "resuming this batch")
+    resumed = await launcher.resume(batch_id, key_name)
+    return BatchStarted(batch_id=str(resumed.id), name=resumed.name, state=_state(resumed)[0],
+                        links=_links(request, resumed, launcher))  # fmt: skip

@@ -1,6 +1,7 @@
 """`/api/batches/{id}/items/{key}/image`: only files the batch's journal recorded for that item."""
 
 import io
+from collections.abc import Iterable
 from typing import Annotated
 from uuid import UUID
 
@@ -9,7 +10,8 @@ from PIL import Image
 
 from comfybatch.dashboard.deps import KeyName, LauncherDep
 from comfybatch.errors import BatchNotFound, UnsafePath
-from comfybatch.outputs.storage import check_relpath
+from comfybatch.models import StoredFile
+from comfybatch.outputs.storage import OutputStore, check_relpath
 
 router = APIRouter(prefix="/api/batches", tags=["images"])
 THUMB_PX = 256
@@ -21,6 +23,22 @@ def _thumbnail(data: bytes) -> bytes:
         out = io.BytesIO()
         image.save(out, format="PNG")
     return out.getvalue()
+
+
+def vouched_files(store: OutputStore, batch_dir: str, files: Iterable[StoredFile]) -> list[tuple[str, StoredFile]]:
+    """The journaled `files` that are safe store paths inside `batch_dir`, with their relative paths."""
+    vouched = []
+    for stored in files:
+        relpath = store.relpath_of(stored.uri)
+        if relpath is None:
+            continue
+        try:
+            safe = check_relpath(relpath)
+        except UnsafePath:
+            continue
+        if safe.startswith(f"{batch_dir}/"):  # the journal of this batch only vouches for files in its folder
+            vouched.append((safe, stored))
+    return vouched
 
 
 _IMAGE_MEDIA: dict[str, dict[str, object]] = {"image/png": {}, "application/octet-stream": {}}
@@ -39,18 +57,8 @@ async def get_image(
     spec = launcher.spec_of(run)
     record = (await launcher.records(spec, run.id)).get(key)
     files = record.result.files if record and record.result else []
-    store = launcher.store_of(spec)
-    batch_dir = await launcher.batch_dir(spec, run.id)
-    for stored in files:
-        relpath = store.relpath_of(stored.uri)
-        if relpath is None:
-            continue
-        try:
-            safe = check_relpath(relpath)
-        except UnsafePath:
-            continue
-        if not safe.startswith(f"{batch_dir}/"):
-            continue  # the journal of this batch only vouches for files in this batch's folder
+    vouched = vouched_files(launcher.store_of(spec), await launcher.batch_dir(spec, run.id), files)
+    for safe, _stored in vouched:
         data = await launcher.read_file(spec, safe)
         if thumb:
             return Response(_thumbnail(data), media_type="image/png")

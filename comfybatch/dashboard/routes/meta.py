@@ -3,6 +3,7 @@
 import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi import APIRouter
@@ -75,6 +76,10 @@ async def health(settings: SettingsDep, launcher: LauncherDep) -> JSONResponse:
 async def _server_statuses(settings: Settings, launcher: Launcher) -> list[ServerStatus]:
     servers = await fleet_servers(settings, launcher)
     probes, active = await asyncio.gather(_probe_all(servers), launcher.active_slots())
+    failures = launcher.probe_failures
+    for server, probe in zip(servers, probes, strict=True):
+        if probe.reason:
+            failures[server.name] = (datetime.now(UTC), probe.reason)
     return [
         ServerStatus(
             name=server.name,
@@ -84,6 +89,8 @@ async def _server_statuses(settings: Settings, launcher: Launcher) -> list[Serve
             reason=probe.reason,
             queue_depth=probe.queue_depth,
             in_flight=active.get(server.limit_name, 0),
+            last_error=failures[server.name][1] if server.name in failures else None,
+            last_error_at=failures[server.name][0].isoformat() if server.name in failures else None,
         )
         for server, probe in zip(servers, probes, strict=True)
     ]
