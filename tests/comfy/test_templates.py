@@ -20,7 +20,8 @@ from tests.support import graphs
 
 pytestmark = pytest.mark.anyio
 
-IMAGE_IN = {"img2img-tiny", "upscale", "inpaint-tiny"}  # take input images: tests/flows/test_image_*.py
+# These take input images: tests/comfy/test_image_in.py, tests/flows/test_image_*.py, tests/sdk/test_product_photos.py
+IMAGE_IN = {"img2img-tiny", "upscale", "inpaint-tiny", "restage-tiny", "restage-sd15"}
 TEMPLATES = sorted(path.stem for path in TEMPLATES_DIR.glob("*.json") if path.stem not in IMAGE_IN)
 USE_CASES = ["picture-book-tiny", "picture-book-sd15", "product-on-white-tiny", "product-on-white-sdxl",
              "social-post-tiny", "social-post-sdxl"]  # fmt: skip
