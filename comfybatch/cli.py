@@ -95,6 +95,8 @@ async def run(
     images_per_item: int = 1,
     dry_run: bool = False,
     new_version: bool = False,
+    webhook: str | None = None,
+    webhook_items: bool = False,
 ) -> int:
     """Run a batch in this process: one image job per sheet row or prompt, on the fleet.
 
@@ -113,8 +115,11 @@ async def run(
         images_per_item: Images per row or prompt (seeds increment).
         dry_run: Validate against every server and estimate; render nothing.
         new_version: When the name already holds another request, render into the folder NAME.v2 (.v3, …) instead.
+        webhook: URL told batch.started and batch.finished by signed POSTs (secret: COMFYBATCH_WEBHOOK_SECRET).
+        webhook_items: Also send item.done and item.failed to the webhook.
     """
     from comfybatch.blocks.fleet import given_servers
+    from comfybatch.notify.webhooks import check_webhook
     from comfybatch.runner import default_name, parse_sets, run_with_progress
     from comfybatch.settings import get_settings
 
@@ -124,8 +129,10 @@ async def run(
         defaults=parse_sets(set_ or []), images_per_item=images_per_item, dry_run=dry_run, new_version=new_version,
         output=_absolute(out) if out and "://" not in out else out,  # the flow may run in another folder
         bindings={name: str(path) for name, path in parse_sets(bind or []).items()},
+        webhook=webhook, webhook_items=webhook_items,
     )  # fmt: skip
     _check_request(spec)
+    await check_webhook(spec, get_settings())
     # --server is the whole fleet of this run: its servers reach the flow as BatchSpec.servers, by name.
     async with given_servers(server or [], get_settings()) as names:
         _, code = await run_with_progress(spec.model_copy(update={"servers": names}) if names else spec)

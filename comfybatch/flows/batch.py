@@ -27,6 +27,7 @@ from comfybatch.expansion import Expansion, expand_batch
 from comfybatch.flows.ending import Ending, record_ending
 from comfybatch.flows.plan import FleetPlan, ServerProbe, beside, load_and_probe, plan_fleet, resolve_workflow
 from comfybatch.models import BatchReport, BatchSpec, JobResult, JobSpec
+from comfybatch.notify.webhooks import BatchWebhooks
 from comfybatch.outputs.identity import BatchFolder, claimed, find_folder, remember_request, request_identity
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.records import JobJournal, JobRecord, write_plan
@@ -69,6 +70,9 @@ async def generate_batch(spec: BatchSpec) -> BatchReport:
             load_and_probe(settings, only=spec.servers),
             stack.enter_async_context(claimed(store, folder, run=run_id or f"local-{uuid.uuid4()}")),
         )
+        # Webhooks hear the run's events from here on; leaving waits a few seconds at most for their receivers.
+        await stack.enter_async_context(BatchWebhooks.for_run(spec, settings, run_id=run_id, output=store.uri(
+            folder.relpath), tags=run.flow_run.tags if run and run.flow_run else ()))  # fmt: skip
         return await _render(spec, settings, store, folder, identity, (servers, probes, infos), run_id)
     raise AssertionError("unreachable")  # pragma: no cover
 

@@ -31,6 +31,7 @@ from prefect.states import Cancelled
 from comfybatch.errors import BatchIncomplete
 from comfybatch.flows.plan import FleetPlan
 from comfybatch.models import BatchReport, BatchSpec, JobResult, JobSpec
+from comfybatch.notify.webhooks import BatchWebhooks
 from comfybatch.outputs.contact_sheet import preview_data_uri, write_contact_sheets
 from comfybatch.outputs.identity import run_folder
 from comfybatch.outputs.manifest import write_manifest
@@ -125,7 +126,8 @@ class Ending:
         preview = await asyncio.to_thread(preview_data_uri, store, sheets[0]) if sheets else None
         await _publish_results(spec, results, report, preview=preview, run_id=self.run_id)
         emit_batch_event(spec.name, "finished", done=done, failed=len(failures), skipped=self.skipped,
-                         cancelled=cancelled, ended=ended)  # fmt: skip
+                         cancelled=cancelled, ended=ended, output=report.output, manifest=manifest,
+                         failures=[{"job_key": key, "error": error[:200]} for key, error in failures[:10]])  # fmt: skip
         return report
 
 
@@ -219,4 +221,6 @@ async def record_ending(flow: Any, flow_run: FlowRun, state: State) -> None:
             reason = next((s.message for s in reversed(history) if s.message and s.type == StateType.CANCELLING),
                           reason)  # fmt: skip
     await _cancel_task_runs(str(flow_run.id), reason)  # a killed process left them Running
-    await ending.stopped(reason)
+    async with BatchWebhooks.for_run(spec, get_settings(), run_id=str(flow_run.id), tags=flow_run.tags,
+                                     output=store.uri(batch_dir), strict=False):  # fmt: skip
+        await ending.stopped(reason)

@@ -111,7 +111,7 @@ class _Lane:
     """One target's queue and sender task: messages to one receiver go in order, one at a time."""
 
     target: WebhookTarget
-    queue: asyncio.Queue[WebhookMessage | None] = field(default_factory=lambda: asyncio.Queue(_QUEUE_MAX + 1))
+    queue: asyncio.Queue[WebhookMessage | None] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
     dropped: int = 0
     delivered: int = 0
@@ -193,9 +193,10 @@ class BatchWebhooks:
         tasks = [lane.task for lane in self._lanes if lane.task is not None]
         if not tasks:
             return
+        assert self._loop is not None
         for lane in self._lanes:
-            with contextlib.suppress(asyncio.QueueFull):
-                lane.queue.put_nowait(None)  # the sender's cue to stop once its queue is empty
+            # The cue to stop once the queue is empty, scheduled like the events: after those still on their way.
+            self._loop.call_soon_threadsafe(self._enqueue, lane, None)
         _, pending = await asyncio.wait(tasks, timeout=self.settings.webhook_drain_s)
         for task in pending:
             task.cancel()
@@ -228,11 +229,11 @@ class BatchWebhooks:
                     self._loop.call_soon_threadsafe(self._enqueue, lane, message)
 
     @staticmethod
-    def _enqueue(lane: _Lane, message: WebhookMessage) -> None:
-        try:
-            lane.queue.put_nowait(message)
-        except asyncio.QueueFull:
-            lane.dropped += 1
+    def _enqueue(lane: _Lane, message: WebhookMessage | None) -> None:
+        if message is not None and message.type in _ITEM_EVENTS.values() and lane.queue.qsize() >= _QUEUE_MAX:
+            lane.dropped += 1  # item messages only: the batch's own are always kept
+            return
+        lane.queue.put_nowait(message)
 
     async def _send_all(self, lane: _Lane) -> None:
         async with httpx.AsyncClient(timeout=self.settings.webhook_timeout_s, follow_redirects=False,

@@ -1,0 +1,157 @@
+"""Signed webhooks of a real batch on real ComfyUI and Prefect, to a real HTTP receiver on loopback."""
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from comfybatch.flows.batch import generate_batch
+from comfybatch.models import BatchSpec
+from comfybatch.settings import Settings, get_settings
+from tests.conftest import SuiteFleet
+from tests.flows.conftest import PREFECT_SOCKETS, server_names
+
+pytestmark = [pytest.mark.anyio, PREFECT_SOCKETS]
+SECRET = "whsec_" + base64.b64encode(b"comfybatch-webhook-test-secret-32b").decode()
+
+
+@dataclass
+class Delivery:
+    webhook_id: str
+    timestamp: str
+    signature_ok: bool
+    status: int
+    body: dict[str, Any]
+
+
+@dataclass
+class Receiver:
+    """Verifies every request's Standard Webhooks signature on its own (stdlib HMAC), answers each webhook-id
+    500 `failures` times and then 200; with `hang`, holds every request until released."""
+
+    failures: int = 2
+    hang: bool = False
+    deliveries: list[Delivery] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+    holding: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def handle(self, headers: dict[str, str], raw: bytes) -> int:
+        webhook_id, timestamp = headers.get("webhook-id", ""), headers.get("webhook-timestamp", "")
+        key = base64.b64decode(SECRET.removeprefix("whsec_"))
+        expected = base64.b64encode(hmac.new(key, f"{webhook_id}.{timestamp}.".encode() + raw, hashlib.sha256).digest())
+        offered = [
+            s.partition(",")[2].encode() for s in headers.get("webhook-signature", "").split() if s.startswith("v1,")
+        ]
+        signature_ok = any(hmac.compare_digest(expected, sig) for sig in offered)
+        with self.lock:
+            earlier = sum(1 for d in self.deliveries if d.webhook_id == webhook_id)
+            status = 500 if earlier < self.failures else 200
+            self.deliveries.append(Delivery(webhook_id, timestamp, signature_ok, status, json.loads(raw)))
+            self.holding += self.hang
+        if self.hang:
+            self.release.wait(120)
+            with self.lock:
+                self.holding -= 1
+        return status
+
+    def delivered(self) -> dict[str, list[Delivery]]:
+        """Type -> the 2xx deliveries of that type."""
+        by_type: dict[str, list[Delivery]] = {}
+        for delivery in self.deliveries:
+            if delivery.status == 200:
+                by_type.setdefault(delivery.body["type"], []).append(delivery)
+        return by_type
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[Receiver, str]]:
+    state = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("content-length", "0")))
+            status = state.handle({k.lower(): v for k, v in self.headers.items()}, raw)
+            self.send_response(status)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state, f"http://127.0.0.1:{server.server_address[1]}/hooks/comfybatch?token=abc"
+    finally:
+        state.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def _exists(uri: str) -> bool:
+    return Path(uri).is_file()
+
+
+def _webhook_settings(monkeypatch: pytest.MonkeyPatch, **extra: str) -> Settings:
+    monkeypatch.setenv("COMFYBATCH_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("COMFYBATCH_WEBHOOK_ALLOW_PRIVATE", "true")  # the receiver is on loopback
+    for name, value in extra.items():
+        monkeypatch.setenv(f"COMFYBATCH_{name.upper()}", value)
+    get_settings.cache_clear()
+    return get_settings()
+
+
+async def test_batch_webhooks_are_signed_and_retried_under_one_id(
+    batch_settings: Settings, comfy_fleet: SuiteFleet, receiver: tuple[Receiver, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receiver that answers 500 twice, then 200, gets batch.started, each item.done and batch.finished (counts,
+    manifest), every attempt correctly signed and each message's attempts under one webhook-id."""
+    state, url = receiver
+    _webhook_settings(monkeypatch)
+    spec = BatchSpec(name="hooked", workflow="txt2img-tiny", prompts=["a red kite", "a blue kite"],
+                     defaults={"steps": 1}, servers=server_names(comfy_fleet), webhook=url,
+                     webhook_items=True)  # fmt: skip
+
+    report = await generate_batch(spec)
+
+    delivered = state.delivered()
+    assert report.done == 2
+    assert sorted(delivered) == ["batch.finished", "batch.started", "item.done"]
+    assert len(delivered["item.done"]) == 2
+    assert all(d.signature_ok for d in state.deliveries)
+    attempts = Counter(d.webhook_id for d in state.deliveries)
+    assert set(attempts.values()) == {3}  # 500, 500, then 200: the same id each time
+    finished = delivered["batch.finished"][0].body["data"]
+    assert (finished["batch"], finished["done"], finished["failed"]) == ("hooked", 2, 0)
+    assert any(uri.endswith("manifest.parquet") and _exists(uri) for uri in finished["manifest"])
+    started = delivered["batch.started"][0].body
+    assert started["data"]["total"] == 2
+    assert started["timestamp"].endswith("Z")
+
+
+async def test_a_hanging_receiver_does_not_hold_the_batch(
+    batch_settings: Settings, comfy_fleet: SuiteFleet, receiver: tuple[Receiver, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receiver that never answers leaves the batch to finish: the run returns while its request is still held."""
+    state, url = receiver
+    state.hang = True
+    _webhook_settings(monkeypatch, webhook_timeout_s="600", webhook_drain_s="1")
+    spec = BatchSpec(name="hooked-slow", workflow="txt2img-tiny", prompts=["a green kite"], defaults={"steps": 1},
+                     servers=server_names(comfy_fleet), webhook=url)  # fmt: skip
+
+    report = await generate_batch(spec)
+
+    assert report.done == 1
+    assert state.holding == 1  # batch.started is still waiting for its answer
+    assert [d.body["type"] for d in state.deliveries] == ["batch.started"]
