@@ -8,11 +8,16 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+from prefect import tags
+from prefect.client.orchestration import get_client
+from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter, EventOccurredFilter
 
 from comfybatch.flows.batch import generate_batch
 from comfybatch.models import BatchSpec
@@ -99,6 +104,26 @@ def receiver() -> Iterator[tuple[Receiver, str]]:
         server.server_close()
 
 
+async def _attempt_events(batch: str, expected: int) -> list[tuple[str, str, int]]:
+    """(event, webhook_id, attempt) of the batch's stored `comfybatch.webhook.*` events, once `expected` are stored
+    (Prefect's persister writes every few seconds); what is there after 60 s otherwise."""
+    now = datetime.now(UTC)
+    event_filter = EventFilter(
+        occurred=EventOccurredFilter(since=now - timedelta(hours=1), until=now + timedelta(hours=1)),
+        event=EventNameFilter(prefix=["comfybatch.webhook."]),
+        any_resource=EventAnyResourceFilter(id=[f"comfybatch.batch.{batch}"]),
+    )
+    found: list[tuple[str, str, int]] = []
+    for _ in range(60):
+        async with get_client() as prefect:
+            page = await prefect.read_events(event_filter, limit=50)
+        found = [(e.event, e.payload["webhook_id"], e.payload["attempt"]) for e in page.events]
+        if len(found) >= expected:
+            break
+        await anyio.sleep(1)
+    return sorted(found, key=lambda item: (item[1], item[2]))
+
+
 def _exists(uri: str) -> bool:
     return Path(uri).is_file()
 
@@ -138,6 +163,27 @@ async def test_batch_webhooks_are_signed_and_retried_under_one_id(
     started = delivered["batch.started"][0].body
     assert started["data"]["total"] == 2
     assert started["timestamp"].endswith("Z")
+    events = await _attempt_events("hooked", expected=12)
+    assert Counter(name for name, _, _ in events) == {"comfybatch.webhook.failed": 8, "comfybatch.webhook.delivered": 4}
+    assert [attempt for _, _, attempt in events] == [1, 2, 3] * 4
+
+
+async def test_an_api_keys_webhook_hears_the_batches_it_submits(
+    batch_settings: Settings, comfy_fleet: SuiteFleet, receiver: tuple[Receiver, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run tagged `submitted-by:alice` (as the API starts it) notifies alice's configured webhook, without items."""
+    state, url = receiver
+    state.failures = 0
+    _webhook_settings(monkeypatch, api_key_webhooks=f"alice:{url}")
+    spec = BatchSpec(name="hooked-key", workflow="txt2img-tiny", prompts=["a white kite"], defaults={"steps": 1},
+                     servers=server_names(comfy_fleet))  # fmt: skip
+
+    with tags("submitted-by:alice"):
+        report = await generate_batch(spec)
+
+    assert report.done == 1
+    assert [d.body["type"] for d in state.deliveries] == ["batch.started", "batch.finished"]
+    assert all(d.signature_ok for d in state.deliveries)
 
 
 async def test_a_hanging_receiver_does_not_hold_the_batch(
