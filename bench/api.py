@@ -7,10 +7,14 @@ and the dashboard (`python -m comfybatch.dashboard`). Then:
    (`batch.submitted` to `run.completed`).
 2. **under load**: the same batch again while N clients hammer the shim for D seconds (70 % status,
    25 % list, 5 % submit of a dry run under one of a few idempotency keys, so the load creates a
-   handful of runs, not hundreds of processes). A WebSocket subscriber follows the batch and times
-   each item event from its `occurred` stamp (the engine's clock, when it heard from ComfyUI) to receipt.
+   handful of runs, not hundreds of processes). The clients run in a process of their own; each process's
+   CPU over the window is reported (`cpu_share`: cores used, 1.0 = one core busy throughout). A WebSocket
+   subscriber follows the batch and times each item event from its `occurred` stamp (the engine's clock,
+   when it heard from ComfyUI) to receipt.
+3. **a finished 100,000-image batch** (`bench/_record.py`): its status read 200 times.
 
-Targets (issue 6): status p99 < 50 ms, event p99 < 100 ms, 0 errors, batch slowed by at most 10 %.
+Targets (issue 12): status p99 < 50 ms, list p99 < 100 ms, events p99 < 100 ms, 0 errors, batch slowed by at
+most 10 %; a finished 100,000-image batch's status < 50 ms.
 
     python bench/api.py            # 50 clients for 60 s, 2 servers, Delay 0.5 s x 100 images
     python bench/api.py --quick    # 10 clients for 10 s, Delay 0.2 s x 30 images
@@ -18,6 +22,7 @@ Targets (issue 6): status p99 < 50 ms, event p99 < 100 ms, 0 errors, batch slowe
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -36,11 +41,12 @@ import httpx
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Bench, bench_environment, delay_graph, stop_process, warm_up
+from _common import Bench, bench_environment, cpu_seconds, delay_graph, stop_process, warm_up
+from _record import finished_status_reads
 
 from comfybatch.testing.fleet import free_port
 
-KEY = "bench-" + uuid.uuid4().hex
+KEY = os.environ.get("BENCH_API_KEY") or "bench-" + uuid.uuid4().hex
 AUTH = {"Authorization": f"Bearer {KEY}"}
 DEPLOYMENT = "generate-batch/generate-batch"
 
@@ -144,18 +150,60 @@ async def hammer(url: str, clients: int, duration_s: float, batch_ids: list[str]
         await asyncio.gather(*(client(number, http) for number in range(clients)))
 
 
-async def measure(bench: Bench, url: str, *, clients: int, duration_s: float, delay_s: float,
-                  images: int) -> dict[str, Any]:  # fmt: skip
+def load_main(url: str, clients: int, duration_s: float, batch_ids: list[str]) -> None:
+    """The load clients' own process: hammer, then print every latency and error count as one JSON line."""
+    load = Load()
+    asyncio.run(hammer(url, clients, duration_s, batch_ids, load))
+    print(json.dumps({"latencies": load.latencies, "errors": load.errors}))
+
+
+async def run_load(url: str, clients: int, duration_s: float, batch_ids: list[str]) -> tuple[Load, float]:
+    """The load in a child process; returns what it measured and its CPU seconds."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--load", url, str(clients), str(duration_s), ",".join(batch_ids),
+        env={**os.environ, "BENCH_API_KEY": KEY}, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    cpu = 0.0
+    while process.returncode is None:  # its CPU, read while it lives (a reaped child's is gone)
+        cpu = max(cpu, cpu_seconds(process.pid, descendants=False))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), 0.5)
+    out, _ = await process.communicate()
+    measured = json.loads(out.decode().strip().splitlines()[-1])
+    load = Load()
+    load.latencies.update(measured["latencies"])
+    load.errors.update(measured["errors"])
+    return load, cpu
+
+
+def cpu_snapshot(bench: Bench, processes: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each platform process (with its children: the flow runs of `serve`)."""
+    snapshot = {name: cpu_seconds(pid) for name, pid in processes.items()}
+    snapshot.update({name: value for name, value in bench.cpu_snapshot().items() if name != "client"})
+    snapshot["bench"] = cpu_seconds(os.getpid(), descendants=False)
+    return snapshot
+
+
+async def measure(bench: Bench, url: str, *, clients: int, duration_s: float, delay_s: float, images: int,
+                  processes: dict[str, int], record_items: int) -> dict[str, Any]:  # fmt: skip
     await warm_up(bench)
     alone, quiet_latencies = await run_reference(url, "bench-alone", delay_s, images)
     print(f"  reference batch alone: {alone:.2f} s", flush=True)
     async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30) as http:
         listed = (await http.get("/api/batches", params={"limit": 5})).json()["batches"]
-    load = Load()
+    before, began = cpu_snapshot(bench, processes), time.monotonic()
     loaded_task = asyncio.create_task(run_reference(url, "bench-loaded", delay_s, images))
-    await hammer(url, clients, duration_s, [batch["batch_id"] for batch in listed], load)
+    load, load_cpu = await run_load(url, clients, duration_s, [batch["batch_id"] for batch in listed])
     loaded, event_latencies = await loaded_task
+    window_s = time.monotonic() - began
+    after = cpu_snapshot(bench, processes)
+    cpu_share = {name: round((after[name] - before[name]) / window_s, 2) for name in after}
+    cpu_share["load-clients"] = round(load_cpu / window_s, 2)
     print(f"  reference batch under load: {loaded:.2f} s", flush=True)
+    finished = await finished_status_reads(url, AUTH, deployment=DEPLOYMENT, output_root=bench.output_root,
+                                           workflow=delay_graph(0.5, prefix="bench/finished"), items=record_items,
+                                           server=bench.comfybatch_name(bench.servers[0]))  # fmt: skip
+    print(f"  finished {record_items}-image batch: status p99 {finished['p99_ms']} ms", flush=True)
     requests = {op: len(values) for op, values in load.latencies.items()}
     return {
         "clients": clients, "duration_s": duration_s, "requests": requests,
@@ -169,6 +217,7 @@ async def measure(bench: Bench, url: str, *, clients: int, duration_s: float, de
         "event_mean_ms": round(1000 * statistics.fmean(event_latencies), 1) if event_latencies else None,
         "batch_alone_s": round(alone, 2), "batch_loaded_s": round(loaded, 2),
         "slowdown": round(loaded / alone - 1, 3) if alone else None,
+        "cpu_share": cpu_share, "finished_status": finished,
     }  # fmt: skip
 
 
@@ -176,20 +225,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10 clients for 10 s, a 30-image batch (CI)")
     parser.add_argument("--servers", type=int, default=2)
+    parser.add_argument("--load", nargs=4, metavar=("URL", "CLIENTS", "SECONDS", "IDS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.load:  # the load clients' own process
+        url, clients_text, seconds_text, ids = args.load
+        load_main(url, int(clients_text), float(seconds_text), ids.split(","))
+        return 0
     clients, duration_s, delay_s, images = (10, 10.0, 0.2, 30) if args.quick else (50, 60.0, 0.5, 100)
+    record_items = 10_000 if args.quick else 100_000
     print(f"api: {clients} clients for {duration_s:g} s; reference batch {images} x Delay {delay_s:g} s "
           f"on {args.servers} servers", flush=True)  # fmt: skip
     with bench_environment(args.servers) as bench:
         processes, url = start_platform(bench)
         try:
+            pids = {"serve": processes[0].pid, "dashboard": processes[1].pid}
             result = asyncio.run(measure(bench, url, clients=clients, duration_s=duration_s, delay_s=delay_s,
-                                         images=images))  # fmt: skip
+                                         images=images, processes=pids, record_items=record_items))  # fmt: skip
         finally:
             for process in processes:
                 stop_process(process)
     result["quick"] = args.quick
-    targets = {"status_p99_ms": 50, "event_p99_ms": 100}
+    targets = {"status_p99_ms": 50, "list_p99_ms": 100, "event_p99_ms": 100}
     for name, value in result.items():
         mark = f"  (target < {targets[name]})" if name in targets else ""
         print(f"{name:>18}: {value}{mark}")
