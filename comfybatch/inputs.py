@@ -11,7 +11,7 @@ import os
 import socket
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from pathlib import PurePosixPath
 from typing import Any
@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from comfybatch.comfy.client import ComfyClient
 from comfybatch.errors import ConfigError
+from comfybatch.outputs.storage import OutputStore
 from comfybatch.settings import Settings
 from comfybatch.values import InvalidValue
 
@@ -31,6 +32,7 @@ SUBFOLDER = "comfybatch"  # in the server's input folder
 IMAGE_FORMATS = {"PNG": "png", "JPEG": "jpg", "MPO": "jpg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 UPLOAD_PARAMETERS = ("image", "mask")  # detected on the first LoadImage / LoadImageMask
+UPLOADS_FOLDER = ".uploads"  # in the output store: what PUT /api/uploads keeps
 SHA_SUFFIX = "_sha256"  # `<parameter>_sha256`: the input's digest, recorded beside its location
 _upload_locks: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], asyncio.Lock]]" = (
     weakref.WeakKeyDictionary()
@@ -46,8 +48,9 @@ class InputPolicy:
     allow_private_urls: bool = False  # loopback, private, link-local and other internal targets
     allow_http_urls: bool = False  # plain http (https only by default)
     fetch_timeout_s: float = 30.0
-    # Set for requests that came over the API: local paths and fsspec URLs must lie under it (the uploads folder).
-    local_root: str | None = None
+    # Set for requests that came over the API: local paths and fsspec URLs must lie under one of these, the uploads
+    # folder first, then COMFYBATCH_INPUT_LOCAL_ROOT if the operator set one. None: any file the process can read.
+    local_roots: tuple[str, ...] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "InputPolicy":
@@ -55,6 +58,23 @@ class InputPolicy:
             max_pixels=settings.max_input_pixels, max_bytes=settings.max_input_bytes,
             allow_private_urls=settings.input_allow_private_urls, allow_http_urls=settings.input_allow_http_urls,
         )  # fmt: skip
+
+    @classmethod
+    def for_api(cls, settings: Settings) -> "InputPolicy":
+        """The policy of requests that came over the API: files only from the uploads folder or the input root."""
+        uploads = OutputStore(settings.output_root).uri(UPLOADS_FOLDER)
+        roots = (uploads, resolve_location(settings.input_local_root)) if settings.input_local_root else (uploads,)
+        return replace(cls.from_settings(settings), local_roots=roots)
+
+    def permits(self, location: str) -> bool:
+        """Whether a path or fsspec URL (absolute, as `resolve_location` gives) may be read under this policy."""
+        return self.local_roots is None or any(_under(location, root) for root in self.local_roots)
+
+    def refusal(self, location: str) -> str:
+        """Why `location` may not be read here, naming the input root (never the uploads folder) when there is one."""
+        others = self.local_roots[1:] if self.local_roots else ()
+        extra = f", or files under {', '.join(map(_display, others))}" if others else ""
+        return f"{_display(location)}: only https URLs and uploaded files can be named here{extra}"
 
 
 @dataclass(frozen=True)
@@ -181,8 +201,8 @@ def read_input(location: str, policy: InputPolicy) -> bytes:
     shown = _display(location)
     if location.startswith(("http://", "https://")):
         return _fetch(location, policy)
-    if policy.local_root is not None and not _under(location, policy.local_root):
-        raise InvalidValue(f"{shown}: only https URLs and uploaded files can be named here")
+    if not policy.permits(location):
+        raise InvalidValue(policy.refusal(location))
     try:
         with fsspec.open(location, "rb") as file:
             data: bytes = file.read(policy.max_bytes + 1)
@@ -294,7 +314,11 @@ def upload_values(values: dict[str, Any]) -> list[tuple[str, str]]:
 def _under(location: str, root: str) -> bool:
     if "://" in root or "://" in location:
         return location.startswith(root.rstrip("/") + "/") and "/../" not in location
-    return os.path.commonpath([os.path.abspath(location), os.path.abspath(root)]) == os.path.abspath(root)
+    if not os.path.isabs(location):
+        return False  # relative to which folder? The dashboard's and the worker's differ
+    # Real paths: a symbolic link under the root must not lead out of it.
+    real, real_root = os.path.realpath(location), os.path.realpath(root)
+    return os.path.commonpath([real, real_root]) == real_root
 
 
 def _display(location: str) -> str:

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
         False, description="Fetch input image URLs on loopback, private or link-local addresses (SSRF: off by default)."
     )
     input_allow_http_urls: bool = Field(False, description="Fetch input image URLs over plain http, not only https.")
+    input_local_root: str | None = Field(
+        None, description="A folder or fsspec prefix whose image files requests over the API may name (sheet cells, "
+        "`images`) besides uploads and https URLs; none when empty.",
+    )  # fmt: skip
     webhook_secret: SecretStr | None = Field(
         None, description="Standard Webhooks signing secret, `whsec_<base64 of 24-64 random bytes>`; webhooks need it."
     )

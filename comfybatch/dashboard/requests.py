@@ -16,11 +16,12 @@ from comfybatch.errors import (
 )
 from comfybatch.flows.plan import read_template
 from comfybatch.flows.preview import template_names
+from comfybatch.inputs import UPLOADS_FOLDER, InputPolicy
 from comfybatch.models import BatchSpec
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.settings import Settings
 
-UPLOADS = ".uploads"
+UPLOADS = UPLOADS_FOLDER
 # Prefect's server refuses larger flow run parameters (PREFECT_SERVER_API_MAX_PARAMETER_SIZE, measured on
 # compact JSON): "Flow run parameters must be less than 524,288 bytes".
 MAX_PARAMETERS_BYTES = 524_288
@@ -48,26 +49,26 @@ def check_api_request(spec: BatchSpec, settings: Settings) -> None:
             problems.append(
                 RequestProblem("upload it with PUT /api/uploads/{filename}; pass the `sheet` it returns", field="sheet")
             )
-    problems += _image_problems(spec, OutputStore(settings.output_root))
+    problems += _image_problems(spec, InputPolicy.for_api(settings))
     if problems:
         raise BatchRequestError("this batch request is not allowed over the API", problems=tuple(problems))
     check_parameters_size(spec)
     check_files(spec)
 
 
-def _image_problems(spec: BatchSpec, store: OutputStore) -> list[RequestProblem]:
-    """Input images over the API are https URLs or files uploaded with PUT /api/uploads, never a path of this machine
-    (the flow still checks every URL's host against the SSRF rules)."""
+def _image_problems(spec: BatchSpec, policy: InputPolicy) -> list[RequestProblem]:
+    """Input images over the API are https URLs, files uploaded with PUT /api/uploads or files under the input root
+    (`COMFYBATCH_INPUT_LOCAL_ROOT`), never another path of this machine (the flow checks every URL's host against
+    the SSRF rules, and every sheet cell against these same rules)."""
     if spec.images is None:
         return []
     entries = [("images", spec.images)] if isinstance(spec.images, str) else [
         (f"images[{number}]", entry) for number, entry in enumerate(spec.images)]  # fmt: skip
     problems = []
     for field, entry in entries:
-        relpath = store.relpath_of(entry)
-        if entry.startswith("https://") or (relpath is not None and relpath.startswith(f"{UPLOADS}/")):
+        if entry.startswith("https://") or policy.permits(entry):
             continue
-        message = f"{entry!r} is not an https URL or an upload; upload it with PUT /api/uploads/{{filename}}"
+        message = f"{policy.refusal(entry)}; upload it with PUT /api/uploads/{{filename}}"
         problems.append(RequestProblem(message, field=field))
     return problems
 

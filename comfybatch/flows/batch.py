@@ -25,6 +25,7 @@ from comfybatch.comfy.object_info import ObjectInfo, merge_object_infos
 from comfybatch.errors import ConfigError
 from comfybatch.expansion import Expansion, expand_batch
 from comfybatch.flows.ending import Ending, record_ending
+from comfybatch.flows.origin import input_policy_of_run
 from comfybatch.flows.plan import FleetPlan, ServerProbe, beside, load_and_probe, plan_fleet, resolve_workflow
 from comfybatch.models import BatchReport, BatchSpec, JobResult, JobSpec
 from comfybatch.notify.webhooks import BatchWebhooks
@@ -34,6 +35,7 @@ from comfybatch.records import JobJournal, JobRecord, write_plan
 from comfybatch.settings import Settings, get_settings
 from comfybatch.tasks.dispatch import SlotBroker
 from comfybatch.tasks.events import emit_batch_event, emit_item_event, emit_run_state
+from comfybatch.tasks.first_leases import FirstLeases
 from comfybatch.tasks.job import JobContext, run_job
 from comfybatch.tasks.leases import LeaseApi
 
@@ -65,6 +67,8 @@ async def generate_batch(spec: BatchSpec) -> BatchReport:
     if spec.dry_run:
         return await _dry_run(spec, settings, store, folder.relpath)
     async with contextlib.AsyncExitStack() as stack:
+        # The first prompts' leases are taken while the fleet is probed and the jobs planned.
+        first_leases = await stack.enter_async_context(FirstLeases.configured(settings, only=spec.servers))
         # The claim's settle wait overlaps the fleet's probes.
         (servers, probes, infos), folder = await beside(
             load_and_probe(settings, only=spec.servers),
@@ -73,7 +77,7 @@ async def generate_batch(spec: BatchSpec) -> BatchReport:
         # Webhooks hear the run's events from here on; leaving waits a few seconds at most for their receivers.
         await stack.enter_async_context(BatchWebhooks.for_run(spec, settings, run_id=run_id, output=store.uri(
             folder.relpath), tags=run.flow_run.tags if run and run.flow_run else ()))  # fmt: skip
-        return await _render(spec, settings, store, folder, identity, (servers, probes, infos), run_id)
+        return await _render(spec, settings, store, folder, identity, (servers, probes, infos), run_id, first_leases)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -96,7 +100,8 @@ async def _planned(
     loading = asyncio.create_task(journal.load())
     try:
         template = resolve_workflow(spec.workflow, infos)
-        expansion = expand_batch(spec, template, object_info=merge_object_infos(infos.values()))
+        expansion = expand_batch(spec, template, object_info=merge_object_infos(infos.values()),
+                                 input_policy=input_policy_of_run(get_settings()))  # fmt: skip
     except BaseException:
         loading.cancel()
         await asyncio.gather(loading, return_exceptions=True)
@@ -110,7 +115,7 @@ async def _planned(
 
 async def _render(
     spec: BatchSpec, settings: Settings, store: OutputStore, folder: BatchFolder, identity: dict[str, JsonValue],
-    fleet: _Fleet, run_id: str,
+    fleet: _Fleet, run_id: str, first_leases: FirstLeases,
 ) -> BatchReport:  # fmt: skip
     servers, probes, infos = fleet
     batch_dir = folder.relpath
@@ -133,7 +138,7 @@ async def _render(
     results += invalid
     runnable = deque(job for job in todo if job.key not in plan.invalid)
     reachable = [server for server in servers if server.name in infos]
-    broker = SlotBroker(reachable, batch=spec.name, priority=spec.priority, run_id=run_id)
+    broker = SlotBroker(reachable, batch=spec.name, priority=spec.priority, run_id=run_id, first_leases=first_leases)
     context = JobContext(
         broker=broker, store=store, journal=journal,
         batch_dir=batch_dir, timeouts=Timeouts(start_timeout_s=settings.start_timeout_s,

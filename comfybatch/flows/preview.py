@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from comfybatch.comfy.object_info import merge_object_infos
 from comfybatch.expansion import Expansion, expand_batch
 from comfybatch.flows.plan import TEMPLATES_DIR, FleetPlan, load_and_probe, plan_fleet, resolve_workflow
+from comfybatch.inputs import InputPolicy
 from comfybatch.models import BatchSpec
 from comfybatch.settings import Settings
 
@@ -29,7 +30,9 @@ async def preview_batch(spec: BatchSpec, settings: Settings) -> BatchPreview:
     """
     servers, probes, infos = await load_and_probe(settings, only=spec.servers)
     template = resolve_workflow(spec.workflow, infos)
-    expansion = expand_batch(spec, template, object_info=merge_object_infos(infos.values()))
+    # Only the dashboard previews, for requests over the API: the same file rules as their runs.
+    expansion = expand_batch(spec, template, object_info=merge_object_infos(infos.values()),
+                             input_policy=InputPolicy.for_api(settings))  # fmt: skip
     slots = {server.name: server.slots for server in servers if server.name in infos}
     return BatchPreview(expansion, plan_fleet(expansion.jobs, probes, infos, slots=slots))
 

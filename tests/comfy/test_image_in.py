@@ -158,12 +158,12 @@ def test_bound_upload_input_and_mask_are_input_images(tmp_path: Path) -> None:
 
 
 def test_local_root_refuses_files_outside_it(tmp_path: Path) -> None:
-    """With `local_root` set (requests over the API), a sheet cell naming a file elsewhere is refused by row."""
+    """With `local_roots` set (requests over the API), a sheet cell naming a file elsewhere is refused by row."""
     _swatch(tmp_path / "secret", "private.png")
     (tmp_path / "uploads").mkdir()
     (tmp_path / "uploads" / "rows.csv").write_text("image\n../secret/private.png\n", encoding="utf-8")
     spec = BatchSpec(name="r", workflow="upscale", sheet=str(tmp_path / "uploads" / "rows.csv"))
-    policy = InputPolicy(local_root=str(tmp_path / "uploads"))
+    policy = InputPolicy(local_roots=(str(tmp_path / "uploads"),))
 
     with pytest.raises(BatchRequestError, match=r"row 2, column 'image'.*only https URLs and uploaded files"):
         expand_batch(spec, resolve_workflow("upscale", {}), input_policy=policy)
