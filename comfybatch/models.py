@@ -223,6 +223,9 @@ class JobResult(BaseModel):
     files: list[StoredFile] = Field(default_factory=list)
     error: str | None = None
     comfyui_version: str | None = None
+    gpu_seconds: float | None = Field(
+        None, description="ComfyUI's own execution time of the prompt (execution_start to execution_success)."
+    )
 
 
 class BatchReport(BaseModel):
@@ -243,6 +246,7 @@ class BatchReport(BaseModel):
     cancelled: int = Field(0, description="Not rendered: the batch ended before these jobs finished.")
     failures: list[tuple[str, str]] = Field(default_factory=list, description="(job_key, error), first 50.")
     ended: str = Field("", description="Why the run ended early (cancelled, stopped), empty when it ran to the end.")
+    gpu_seconds: float = Field(0.0, description="ComfyUI execution time summed over the batch's rendered images.")
     plan: list[str] = Field(default_factory=list)
 
     @property

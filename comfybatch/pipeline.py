@@ -53,7 +53,7 @@ async def execute_job(
     job_result = JobResult(
         job=job, status="done", server=comfy.name, prompt_id=result.prompt_id, attempts=attempt,
         queued_at=result.queued_at, started_at=result.started_at, finished_at=result.finished_at, files=files,
-        comfyui_version=comfyui_version,
+        comfyui_version=comfyui_version, gpu_seconds=result.execution_s,
     )  # fmt: skip
     await journal.finished(job_result)
     await _forget(comfy, result.prompt_id)

@@ -54,6 +54,7 @@ class PromptResult(BaseModel):
     started_at: float | None = None
     finished_at: float
     reconnects: int = 0
+    execution_s: float | None = None  # the server's own execution time (its history's start and success times)
 
 
 class _Watch:
@@ -211,7 +212,7 @@ def _result(server: str, prompt_id: str, entry: HistoryEntry, watch: _Watch) -> 
     return PromptResult(
         prompt_id=prompt_id, server=server, outputs=entry.output_files(), cached_nodes=watch.cached_nodes,
         queued_at=watch.queued_at, started_at=watch.started_at, finished_at=time.time(),
-        reconnects=watch.reconnects,
+        reconnects=watch.reconnects, execution_s=entry.execution_s,
     )  # fmt: skip
 
 

@@ -56,6 +56,16 @@ class HistoryEntry(_Payload):
     def succeeded(self) -> bool:
         return self.status.status_str == "success"
 
+    @property
+    def execution_s(self) -> float | None:
+        """Seconds the server spent executing the prompt, by its own clock: `execution_start` to
+        `execution_success` (both `timestamp` in ms); None when either is missing."""
+        start, success = self.status.message("execution_start"), self.status.message("execution_success")
+        began, ended = (start or {}).get("timestamp"), (success or {}).get("timestamp")
+        if not isinstance(began, int | float) or not isinstance(ended, int | float) or ended < began:
+            return None
+        return (ended - began) / 1000.0
+
     def output_files(self) -> list[OutputFile]:
         """Every file-like output (`{media: [{"filename", ...}]}`), in node order."""
         return list_output_files(self.outputs)

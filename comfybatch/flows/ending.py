@@ -117,16 +117,18 @@ class Ending:
         failures = [(r.job.job_key, r.error or "failed") for r in results if r.status == "failed"]
         done = sum(1 for r in results if r.status == "done") - self.skipped
         cancelled = sum(1 for r in results if r.status == "cancelled")
+        gpu_seconds = sum(r.gpu_seconds or 0.0 for r in results if r.status == "done")
         report = BatchReport(
             name=spec.name, total=len(self.jobs), done=done, failed=len(failures), skipped=self.skipped,
             cancelled=cancelled, duplicates=self.duplicates, output=store.uri(self.batch_dir), manifest=manifest,
             contact_sheets=sheets, failures=failures[:_FAILURES_KEPT],
-            plan=self.plan.summary_lines() if self.plan else [], ended=ended,
+            plan=self.plan.summary_lines() if self.plan else [], ended=ended, gpu_seconds=round(gpu_seconds, 3),
         )  # fmt: skip
         preview = await asyncio.to_thread(preview_data_uri, store, sheets[0]) if sheets else None
         await _publish_results(spec, results, report, preview=preview, run_id=self.run_id)
         emit_batch_event(spec.name, "finished", done=done, failed=len(failures), skipped=self.skipped,
                          cancelled=cancelled, ended=ended, output=report.output, manifest=manifest,
+                         gpu_seconds=report.gpu_seconds,
                          failures=[{"job_key": key, "error": error[:200]} for key, error in failures[:10]])  # fmt: skip
         return report
 
@@ -170,6 +172,7 @@ async def _publish_results(spec: BatchSpec, results: list[JobResult], report: Ba
         f"# {spec.name}", "", *([f"Ended early: {report.ended}", ""] if report.ended else []),
         f"- done: {report.done}", f"- skipped (already stored): {report.skipped}",
         f"- failed: {report.failed}", f"- not rendered (the run ended first): {report.cancelled}",
+        f"- GPU time (ComfyUI's execution of every image, earlier runs' included): {report.gpu_seconds:.1f} s",
         f"- output: `{report.output}`",
         *(f"- manifest: `{uri}`" for uri in report.manifest), *(f"- sheet: `{uri}`" for uri in report.contact_sheets),
     ]  # fmt: skip

@@ -36,6 +36,7 @@ MANIFEST_COLUMNS: dict[str, str] = {
     "started_at": "datetime64[us, UTC]",
     "finished_at": "datetime64[us, UTC]",
     "duration_s": "float64",
+    "gpu_seconds": "float64",  # ComfyUI's own execution time (its history's execution_start to execution_success)
     "outputs": "object",  # list[str] of URIs
     "sha256": "object",  # list[str], parallel to outputs
     "media_types": "object",  # list[str], parallel to outputs: image/png, image/webp (animated), video/webm…
@@ -134,6 +135,7 @@ def _row(result: JobResult) -> dict[str, Any]:
         "started_at": result.started_at,
         "finished_at": result.finished_at,
         "duration_s": duration,
+        "gpu_seconds": result.gpu_seconds,
         "outputs": [file.uri for file in result.files],
         "sha256": [file.sha256 for file in result.files],
         "media_types": [media_type_of(file.uri) for file in result.files],
@@ -145,14 +147,14 @@ def _row(result: JobResult) -> dict[str, Any]:
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     """Give the fixed columns their dtypes, whether they come from rows, Parquet or CSV text."""
     frame = frame.copy()
-    for column in _LIST_COLUMNS:
+    for column in (*_LIST_COLUMNS, "gpu_seconds"):
         if column not in frame.columns:  # a manifest written before the column existed
             frame[column] = None
     for column in _TIME_COLUMNS:
         frame[column] = _timestamps(frame[column])
     for column in _LIST_COLUMNS:
         frame[column] = frame[column].map(_as_list).astype("object")
-    for column in ("row", "seed", "duration_s"):
+    for column in ("row", "seed", "duration_s", "gpu_seconds"):
         frame[column] = pd.to_numeric(frame[column])
     for column, dtype in MANIFEST_COLUMNS.items():
         if column not in _TIME_COLUMNS + _LIST_COLUMNS:

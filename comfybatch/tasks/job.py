@@ -89,7 +89,7 @@ async def _run_on(job: JobSpec, slot: Slot, context: JobContext, attempt: int, *
     context.broker.mark_up(server.name)
     seconds = result.finished_at - result.started_at if result.finished_at and result.started_at else None
     emit_item_event(job, "done", server=server.name, prompt_id=result.prompt_id, seconds=seconds,
-                    files=[file.uri for file in result.files])  # fmt: skip
+                    gpu_seconds=result.gpu_seconds, files=[file.uri for file in result.files])  # fmt: skip
     return result
 
 
