@@ -27,6 +27,7 @@ from prefect.exceptions import ObjectAlreadyExists
 
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.errors import ConfigError
+from comfybatch.tasks.first_leases import FirstLeases
 from comfybatch.tasks.leases import LEASE_S, LeaseApi, prefect_client
 from comfybatch.tasks.priority import DemandBoard
 
@@ -63,8 +64,9 @@ class SlotBroker:
     """Slots on the fleet's servers for the jobs of one flow run (one event loop). Use `async with`."""
 
     def __init__(
-        self, servers: Sequence[ServerConfig], *, batch: str = "", priority: int = 0, run_id: str = ""
-    ) -> None:
+        self, servers: Sequence[ServerConfig], *, batch: str = "", priority: int = 0, run_id: str = "",
+        first_leases: FirstLeases | None = None,
+    ) -> None:  # fmt: skip
         self.servers = {server.name: server for server in servers}
         self._batch, self._priority, self._run_id = batch, priority, run_id
         self._waiting = dict.fromkeys(self.servers, 0)
@@ -81,10 +83,20 @@ class SlotBroker:
         self._last_jobs = False
         self._limits_made: set[str] = set()
         self._leases_api: LeaseApi | None = None
+        self._first_leases = first_leases
         self._renewer: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
-        self._leases_api = await LeaseApi().__aenter__()
+        if self._first_leases is not None:  # its client is connected already; it closes it
+            self._leases_api = self._first_leases.api
+            for name, lease_id in (await self._first_leases.handed()).items():
+                if name in self.servers:
+                    self._leases.add(lease_id)
+                    self._idle[name].append((lease_id, time.monotonic()))
+                else:  # probed unreachable, or not in this batch
+                    await self._give_back(name, lease_id)
+        else:
+            self._leases_api = await LeaseApi().__aenter__()
         if self._run_id:
             self._board = DemandBoard(self._leases_api, batch=self._batch, priority=self._priority, run_id=self._run_id)
         self._renewer = asyncio.create_task(self._housekeeping())
@@ -102,7 +114,7 @@ class SlotBroker:
         if self._board is not None:
             with contextlib.suppress(httpx.HTTPError):
                 await self._board.withdraw()
-        if self._leases_api is not None:
+        if self._leases_api is not None and self._first_leases is None:
             await self._leases_api.__aexit__(exc_type, exc, tb)
 
     # -- health (circuit breaker) ---------------------------------------------------------------

@@ -5,9 +5,11 @@ import contextlib
 import uuid
 
 import pytest
+from prefect.client.orchestration import get_client
 
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.tasks.dispatch import SlotBroker
+from comfybatch.tasks.first_leases import FirstLeases
 from tests.flows.conftest import PREFECT_SOCKETS
 
 pytestmark = [pytest.mark.anyio, PREFECT_SOCKETS]
@@ -60,3 +62,27 @@ async def test_a_waiting_job_gets_a_freed_slot_without_waiting_for_the_poll(pref
         await waiter
 
     assert handed.result() == held.lease_id
+
+
+async def _limit_of(server: ServerConfig) -> tuple[int, int]:
+    async with get_client() as client:
+        limit = await client.read_global_concurrency_limit_by_name(server.limit_name)
+    return limit.limit, limit.active_slots
+
+
+async def test_the_first_job_takes_the_lease_taken_before_the_broker_started(prefect_api: str) -> None:
+    """A broker given `FirstLeases` hands their lease to its first job (on a one-slot server, so no other lease
+    could be had), and gives back at once the lease of a server the batch does not use."""
+    used, unused = _one_slot_server(), _one_slot_server()
+    async with get_client() as client:
+        for server in (used, unused):
+            await client.upsert_global_concurrency_limit_by_name(server.limit_name, server.slots)
+
+    async with FirstLeases([used, unused]) as first:
+        await asyncio.sleep(0)  # the broker may start before the leases are back: it waits for them
+        async with SlotBroker([used], first_leases=first) as broker:
+            assert await _limit_of(unused) == (1, 0)
+            async with broker.slot([used.name], deadline_s=30.0):
+                assert await _limit_of(used) == (1, 1)
+
+    assert await _limit_of(used) == (1, 0)
