@@ -1,11 +1,17 @@
 """The inpaint and animated templates as batches on real ComfyUI and the tiny checkpoint."""
 
+import hashlib
+import io
+import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
+from comfybatch.blocks.server import name_from_url
 from comfybatch.flows.batch import generate_batch
+from comfybatch.flows.plan import read_template
 from comfybatch.models import BatchSpec
 from comfybatch.outputs.manifest import read_manifest
 from comfybatch.outputs.storage import OutputStore
@@ -16,6 +22,18 @@ from tests.flows.test_image_inputs import _colours
 
 pytestmark = [pytest.mark.anyio, PREFECT_SOCKETS]
 SIZE = 64  # the tiny checkpoint's VAE works on multiples of 8
+FRAMES = ["6", 0]  # animated-tiny's decoded frames
+MOVING = {  # every animated and video save node of ComfyUI 0.3.75 core, on the same four frames
+    "7": {"class_type": "SaveAnimatedWEBP", "inputs": {"images": FRAMES, "filename_prefix": "x", "fps": 4.0,
+                                                       "lossless": False, "quality": 80, "method": "default"}},
+    "8": {"class_type": "SaveAnimatedPNG", "inputs": {"images": FRAMES, "filename_prefix": "x", "fps": 4.0,
+                                                      "compress_level": 4}},
+    "9": {"class_type": "SaveWEBM", "inputs": {"images": FRAMES, "filename_prefix": "x", "codec": "vp9", "fps": 4.0,
+                                               "crf": 32.0}},
+    "10": {"class_type": "CreateVideo", "inputs": {"images": FRAMES, "fps": 4.0}},
+    "11": {"class_type": "SaveVideo", "inputs": {"video": ["10", 0], "filename_prefix": "x", "format": "mp4",
+                                                 "codec": "auto"}},
+}  # fmt: skip
 
 
 def _inputs(folder: Path, colours: list[tuple[int, int, int]]) -> None:
@@ -76,3 +94,36 @@ async def test_animated_tiny_stores_an_animated_webp_listed_with_its_media_type(
     assert path.suffix == ".webp"
     with Image.open(path) as output:
         assert (output.format, output.is_animated, output.n_frames) == ("WEBP", True, 4)
+
+
+async def test_animated_and_video_outputs_are_stored_byte_for_byte_with_their_media_types(
+    batch_settings: Settings, comfy_fleet: SuiteFleet
+) -> None:
+    """One job saving its frames as animated WebP, animated PNG, WebM and MP4: four files stored exactly as the
+    server serves them, each listed with its media type: image/webp, image/png, video/webm, video/mp4."""
+    graph = {**read_template("animated-tiny"), **MOVING}
+    name = f"moving-{uuid.uuid4().hex[:8]}"  # ComfyUI numbers files per prefix: a new one starts at 00001
+    spec = BatchSpec(name=name, workflow=graph, prompts=["a paper boat"], servers=server_names(comfy_fleet))
+
+    report = await generate_batch(spec)
+
+    store = OutputStore(batch_settings.output_root)
+    manifest = read_manifest(store, name)
+    assert (report.done, report.failed) == (1, 0)
+    assert manifest is not None
+    [row] = manifest.to_dict("records")
+    by_suffix = {uri.rpartition(".")[2]: media for uri, media in zip(row["outputs"], row["media_types"], strict=True)}
+    assert by_suffix == {"webp": "image/webp", "png": "image/png", "webm": "video/webm", "mp4": "video/mp4"}
+    stored = {uri.rpartition(".")[2]: store.read_bytes(str(store.relpath_of(uri))) for uri in row["outputs"]}
+    assert [hashlib.sha256(stored[uri.rpartition(".")[2]]).hexdigest() for uri in row["outputs"]] == row["sha256"]
+    with Image.open(io.BytesIO(stored["png"])) as apng:
+        assert (apng.format, apng.is_animated, apng.n_frames) == ("PNG", True, 4)
+    server = next(server.url for server in comfy_fleet.servers if name_from_url(server.url) == row["server"])
+    async with httpx.AsyncClient(base_url=server) as http:  # its history is deleted: look the four files up by name
+        answers = [await http.get("/view", params={"filename": f"{name}-00000_{n:05d}_.{ext}", "type": "output",
+                                                   "subfolder": f"comfybatch/{name}"})
+                   for n in range(1, 5) for ext in stored]  # fmt: skip
+    served = {
+        str(answer.url.params["filename"]).rpartition(".")[2]: answer.content for answer in answers if answer.is_success
+    }
+    assert served == stored
