@@ -14,6 +14,7 @@ from comfybatch.errors import StorageError
 from comfybatch.models import JobResult
 from comfybatch.outputs import _draw
 from comfybatch.outputs._draw import Tile, TileImage
+from comfybatch.outputs.manifest import media_type_of
 from comfybatch.outputs.storage import OutputStore, check_relpath
 
 CONTACT_SHEET = "contact_sheet.png"
@@ -216,7 +217,11 @@ def _job_tile(store: OutputStore, result: JobResult) -> Tile:
 
 
 def _first_image(result: JobResult) -> str | None:
-    return next((file.uri for file in result.files if file.media == "images"), None)
+    """The first output Pillow can draw (an animated one shows its first frame); videos and sounds are skipped."""
+    drawable = (
+        file.uri for file in result.files if file.media == "images" and media_type_of(file.uri).startswith("image/")
+    )
+    return next(drawable, None)
 
 
 def _read(store: OutputStore, uri: str) -> TileImage:

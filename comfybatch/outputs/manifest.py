@@ -51,6 +51,7 @@ _MEDIA_TYPES = {
     ".webm": "video/webm", ".mp4": "video/mp4", ".mov": "video/quicktime",
     ".flac": "audio/flac", ".mp3": "audio/mpeg", ".opus": "audio/ogg", ".ogg": "audio/ogg", ".wav": "audio/wav",
 }  # fmt: skip
+OUTPUT_MEDIA_TYPES = frozenset(_MEDIA_TYPES.values())
 _TIME_COLUMNS = ("queued_at", "started_at", "finished_at")
 _INT64_RANGE = range(-(2**63), 2**63)
 # OWASP "CSV Injection": a spreadsheet runs a cell starting with one of these as a formula. Such text cells are

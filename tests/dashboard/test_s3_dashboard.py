@@ -1,5 +1,6 @@
 """The dashboard and `comfybatch serve` with the output store on S3 (moto's standalone server on loopback): an image
-uploaded over the API is kept on S3, a batch reads it there and writes there, and the dashboard serves the result."""
+uploaded over the API is kept on S3, a batch reads it there and writes there, and the dashboard serves the result,
+an animated one with its media type (the SDK downloads it as such)."""
 
 import io
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from comfybatch.client import AsyncComfyBatchClient
 from comfybatch.dashboard.app import create_app
 from comfybatch.dashboard.launcher import GENERATE_BATCH, Launcher
 from comfybatch.outputs.manifest import read_manifest
@@ -74,3 +76,29 @@ async def test_uploaded_image_renders_on_s3_and_the_dashboard_serves_it(
     with Image.open(io.BytesIO(served.content)) as output:
         red, green, blue = output.convert("RGB").getpixel((4, 4))  # type: ignore[misc]
     assert all(abs(a - b) <= 1 for a, b in zip((red, green, blue), (255, 127, 127), strict=True))  # float rounding
+
+
+async def test_animated_output_is_served_and_downloaded_as_webp(
+    s3_settings: Settings, platform_prefect: LocalPrefectServer, tmp_path: Path
+) -> None:
+    """An animated-tiny item's link serves its animated WebP as image/webp, its thumbnail is a PNG of the first frame,
+    and the SDK downloads it as a .webp file, bytes as stored."""
+    app = create_app(s3_settings, Launcher(s3_settings, api_url=platform_prefect.api_url))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://dashboard") as http:
+        body = {"name": "s3-animated", "workflow": "animated-tiny", "prompts": ["a boat"]}
+        created = await http.post("/api/batches", headers=AUTH, json=body)
+        assert created.status_code == 202, created.text
+        batch = await wait_finished(http, created.json()["batch_id"])
+        items = (await http.get(f"/api/batches/{batch['batch_id']}/items", headers=AUTH)).json()["items"]
+        served = await http.get(items[0]["image"], headers=AUTH)
+        thumb = await http.get(items[0]["image"], params={"thumb": "1"}, headers=AUTH)
+    async with AsyncComfyBatchClient("http://dashboard", API_KEY, transport=transport) as sdk:
+        downloaded = await sdk.download(batch["batch_id"], tmp_path / "down")
+
+    assert (batch["state"], served.status_code, served.headers["content-type"]) == ("COMPLETED", 200, "image/webp")
+    with Image.open(io.BytesIO(served.content)) as animation:
+        assert (animation.is_animated, animation.n_frames) == (True, 4)
+    assert (thumb.status_code, thumb.headers["content-type"]) == (200, "image/png")
+    assert [path.suffix for path in downloaded] == [".webp", ".csv"]
+    assert downloaded[0].read_bytes() == served.content
