@@ -73,8 +73,11 @@ class FirstLeases:
                 granted = await self.api.increment(server.limit_name)
             except httpx.HTTPError:
                 return  # the broker asks again
-            if granted is not None and not granted.limits:  # no such limit yet: the broker makes it on first use
+            if granted is not None and not granted.limits:
+                # No such limit: a fleet not seen before, whose sync is writing right now. Further writes here would
+                # only collide with it (SQLite); the broker makes what is missing on first use.
                 with contextlib.suppress(httpx.HTTPError):
                     await self.api.release(granted.lease_id)
-            elif granted is not None:
+                return
+            if granted is not None:
                 self._granted[server.name] = granted.lease_id
