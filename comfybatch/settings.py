@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     api_quota_images: int | None = Field(
         None, ge=1, description="Unfinished images one API key may have queued; 429 beyond. No limit when empty."
     )
+    api_quota_gpu_seconds_daily: float | None = Field(
+        None, gt=0, description="GPU-seconds one API key may use per UTC day; new batches get 429 beyond. No limit "
+        "when empty.",
+    )  # fmt: skip
     max_upload_bytes: int = Field(20_000_000, ge=1, description="Largest sheet `PUT /api/uploads/{name}` accepts.")
     max_request_bytes: int = Field(10_000_000, ge=1, description="Largest JSON body of a batch or validate request.")
     max_input_pixels: int = Field(

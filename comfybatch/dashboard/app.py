@@ -17,7 +17,7 @@ from comfybatch.dashboard.events import EventHub
 from comfybatch.dashboard.guard import ApiGuard
 from comfybatch.dashboard.launcher import Launcher
 from comfybatch.dashboard.metrics import ApiLatency
-from comfybatch.dashboard.routes import archive, batches, images, meta, stream, uploads
+from comfybatch.dashboard.routes import archive, batches, images, meta, stream, uploads, usage
 from comfybatch.errors import BatchRequestError, ComfyBatchError
 from comfybatch.settings import Settings, get_settings
 
@@ -117,7 +117,7 @@ def create_app(settings: Settings | None = None, launcher: Launcher | None = Non
     app.add_exception_handler(ComfyBatchError, _our_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(Exception, _internal)
-    for module in (batches, images, archive, stream, uploads, meta):
+    for module in (batches, images, archive, stream, uploads, usage, meta):
         app.include_router(module.router, responses=API_REFUSALS)
     app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="page")  # last: the API routes come first
     return app

@@ -21,8 +21,10 @@ from prefect.client.schemas.filters import (
     FlowFilter,
     FlowFilterName,
     FlowRunFilter,
+    FlowRunFilterEndTime,
     FlowRunFilterIdempotencyKey,
     FlowRunFilterName,
+    FlowRunFilterStartTime,
     FlowRunFilterState,
     FlowRunFilterStateType,
     FlowRunFilterTags,
@@ -454,6 +456,24 @@ class Launcher:
             runs = await client.read_flow_runs(flow_run_filter=run_filter, deployment_filter=deployment_filter,
                                                limit=BATCH_COUNT_LIMIT)  # fmt: skip
         return [run for run in runs if f"submitted-by:{submitted_by}" in run.tags]
+
+    async def key_runs(self, submitted_by: str, since: datetime, until: datetime) -> list[FlowRun]:
+        """Batches this key submitted that ran at some time in [since, until]: started before `until`, and still
+        running or ended after `since` (at most 10,000 of each)."""
+        flow_filter = FlowFilter(name=FlowFilterName(any_=[GENERATE_BATCH.split("/", 1)[0]]))
+        tagged = FlowRunFilterTags(all_=[f"submitted-by:{submitted_by}"])
+        started = FlowRunFilterStartTime(before_=until)
+        runs: dict[UUID, FlowRun] = {}
+        async with self._client() as client:
+            for ended in (FlowRunFilterEndTime(after_=since), FlowRunFilterEndTime(is_null_=True)):
+                run_filter = FlowRunFilter(tags=tagged, start_time=started, end_time=ended)
+                for offset in range(0, 50 * BATCH_COUNT_LIMIT, BATCH_COUNT_LIMIT):
+                    page = await client.read_flow_runs(flow_filter=flow_filter, flow_run_filter=run_filter,
+                                                       limit=BATCH_COUNT_LIMIT, offset=offset)  # fmt: skip
+                    runs.update((run.id, run) for run in page if run.start_time is not None)
+                    if len(page) < BATCH_COUNT_LIMIT:
+                        break
+        return list(runs.values())
 
     async def healthy(self) -> str | None:
         """None when the Prefect API answers its health check, else what went wrong."""

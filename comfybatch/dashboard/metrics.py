@@ -1,5 +1,6 @@
 """The dashboard's Prometheus metrics through `prometheus-client`: what the event hub saw (items by state, prompt
-seconds per server, batch seconds by final state), API latency per route, and the fleet's gauges read per scrape.
+seconds per server, GPU-seconds per server and API key, batch seconds by final state), API latency per route, and the
+fleet's gauges read per scrape.
 
 Counters and histograms count what this dashboard process has seen since it started (Prometheus handles restarts
 of counters); each app has its own registry, so two apps in one process never share samples.
@@ -23,6 +24,7 @@ PROMPT_BUCKETS_S = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300
 BATCH_BUCKETS_S = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
 API_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _RUNNING_KEPT = 10_000  # runs seen start and not seen end: bounded, a dashboard lives for months
+_KEY_TAG = "prefect.tag.submitted-by:"  # Prefect relates every event of a run to the run's tags
 
 
 class EventMetrics:
@@ -35,6 +37,11 @@ class EventMetrics:
         self.prompt_seconds = Histogram(
             "comfybatch_prompt_seconds", "Prompt run time (submit to outputs stored), per server.", ["server"],
             buckets=PROMPT_BUCKETS_S, registry=self.registry,
+        )  # fmt: skip
+        self.gpu_seconds = Counter(
+            "comfybatch_gpu_seconds", "ComfyUI execution time of rendered images (its own start and success "
+            "times), per server and API key (empty: not submitted through the API).", ["server", "key"],
+            registry=self.registry,
         )  # fmt: skip
         self.batch_seconds = Histogram(
             "comfybatch_batch_seconds", "Batch run time (running to final state), per final state.", ["state"],
@@ -52,6 +59,9 @@ class EventMetrics:
             seconds, server = event.payload.get("seconds"), event.payload.get("server")
             if isinstance(seconds, int | float) and isinstance(server, str):
                 self.prompt_seconds.labels(server=server).observe(float(seconds))
+            gpu_seconds = event.payload.get("gpu_seconds")
+            if event.event.endswith(".done") and isinstance(gpu_seconds, int | float) and isinstance(server, str):
+                self.gpu_seconds.labels(server=server, key=key_of(event)).inc(max(float(gpu_seconds), 0.0))
         elif event.event.startswith("prefect.flow-run.") and run_id is not None:
             state = (event.resource.get("prefect.state-type") or "").upper()
             if state == "RUNNING":
@@ -67,6 +77,11 @@ class EventMetrics:
         scrape = CollectorRegistry()
         scrape.register(_Gauges(list(gauges)))
         return generate_latest(self.registry) + generate_latest(scrape)
+
+
+def key_of(event: Event) -> str:
+    """The API key's name the event's run was submitted with ("" when it was not submitted through the API)."""
+    return next((r.id.removeprefix(_KEY_TAG) for r in event.related if r.id.startswith(_KEY_TAG)), "")
 
 
 class _Gauges(Collector):

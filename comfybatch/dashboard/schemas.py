@@ -54,6 +54,7 @@ class BatchStatus(BatchStarted):
     resumed_from: str | None = Field(None, description="The ended run of this batch that this run resumes.")
     resumed_as: str | None = Field(None, description="The run that resumed this ended one (it goes on there).")
     template: str | None = Field(None, description="The template's name; none for a graph sent inline.")
+    gpu_seconds: float = Field(0.0, description="ComfyUI execution time summed over the batch's rendered images.")
 
 
 class ItemFailure(BaseModel):

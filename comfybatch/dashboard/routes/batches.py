@@ -29,6 +29,7 @@ from comfybatch.dashboard.schemas import (
     ServerProgress,
     ValidationReport,
 )
+from comfybatch.dashboard.usage import check_daily_quota
 from comfybatch.errors import BatchConflict, BatchNotFound, ComfyBatchError
 from comfybatch.models import BatchSpec, JobSpec
 from comfybatch.notify.webhooks import check_webhook
@@ -145,6 +146,7 @@ async def create_batch(
     check_api_request(spec, settings)
     await check_webhook(spec, settings)  # 422 naming `webhook`: internal addresses are refused (SSRF)
     await launcher.check_identity(spec)
+    await check_daily_quota(launcher, key_name, settings.api_quota_gpu_seconds_daily)
     if settings.api_quota_images is not None:
         bound = requested_bound(spec)  # a sheet's rows need the expansion
         adds = bound if bound is not None else len((await launcher.preview(spec)).expansion.jobs)
@@ -224,6 +226,7 @@ async def get_batch(batch_id: UUID, request: Request, launcher: LauncherDep, hub
     failures = [ItemFailure(key=r.key, index=index.get(r.key), error=(r.result and r.result.error) or "failed")
                 for r in failed]  # fmt: skip
     state, state_name = _state(run)
+    gpu_seconds = sum(r.result.gpu_seconds or 0.0 for r in records.values() if r.result and r.result.status == "done")
     reason, resumed_as = await asyncio.gather(launcher.ending_message(run), launcher.resumed_as(run))
     return BatchStatus(batch_id=str(run.id), name=spec.name, state=state, state_name=state_name,
                        links=_links(request, run, launcher), counts=counts, submitted_by=_tagged(run, "submitted-by"),
@@ -231,6 +234,7 @@ async def get_batch(batch_id: UUID, request: Request, launcher: LauncherDep, hub
                        eta_s=_eta(records, counts), planned=jobs is not None,
                        failures=failures[:_FAILURES_SHOWN], resumed_from=_tagged(run, "resumed-from"),
                        resumed_as=str(resumed_as) if resumed_as else None, template=_template(spec),
+                       gpu_seconds=round(gpu_seconds, 3),
                        events_seq=await hub.latest(run.id, run.created or datetime.now(UTC)))  # fmt: skip
 
 
