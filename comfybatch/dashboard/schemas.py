@@ -1,6 +1,6 @@
 """HTTP shapes of the dashboard API, named by action."""
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, JsonValue
 
 TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})  # a batch's run has ended
 
@@ -94,6 +94,8 @@ class ItemStatus(BaseModel):
     error: str | None = None
     files: int = 0
     image: str | None = Field(None, description="URL of the item's image, when it has one.")
+    file: str | None = Field(None, description="The image's file name in the batch's folder.")
+    values: dict[str, JsonValue] | None = Field(None, description="Its bound parameters besides the prompt.")
 
 
 class ItemList(BaseModel):

@@ -58,6 +58,17 @@ def _item_state(record: JobRecord | None, *, ended: bool) -> str:
     return "cancelled" if ended and state in ("queued", "submitted") else state
 
 
+def _this_run(records: dict[str, JobRecord], run: FlowRun) -> dict[str, JobRecord]:
+    """The journal as this run sees it: a failed or cancelled record that an earlier run of the batch left is work
+    this one (a resume) renders again, so it counts as not started yet rather than as this run's failure."""
+    if run.created is None:
+        return records
+    since = run.created.timestamp()
+    return {key: record for key, record in records.items()
+            if not (record.result and record.result.status in ("failed", "cancelled")
+                    and (record.result.finished_at or 0.0) < since)}  # fmt: skip
+
+
 def _ended(run: FlowRun) -> bool:
     return run.state_type is not None and run.state_type.value in TERMINAL_STATES
 
@@ -188,7 +199,7 @@ async def _summary(launcher: Launcher, run: FlowRun) -> BatchSummary:
         jobs, records = await asyncio.gather(launcher.plan(spec, run.id), launcher.records(spec, run.id))
     except ComfyBatchError:  # an unreadable spec or store: the row still lists the run
         return summary
-    summary.counts = _counts(jobs, records, spec, ended=_ended(run))
+    summary.counts = _counts(jobs, _this_run(records, run), spec, ended=_ended(run))
     return summary
 
 
@@ -209,7 +220,7 @@ async def get_batch(batch_id: UUID, request: Request, launcher: LauncherDep, hub
     """A batch's state, counts, progress per server, ETA and first failures (from its job journal)."""
     run = await launcher.get(batch_id)
     spec = launcher.spec_of(run)
-    records = await launcher.records(spec, run.id)
+    records = _this_run(await launcher.records(spec, run.id), run)
     jobs = await launcher.plan(spec, run.id)
     ended = _ended(run)
     counts = _counts(jobs, records, spec, ended=ended)
@@ -231,7 +242,7 @@ async def get_batch(batch_id: UUID, request: Request, launcher: LauncherDep, hub
     return BatchStatus(batch_id=str(run.id), name=spec.name, state=state, state_name=state_name,
                        links=_links(request, run, launcher), counts=counts, submitted_by=_tagged(run, "submitted-by"),
                        cancelled_by=_cancelled_by(reason), reason=reason, servers=dict(servers),
-                       eta_s=_eta(records, counts), planned=jobs is not None,
+                       eta_s=_eta(records, counts, run), planned=jobs is not None,
                        failures=failures[:_FAILURES_SHOWN], resumed_from=_tagged(run, "resumed-from"),
                        resumed_as=str(resumed_as) if resumed_as else None, template=_template(spec),
                        gpu_seconds=round(gpu_seconds, 3),
@@ -261,11 +272,13 @@ def _cancelled_by(reason: str | None) -> str | None:
     return reason.removeprefix(CANCELLED_BY).partition(": ")[0]
 
 
-def _eta(records: dict[str, JobRecord], counts: BatchCounts) -> float | None:
-    """Remaining images at the rate of this run so far: (now - first submit) / finished."""
+def _eta(records: dict[str, JobRecord], counts: BatchCounts, run: FlowRun) -> float | None:
+    """Remaining images at the rate of this run so far: (now - first submit) / finished (a resumed batch's images
+    stored by an earlier run count for neither)."""
+    since = run.created.timestamp() if run.created else 0.0
     starts = [r.submitted_at or (r.result.queued_at if r.result else None) for r in records.values()]
-    first = min((t for t in starts if t), default=None)
-    finished = counts.done + counts.failed
+    first = min((t for t in starts if t and t >= since), default=None)
+    finished = sum(1 for r in records.values() if r.result and (r.result.finished_at or 0.0) >= since)
     if counts.pending is None:
         return None  # no plan yet and the request cannot say how many are left
     if first is None or finished == 0 or counts.pending == 0:
@@ -284,7 +297,7 @@ async def list_items(
     """Every job of the batch in order, queued ones included, with what its journal recorded."""
     run = await launcher.get(batch_id)
     spec = launcher.spec_of(run)
-    records = await launcher.records(spec, run.id)
+    records = _this_run(await launcher.records(spec, run.id), run)
     jobs = await launcher.plan(spec, run.id)
     planned: list[tuple[str, JobSpec | None]] = (
         [(job.key, job) for job in jobs] if jobs is not None else [(key, None) for key in sorted(records)]
@@ -302,6 +315,8 @@ async def list_items(
             state=_item_state(record, ended=ended), server=record.server if record else None,
             error=result.error if result else None,
             files=len(files), image=f"/api/batches/{batch_id}/items/{key}/image" if files else None,
+            file=files[0].uri.rpartition("/")[2] if files else None,
+            values={k: v for k, v in source.values.items() if k != "prompt"} if source else None,
         ))  # fmt: skip
     return ItemList(items=items, total=len(planned), limit=limit, offset=offset, planned=jobs is not None)
 
@@ -354,7 +369,7 @@ async def resume_batch(
     spec = launcher.spec_of(run)
     if _ended(run):
         jobs, records = await asyncio.gather(launcher.plan(spec, run.id), launcher.records(spec, run.id))
-        counts = _counts(jobs, records, spec, ended=True)
+        counts = _counts(jobs, _this_run(records, run), spec, ended=True)
         left = None if counts.total is None else counts.total - counts.done
         if left == 0:
             raise BatchConflict(f"every item of batch {spec.name} is done: there is nothing left to render")

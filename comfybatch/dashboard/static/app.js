@@ -43,6 +43,11 @@ function duration(seconds) {
   return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
 }
 
+/** The number a person reads for an item: 1-based (`#1` is the first), its key only when the index is unknown. */
+function itemNumber(item) {
+  return Number.isInteger(item.index) ? `#${item.index + 1}` : String(item.key || "").slice(0, 8);
+}
+
 function safeHttpUrl(value) {
   try {
     const url = new URL(value, location.href);
@@ -165,6 +170,8 @@ class HomeView {
     this.form = root.querySelector(".submit-form");
     this.report = $(root, "validation");
     this.listBody = $(root, "batch-list").querySelector("tbody");
+    this.fleetBody = $(root, "fleet").querySelector("tbody");
+    this.fleetMessage = $(root, "fleet-message");
     this.listMessage = $(root, "list-message");
     this.filters = $(root, "batch-filters");
     this.more = $(root, "more");
@@ -182,9 +189,13 @@ class HomeView {
       this.loadList(true);
     });
     this.more.addEventListener("click", () => this.loadList(false));
-    this.timer = setInterval(() => this.loadList(true, { quiet: true }), 10000);
+    this.timer = setInterval(() => {
+      this.loadList(true, { quiet: true });
+      this.loadFleet();
+    }, 10000);
     this.loadTemplates();
     this.loadList(true);
+    this.loadFleet();
   }
 
   dispose() {
@@ -295,7 +306,7 @@ class HomeView {
     ];
     if (report.invalid.length) {
       parts.push(h("ul", { class: "problems" }, report.invalid.map((item) =>
-        h("li", { testid: "problem" }, h("strong", {}, `item ${item.index ?? item.key}: `), item.error))));
+        h("li", { testid: "problem" }, h("strong", {}, `item ${itemNumber(item)}: `), item.error))));
     }
     if (report.plan.length) parts.push(h("pre", { class: "plan" }, report.plan.join("\n")));
     this.report.replaceChildren(...parts);
@@ -313,6 +324,10 @@ class HomeView {
       const rows = batches.map((batch) => h("tr", { testid: "batch-row", "data-batch-id": batch.batch_id },
         h("td", {}, h("a", { href: `#/batches/${batch.batch_id}` }, batch.name)),
         h("td", {}, h("span", { class: `badge state-${batch.state.toLowerCase()}` }, batch.state_name || batch.state)),
+        h("td", { testid: "batch-progress" }, progressCell(batch.counts)),
+        h("td", { testid: "batch-template" }, batch.template || "custom graph"),
+        h("td", { testid: "batch-submitter" }, batch.submitted_by || "—"),
+        h("td", { testid: "batch-duration" }, duration(batch.duration_s)),
         h("td", {}, batch.created ? new Date(batch.created).toLocaleString() : "")));
       if (reset) this.listBody.replaceChildren(...rows);
       else this.listBody.append(...rows);
@@ -323,6 +338,40 @@ class HomeView {
       if (!quiet) this.listMessage.textContent = `Could not list batches: ${error.message}`;
     }
   }
+
+  /** The fleet panel: each server's health, ComfyUI queue, slots in use and the last error this dashboard saw. */
+  async loadFleet() {
+    try {
+      const { servers } = await api("GET", "/api/servers");
+      this.fleetBody.replaceChildren(...servers.map((server) => {
+        const up = server.health === "ok";
+        const lastError = server.last_error
+          ? `${server.last_error}${server.last_error_at ? ` (${new Date(server.last_error_at).toLocaleTimeString()})` : ""}`
+          : "—";
+        return h("tr", { testid: "fleet-server", "data-server": server.name },
+          h("th", { scope: "row", title: server.url }, server.name),
+          h("td", {}, h("span", { class: `badge ${up ? "state-completed" : "state-failed"}`, testid: "fleet-health" },
+            up ? "ok" : server.reason || server.health)),
+          h("td", { testid: "fleet-queue" }, server.queue_depth == null ? "—" : String(server.queue_depth)),
+          h("td", { testid: "fleet-slots" }, `${server.in_flight} / ${server.slots}`),
+          h("td", { testid: "fleet-error", class: server.last_error ? "bad-text" : "muted" }, lastError));
+      }));
+      this.fleetMessage.textContent = servers.length ? "" : "No ComfyUI server is configured.";
+    } catch (error) {
+      this.fleetMessage.textContent = `Could not read the fleet: ${error.message}`;
+    }
+  }
+}
+
+/** A list row's progress: a bar and "done of total" with failures, from the batch's stored counts. */
+function progressCell(counts) {
+  if (!counts) return h("span", { class: "muted" }, "—");
+  const finished = counts.done + counts.failed + counts.cancelled;
+  const total = counts.total;
+  const text = [`${counts.done} of ${total ?? "?"} done`, counts.failed && `${counts.failed} failed`,
+    counts.cancelled && `${counts.cancelled} not rendered`].filter(Boolean).join(" · ");
+  return h("span", { class: "progress-cell" },
+    h("progress", { max: Math.max(total ?? finished, 1), value: finished, "aria-label": text }), h("span", {}, text));
 }
 
 function defaultName() {
@@ -364,6 +413,10 @@ function randomKey() {
 const GRID_GAP_PX = 14; // keep in step with .grid-window's gap in style.css
 const CARD_MIN_PX = 170;
 const CARD_TEXT_PX = 112; // prompt (2 lines), meta and error under the square image
+// Narrow screens (a phone): small cards showing the number line only, several to a row, so 16 items are a short page.
+const COMPACT_BELOW_PX = 560;
+const COMPACT_CARD_MIN_PX = 96;
+const COMPACT_TEXT_PX = 28;
 const OVERSCAN_ROWS = 2;
 const SUMMARY_MS = 250;
 const MAX_THUMBS = 600; // object URLs kept; the oldest out of view are let go
@@ -405,6 +458,10 @@ class BatchView {
     $(root, "cancel").addEventListener("click", () => this.cancel());
     $(root, "manifest-csv").addEventListener("click", () => this.download("csv"));
     $(root, "manifest-parquet").addEventListener("click", () => this.download("parquet"));
+    $(root, "archive").addEventListener("click", () => this.downloadArchive());
+    for (const testid of ["retry-failed", "render-rest"]) {
+      $(root, testid).addEventListener("click", (event) => this.resume(event.currentTarget));
+    }
     this.onOnline = () => this.reconnectNow();
     this.onScroll = () => this.queueRender();
     this.resized = new ResizeObserver(() => this.queueRender()); // window resized, a scrollbar came or went
@@ -426,6 +483,7 @@ class BatchView {
     window.removeEventListener("resize", this.onScroll);
     this.resized.disconnect();
     for (const url of this.thumbs.values()) URL.revokeObjectURL(url);
+    if (viewer.view === this) viewer.close();
   }
 
   later(ms, fn) {
@@ -568,7 +626,7 @@ class BatchView {
       return;
     }
     if (item.position !== position) this.place(item, position);
-    for (const name of ["index", "prompt", "seed"]) {
+    for (const name of ["index", "prompt", "seed", "values", "file"]) {
       if (item[name] == null && snapshot[name] != null) item[name] = snapshot[name];
     }
     if (!TERMINAL_ITEM.has(item.state)
@@ -742,6 +800,7 @@ class BatchView {
     } else if (state === "done" || state === "skipped") {
       item.state = state;
       item.files = Array.isArray(message.files) ? message.files.length : 0;
+      if (item.files && !item.file) item.file = String(message.files[0]).split("/").pop();
       item.image = item.files ? `/api/batches/${this.id}/items/${encodeURIComponent(item.key)}/image` : null;
     } else {
       item.state = state; // failed or cancelled
@@ -776,9 +835,12 @@ class BatchView {
     const key = `${width}:${this.slots.length}`;
     if (key === this.layoutKey) return;
     this.layoutKey = key;
-    this.cols = Math.max(1, Math.floor((width + GRID_GAP_PX) / (CARD_MIN_PX + GRID_GAP_PX)));
+    const compact = width < COMPACT_BELOW_PX;
+    this.grid.classList.toggle("compact", compact);
+    const cardMin = compact ? COMPACT_CARD_MIN_PX : CARD_MIN_PX;
+    this.cols = Math.max(1, Math.floor((width + GRID_GAP_PX) / (cardMin + GRID_GAP_PX)));
     const cardWidth = (width - GRID_GAP_PX * (this.cols - 1)) / this.cols;
-    this.cardHeight = Math.ceil(cardWidth + CARD_TEXT_PX);
+    this.cardHeight = Math.ceil(cardWidth + (compact ? COMPACT_TEXT_PX : CARD_TEXT_PX));
     this.rowHeight = this.cardHeight + GRID_GAP_PX;
     this.rows = Math.ceil(this.slots.length / this.cols);
     this.grid.style.height = `${Math.max(0, this.rows * this.rowHeight - GRID_GAP_PX)}px`;
@@ -835,7 +897,7 @@ class BatchView {
     const halted = PENDING_ITEM.has(item.state) && this.runEnded() && $(this.root, "conn-status").dataset.conn === "ended";
     card.dataset.state = halted ? "halted" : item.state;
     card.className = `card state-${card.dataset.state}`;
-    const number = item.index != null ? `#${item.index + 1}` : item.key.slice(0, 8);
+    const number = itemNumber(item);
     card.setAttribute("aria-label", `Item ${number}: ${stateLabel(item, halted)}`);
     const parts = [
       this.media(item, halted),
@@ -866,7 +928,9 @@ class BatchView {
     }
     if (!item.image) return h("div", { class: "media" }, h("span", { class: "note" }, `${item.state}, no output file`));
     if (item.thumb) {
-      return h("div", { class: "media" }, h("img", { testid: "thumb", src: item.thumb, alt: item.prompt || "output image" }));
+      return h("div", { class: "media" }, h("button", { type: "button", class: "thumb-button", testid: "open-viewer",
+        "aria-label": `Open ${itemNumber(item)} full size`, onclick: () => viewer.open(this, item) },
+      h("img", { testid: "thumb", src: item.thumb, alt: item.prompt || "output image" })));
     }
     if (item.thumbFailed) {
       return h("div", { class: "media" }, h("button", { type: "button", class: "link", onclick: () => {
@@ -898,15 +962,41 @@ class BatchView {
     badge.textContent = status.state_name || status.state;
     badge.dataset.state = status.state;
     badge.className = `badge state-${String(status.state).toLowerCase()}`;
-    const who = [status.submitted_by && `submitted by ${status.submitted_by}`,
-      status.cancelled_by && `cancelled by ${status.cancelled_by}`,
-      !status.cancelled_by && status.reason].filter(Boolean).join(" · ");
+    const who = [status.template ? `template ${status.template}` : "custom graph",
+      status.submitted_by && `submitted by ${status.submitted_by}`,
+      status.cancelled_by && `cancelled by ${status.cancelled_by}`].filter(Boolean).join(" · ");
     $(this.root, "batch-who").textContent = who;
+    const reason = $(this.root, "batch-reason");
+    reason.hidden = !status.reason || Boolean(status.cancelled_by);
+    reason.textContent = status.reason ? `Why it ended: ${status.reason}` : "";
+    reason.classList.toggle("bad", ["FAILED", "CRASHED"].includes(status.state));
+    this.renderResume(status);
     const link = $(this.root, "prefect-link");
     const href = status.links && safeHttpUrl(status.links.prefect_ui);
     link.hidden = !href;
     if (href) link.href = href;
     $(this.root, "cancel").disabled = this.runEnded();
+  }
+
+  /** Links between a run and the one resuming it; "Retry failed" / "Render the rest" once an ended run left work. */
+  renderResume(status) {
+    const note = $(this.root, "batch-resumed");
+    const parts = [];
+    if (status.resumed_from) {
+      parts.push("Resumes ", h("a", { href: `#/batches/${status.resumed_from}`, testid: "resumed-from" }, "an earlier run"),
+        " of this batch (its stored images are kept). ");
+    }
+    if (status.resumed_as) {
+      parts.push("Resumed: the batch goes on in ", h("a", { href: `#/batches/${status.resumed_as}`, testid: "resumed-as" },
+        "its new run"), ".");
+    }
+    note.replaceChildren(...parts);
+    note.hidden = !parts.length;
+    const counts = status.counts || {};
+    const open = this.runEnded() && !status.resumed_as;
+    const unfinished = counts.total == null ? status.state !== "COMPLETED" : counts.cancelled > 0 || counts.pending > 0;
+    $(this.root, "retry-failed").hidden = !(open && counts.failed > 0);
+    $(this.root, "render-rest").hidden = !(open && unfinished);
   }
 
   /** Counts from the items while every item is loaded (live), else from the last status read. */
@@ -929,8 +1019,13 @@ class BatchView {
     const { total, done, failed, cancelled, lanes } = this.summaryCounts();
     const ended = this.runEnded();
     const pending = Math.max(0, total - done - failed - cancelled);
-    $(this.root, "counts").textContent = `${done} of ${total} done · ${failed} failed · ${pending} pending`
-      + (cancelled ? ` · ${cancelled} cancelled` : "");
+    const starting = !ended && total === 0;
+    $(this.root, "counts").textContent = starting ? "Starting: planning the batch on the fleet…"
+      : `${done} of ${total} done · ${failed} failed · ${pending} pending` + (cancelled ? ` · ${cancelled} cancelled` : "");
+    const gridMessage = $(this.root, "grid-message");
+    gridMessage.textContent = !this.status ? "Loading the items…"
+      : this.slots.length ? "" : ended ? "This batch has no items." : "Items appear once the batch is planned…";
+    gridMessage.hidden = !gridMessage.textContent;
     const overall = $(this.root, "overall");
     overall.max = Math.max(total, 1);
     overall.value = done + failed + cancelled;
@@ -949,7 +1044,8 @@ class BatchView {
           ...Array.from({ length: Math.min(busy, 50) }, () => h("i", { class: "b" }))),
         h("span", { class: "lane-counts", testid: "lane-counts" },
           `${laneDone} done · ${laneFailed} failed · ${busy} in flight`)));
-    $(this.root, "lanes").replaceChildren(...(rows.length ? rows : [h("li", { class: "muted" }, "No item has reached a server yet.")]));
+    const none = this.status ? "No item has reached a server yet." : "Loading…";
+    $(this.root, "lanes").replaceChildren(...(rows.length ? rows : [h("li", { class: "muted" }, none)]));
   }
 
   // -- thumbnails: fetched with the key (an <img src> cannot send headers), a few at a time, drawn cards only --
@@ -1025,22 +1121,156 @@ class BatchView {
 
   async download(format) {
     try {
-      const response = await api("GET", `/api/batches/${this.id}/manifest?format=${format}`, { raw: true });
-      const disposition = response.headers.get("Content-Disposition") || "";
-      const name = disposition.match(/filename="([^"]+)"/)?.[1] || `${this.status?.name || "batch"}-manifest.${format}`;
-      const url = URL.createObjectURL(await response.blob());
-      const link = h("a", { href: url, download: name, hidden: true });
-      document.body.append(link);
-      link.click();
-      link.remove();
-      setTimeout(() => URL.revokeObjectURL(url), 60000);
+      await this.save(`/api/batches/${this.id}/manifest?format=${format}`, `${this.status?.name || "batch"}-manifest.${format}`);
       this.message("");
     } catch (error) {
       this.message(error.status === 404 ? "No manifest yet: it is written when the batch finishes."
         : `Could not download the manifest: ${error.message}`);
     }
   }
+
+  async downloadArchive() {
+    const button = $(this.root, "archive");
+    button.disabled = true;
+    this.message("Preparing the zip…");
+    try {
+      await this.save(`/api/batches/${this.id}/archive.zip`, `${this.status?.name || "batch"}.zip`);
+      this.message("");
+    } catch (error) {
+      this.message(error.status === 404 ? "Nothing to download yet: no image has been stored."
+        : `Could not download the zip: ${error.message}`);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  /** Download `path` with the key (a plain link cannot send it) under the server's file name. */
+  async save(path, fallbackName) {
+    const response = await api("GET", path, { raw: true });
+    const disposition = response.headers.get("Content-Disposition") || "";
+    const name = disposition.match(/filename="([^"]+)"/)?.[1] || fallbackName;
+    const url = URL.createObjectURL(await response.blob());
+    const link = h("a", { href: url, download: name, hidden: true });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  }
+
+  /** "Retry failed" and "Render the rest": the same batch in a new run, which keeps every stored image. */
+  async resume(button) {
+    button.disabled = true;
+    this.message("Resuming the batch…");
+    try {
+      const started = await api("POST", `/api/batches/${this.id}/resume`);
+      location.hash = `#/batches/${started.batch_id}`;
+    } catch (error) {
+      this.message(`Could not resume the batch: ${error.message}`);
+      button.disabled = false;
+    }
+  }
+
+  /** The next (+1) or previous (-1) item with an image, in batch order; null at either end. */
+  neighbour(item, direction) {
+    for (let at = (item.position ?? -1) + direction; at >= 0 && at < this.slots.length; at += direction) {
+      const other = this.slots[at];
+      if (other?.image) return other;
+    }
+    return null;
+  }
 }
+
+// ---- Full-size viewer: one <dialog> for the page; ← → step through the batch's images, Esc closes ----
+
+class Viewer {
+  constructor() {
+    this.dialog = document.getElementById("viewer");
+    this.image = $(this.dialog, "viewer-image");
+    this.status = $(this.dialog, "viewer-message");
+    this.params = $(this.dialog, "viewer-params");
+    this.view = null;
+    this.item = null;
+    this.url = null;
+    this.token = 0;
+    $(this.dialog, "viewer-prev").addEventListener("click", () => this.step(-1));
+    $(this.dialog, "viewer-next").addEventListener("click", () => this.step(1));
+    $(this.dialog, "viewer-close").addEventListener("click", () => this.close());
+    // On the document: a step may disable the button holding focus, which moves focus out of the dialog.
+    document.addEventListener("keydown", (event) => {
+      if (!this.dialog.open) return;
+      if (event.key === "ArrowRight" || event.key === "ArrowLeft") {
+        event.preventDefault();
+        this.step(event.key === "ArrowRight" ? 1 : -1);
+      }
+    });
+    this.dialog.addEventListener("click", (event) => {
+      if (event.target === this.dialog) this.close(); // the backdrop
+    });
+    this.dialog.addEventListener("close", () => this.cleared());
+  }
+
+  open(view, item) {
+    this.view = view;
+    if (!this.dialog.open) this.dialog.showModal();
+    this.show(item);
+  }
+
+  close() {
+    if (this.dialog.open) this.dialog.close();
+    else this.cleared();
+  }
+
+  cleared() {
+    this.token += 1;
+    if (this.url) URL.revokeObjectURL(this.url);
+    this.url = null;
+    this.image.removeAttribute("src");
+    this.view = null; // the dialog gives focus back to the thumbnail that opened it
+    this.item = null;
+  }
+
+  step(direction) {
+    const next = this.item && this.view?.neighbour(this.item, direction);
+    if (next) this.show(next);
+  }
+
+  async show(item) {
+    const token = ++this.token;
+    this.item = item;
+    const total = this.view.slots.length;
+    $(this.dialog, "viewer-number").textContent = `${itemNumber(item)} of ${total}`;
+    $(this.dialog, "viewer-prev").disabled = !this.view.neighbour(item, -1);
+    $(this.dialog, "viewer-next").disabled = !this.view.neighbour(item, 1);
+    this.renderParams(item);
+    this.image.alt = item.prompt || `image ${itemNumber(item)}`;
+    this.image.hidden = true;
+    this.status.textContent = "Loading the full-size image…";
+    try {
+      const response = await api("GET", item.image, { raw: true });
+      const blob = await response.blob();
+      if (token !== this.token) return;
+      if (this.url) URL.revokeObjectURL(this.url);
+      this.url = URL.createObjectURL(blob);
+      this.image.src = this.url;
+      this.image.hidden = false;
+      this.status.textContent = "";
+    } catch (error) {
+      if (token === this.token) this.status.textContent = `Could not load the image: ${error.message}`;
+    }
+  }
+
+  renderParams(item) {
+    const rows = [["Item", itemNumber(item)], ["Prompt", item.prompt || "(no prompt)"], ["Seed", item.seed],
+      ["Server", item.server], ["State", item.state], ["File", item.file]];
+    for (const [name, value] of Object.entries(item.values || {})) {
+      if (name !== "seed") rows.push([name, typeof value === "string" ? value : JSON.stringify(value)]);
+    }
+    this.params.replaceChildren(...rows.filter(([, value]) => value !== null && value !== undefined && value !== "")
+      .flatMap(([name, value]) => [h("dt", {}, name), h("dd", { testid: `param-${name}` }, String(value))]));
+  }
+}
+
+const viewer = new Viewer();
 
 function stateLabel(item, halted) {
   if (halted) return "not run: the batch has ended";
