@@ -101,3 +101,14 @@ def test_api_request_images_under_the_input_root_pass_and_others_are_refused(
         check_api_request(BatchSpec(name="no", workflow="upscale", images=[inside, outside]), settings)
 
     assert [problem.field for problem in caught.value.problems] == ["images[1]"]
+
+
+def test_an_object_store_input_root_permits_its_own_prefix_only(tmp_path: Path) -> None:
+    """With `s3://library/photos` as the input root, objects under that prefix are readable; a sibling prefix,
+    another bucket and a `..` path are not."""
+    policy = InputPolicy.for_api(Settings(output_root=str(tmp_path / "out"), input_local_root="s3://library/photos"))
+
+    assert policy.permits("s3://library/photos/shoot-1/a.png")
+    assert not policy.permits("s3://library/photos-old/a.png")
+    assert not policy.permits("s3://other/photos/a.png")
+    assert not policy.permits("s3://library/photos/../private/a.png")

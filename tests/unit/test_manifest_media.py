@@ -1,12 +1,16 @@
-"""Each output's media type in the manifest, beside its URI, and manifests written before that column existed."""
+"""Each output's media type in the manifest (manifests written before that column still read), and contact sheets
+that draw the first frame of an animated output and skip videos."""
 
 import io
 
+import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
 import pytest
+from PIL import Image
 
 from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.models import JobResult, JobSpec, StoredFile
+from comfybatch.outputs.contact_sheet import write_contact_sheets
 from comfybatch.outputs.manifest import media_type_of, read_manifest, write_manifest
 from comfybatch.outputs.storage import OutputStore
 
@@ -55,3 +59,27 @@ def test_manifest_written_before_media_types_still_reads(workflow: ApiWorkflow) 
     assert old is not None
     assert old["media_types"].tolist() == [[]]
     assert old["outputs"].tolist() == [["memory:///m/clips/00000_a.png"]]
+
+
+def test_contact_sheet_draws_the_first_frame_of_the_first_image_not_a_video(workflow: ApiWorkflow) -> None:
+    """A job whose outputs are a WebM then an animated WebP (red, then blue frames) gets a tile of the WebP's first,
+    red frame; the video is skipped, not drawn as "unreadable"."""
+    store = OutputStore("memory://contact-media")
+    frames = [Image.new("RGB", (48, 48), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    files = [
+        StoredFile(uri=store.write_bytes("clips/00000_a.webm", b"\x1aE\xdf\xa3 not decodable"), sha256="0" * 64,
+                   size_bytes=1, node_id="9"),
+        StoredFile(uri=store.write_bytes("clips/00000_a_1.webp", buffer.getvalue()), sha256="1" * 64, size_bytes=1,
+                   node_id="7"),
+    ]  # fmt: skip
+    job = JobSpec(batch="clips", index=0, key="k0", item=0, values={}, seed=None, label="clip", workflow=workflow)
+
+    [uri] = write_contact_sheets(store, "clips", [JobResult(job=job, status="done", attempts=1, files=files)])
+
+    with Image.open(io.BytesIO(store.read_bytes("clips/contact_sheet.png"))) as sheet:
+        pixels = np.asarray(sheet.convert("RGB"))
+    assert uri.endswith("clips/contact_sheet.png")
+    assert np.all(pixels == (255, 0, 0), axis=-1).any()
+    assert not np.all(pixels == (0, 0, 255), axis=-1).any()
