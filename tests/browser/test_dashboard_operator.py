@@ -7,6 +7,7 @@ import re
 import shutil
 import time
 import uuid
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,7 @@ def test_viewer_shows_the_full_size_image_with_its_parameters_and_steps_with_the
     open_tab: Callable[..., Tab], live_dashboard: str, tmp_path: Path
 ) -> None:
     """Clicking a thumbnail opens the stored image at full size beside its number, prompt, seed, server and file;
-    → and ← step through the batch, Esc closes."""
+    → and ← step through the batch, Esc closes; Download zip saves every stored image and the manifest."""
     prompts = ["a lighthouse in a storm", "a tram in the snow", "a fox under a lantern"]
     batch_id = _create(live_dashboard, {"name": _name("viewer"), "workflow": "txt2img-tiny", "prompts": prompts,
                                         "defaults": {"steps": 1, "width": 320, "height": 288}})  # fmt: skip
@@ -127,12 +128,20 @@ def test_viewer_shows_the_full_size_image_with_its_parameters_and_steps_with_the
     expect(page.get_by_test_id("viewer-number")).to_have_text("#2 of 3")
     page.keyboard.press("Escape")
     expect(viewer).to_be_hidden()
+    with page.expect_download() as download:
+        page.get_by_test_id("archive").click()
+    with zipfile.ZipFile(download.value.path()) as archive:
+        names = archive.namelist()
+        first_file = archive.read(items[0]["file"])
 
     with Image.open(io.BytesIO(stored)) as png:
         assert list(shown) == [png.width, png.height] == [320, 288]  # the stored file, not the 256 px thumbnail
     for expected in (prompts[0], f"Seed\n{items[0]['seed']}", f"Server\n{items[0]['server']}",
                      f"File\n{items[0]['file']}"):  # fmt: skip
         assert expected in first_params, first_params
+    assert sorted(names) == sorted([*(item["file"] for item in items), "manifest.csv", "manifest.parquet"])
+    assert first_file == stored
+    assert download.value.suggested_filename.endswith(".zip")
     _save_doc(shot, "dashboard-viewer.png")
     assert tab.errors == []
 
