@@ -265,10 +265,14 @@ class WebhookUndelivered(ComfyBatchError):
 
     retryable = True
 
-    def __init__(self, message: str, *, retryable: bool = True, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool = True, retry_after_s: float | None = None,
+        status_code: int | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(message)
         self.retryable = retryable
         self.retry_after_s = retry_after_s  # the receiver's Retry-After, if it sent one
+        self.status_code = status_code  # the receiver's answer; None when there was none
 
 
 class BatchConflict(ComfyBatchError):

@@ -115,6 +115,7 @@ class _Lane:
     task: asyncio.Task[None] | None = None
     dropped: int = 0
     delivered: int = 0
+    gone: bool = False  # the receiver answered 410 Gone: it wants no more messages
 
 
 class BatchWebhooks:
@@ -205,7 +206,7 @@ class BatchWebhooks:
             left = lane.queue.qsize() + (1 if lane.task in pending else 0)
             if left or lane.dropped:
                 _logger().warning(
-                    "%s: %d webhook message(s) to %s not delivered by the batch's end (%d dropped: queue full)",
+                    "%s: %d webhook message(s) to %s not delivered by the batch's end (%d dropped: queue full or gone)",
                     self.batch, left + lane.dropped, shown(lane.target.url), lane.dropped,
                 )  # fmt: skip
 
@@ -239,12 +240,18 @@ class BatchWebhooks:
         async with httpx.AsyncClient(timeout=self.settings.webhook_timeout_s, follow_redirects=False,
                                      transport=self._transport) as http:  # fmt: skip
             while (message := await lane.queue.get()) is not None:
+                if lane.gone:
+                    lane.dropped += 1
+                    continue
                 try:
                     await self._deliver(http, lane.target, message)
                     lane.delivered += 1
                 except (WebhookUndelivered, WebhookRefused) as exc:
-                    _logger().warning("%s: webhook %s (%s) not delivered: %s", self.batch, message.webhook_id,
-                                      message.type, exc)  # fmt: skip
+                    # Standard Webhooks: 410 Gone means stop sending to this endpoint altogether.
+                    lane.gone = isinstance(exc, WebhookUndelivered) and exc.status_code == _GONE
+                    stop = "; no more messages go there" if lane.gone else ""
+                    _logger().warning("%s: webhook %s (%s) not delivered: %s%s", self.batch, message.webhook_id,
+                                      message.type, exc, stop)  # fmt: skip
 
     async def _deliver(self, http: httpx.AsyncClient, target: WebhookTarget, message: WebhookMessage) -> None:
         """Send until a 2xx, with back-off and jitter, for at most `webhook_attempts` / `webhook_retry_s`.
@@ -289,6 +296,7 @@ class BatchWebhooks:
             f"{shown(target.url)} answered HTTP {response.status_code}",
             retryable=response.status_code != _GONE,
             retry_after_s=_retry_after(response),
+            status_code=response.status_code,
         )
 
     def _record(self, message: WebhookMessage, target: WebhookTarget, num: int, outcome: str, error: str = "", *,

@@ -21,7 +21,9 @@ from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNam
 
 from comfybatch.flows.batch import generate_batch
 from comfybatch.models import BatchSpec
+from comfybatch.notify.webhooks import BatchWebhooks
 from comfybatch.settings import Settings, get_settings
+from comfybatch.tasks.events import emit_batch_event
 from tests.conftest import SuiteFleet
 from tests.flows.conftest import PREFECT_SOCKETS, server_names
 
@@ -44,6 +46,7 @@ class Receiver:
     500 `failures` times and then 200; with `hang`, holds every request until released."""
 
     failures: int = 2
+    failure_status: int = 500
     hang: bool = False
     deliveries: list[Delivery] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
@@ -60,7 +63,7 @@ class Receiver:
         signature_ok = any(hmac.compare_digest(expected, sig) for sig in offered)
         with self.lock:
             earlier = sum(1 for d in self.deliveries if d.webhook_id == webhook_id)
-            status = 500 if earlier < self.failures else 200
+            status = self.failure_status if earlier < self.failures else 200
             self.deliveries.append(Delivery(webhook_id, timestamp, signature_ok, status, json.loads(raw)))
             self.holding += self.hang
         if self.hang:
@@ -201,3 +204,19 @@ async def test_a_hanging_receiver_does_not_hold_the_batch(
     assert report.done == 1
     assert state.holding == 1  # batch.started is still waiting for its answer
     assert [d.body["type"] for d in state.deliveries] == ["batch.started"]
+
+
+async def test_a_receiver_that_answers_410_gets_nothing_more(
+    prefect_api: str, receiver: tuple[Receiver, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`410 Gone` is final (Standard Webhooks): that message is not retried and later messages are not sent."""
+    state, url = receiver
+    state.failures, state.failure_status = 100, 410
+    settings = _webhook_settings(monkeypatch)
+    spec = BatchSpec(name="hooked-gone", workflow="txt2img-tiny", webhook=url)
+
+    async with BatchWebhooks.for_run(spec, settings, run_id="run-gone"):
+        emit_batch_event("hooked-gone", "started", total=1, skipped=0)
+        emit_batch_event("hooked-gone", "finished", done=1, failed=0)
+
+    assert [(d.body["type"], d.status) for d in state.deliveries] == [("batch.started", 410)]
