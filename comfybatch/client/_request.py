@@ -17,6 +17,7 @@ SHEET_MEDIA = {
     ".parquet": "application/vnd.apache.parquet",
 }
 IMAGE_MEDIA = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+ZIP_MEDIA = {".zip": "application/zip"}  # of input images
 _NOT_SLUG = re.compile(r"[^a-z0-9]+")
 _NOT_UPLOAD_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
 
@@ -65,14 +66,16 @@ def upload_name(path: Path) -> tuple[str, str]:
     """The file name the upload route accepts, and the content type for its suffix.
 
     Raises:
-        BatchRequestError: not a sheet (.csv, .xlsx, .parquet) or an image (.png, .jpg, .jpeg, .webp).
+        BatchRequestError: not a sheet (.csv, .xlsx, .parquet), an image (.png, .jpg, .jpeg, .webp) or a .zip.
     """
     suffix = path.suffix.lower()
-    if suffix not in SHEET_MEDIA and suffix not in IMAGE_MEDIA:
-        message = f"{path.name}: a sheet is a .csv, .xlsx or .parquet file, an image a .png, .jpg, .jpeg or .webp file"
+    media = {**SHEET_MEDIA, **IMAGE_MEDIA, **ZIP_MEDIA}
+    if suffix not in media:
+        message = (f"{path.name}: a sheet is a .csv, .xlsx or .parquet file, an image a .png, .jpg, .jpeg or .webp "
+                   "file, or a .zip of images")  # fmt: skip
         raise BatchRequestError("unsupported upload", problems=(RequestProblem(message, field="sheet"),))
     stem = _NOT_UPLOAD_NAME.sub("_", path.stem).lstrip("._ -")[:90] or "upload"
-    return f"{stem}{suffix}", {**SHEET_MEDIA, **IMAGE_MEDIA}[suffix]
+    return f"{stem}{suffix}", media[suffix]
 
 
 def batch_body(

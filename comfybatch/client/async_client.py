@@ -125,7 +125,8 @@ class AsyncComfyBatchClient:
             width: Image width (`defaults.width`); height likewise.
             batch_name: The batch's name and output folder; a fresh slug of the first prompt when omitted.
             idempotency_key: Makes a repeated call return the same batch; one is generated for each call.
-            images: Input images, one item each: local files (uploaded first) or https URLs.
+            images: Input images, one item each: local files (uploaded first), local .zip files of images (each image
+                an item) or https URLs.
             bindings, sweep, images_per_item, seed_policy, base_seed, priority, servers: `BatchSpec` fields.
             **params: Values for parameters the items leave out (`BatchSpec.defaults`), e.g. `steps=20`.
 
@@ -163,11 +164,16 @@ class AsyncComfyBatchClient:
         return await self._call(ValidationReport, "POST", "/api/validate", json=body)
 
     async def _image_refs(self, images: Sequence[str | os.PathLike[str]]) -> list[str]:
-        """Each image as the API takes it: an https URL as it is, a local file uploaded first."""
+        """Each image as the API takes it: an https URL as it is, a local file uploaded first, a local .zip's images
+        uploaded in one request (in name order)."""
         refs = []
         for image in images:
             text = os.fspath(image)
-            refs.append(text if "://" in text else str((await self.upload_sheet(text)).image))
+            if "://" in text:
+                refs.append(text)
+                continue
+            uploaded = await self.upload_sheet(text)
+            refs += uploaded.images if uploaded.images is not None else [str(uploaded.image)]
         return refs
 
     async def upload_sheet(self, path: str | os.PathLike[str]) -> Uploaded:

@@ -148,7 +148,7 @@ class ValidationReport(BaseModel):
 
 
 class Uploaded(BaseModel):
-    """A stored upload: put `sheet` into a batch request, or `image` into its `images`."""
+    """A stored upload: put `sheet` into a batch request, `image` into its `images`, or a zip's `images` as they are."""
 
     sheet: str | None = None
     rows: int | None = None
@@ -157,3 +157,4 @@ class Uploaded(BaseModel):
     sha256: str | None = None
     width: int | None = None
     height: int | None = None
+    images: list[str] | None = Field(None, description="A zip's image files, stored one by one, in name order.")
