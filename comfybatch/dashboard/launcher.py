@@ -59,6 +59,7 @@ ACTIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, Stat
 _HAS_PROCESS = {StateType.RUNNING, StateType.PAUSED}  # a cancel goes through Cancelling: the runner stops it
 _PLANS_KEPT = 64
 _JOURNALS_KEPT = 64
+_SETTLED_KEPT = 256
 RESUMED_FROM = "resumed-from:"  # same tag as `deployments.handover.RESUMED_FROM` (a test keeps them equal)
 CANCELLED_BY = "cancelled by "  # a cancel's message: who asked, then any explanation after ": "
 _STARTED_KEPT = 10_000
@@ -127,6 +128,9 @@ class Launcher:
         self.deployment = deployment
         # A run's stored plan never changes once written: parsed once, kept for the newest runs read.
         self._plans: LRUCache[UUID, list[JobSpec]] = LRUCache(maxsize=_PLANS_KEPT)
+        # Answers about runs that ended a while ago (their record no longer changes until someone resumes them),
+        # by what the answer depends on: a status read of a finished 100,000-image batch costs a lookup.
+        self.settled: LRUCache[Hashable, Any] = LRUCache(maxsize=_SETTLED_KEPT)
         self._journals: OrderedDict[UUID, dict[str, JobRecord]] = OrderedDict()
         self._folders: dict[UUID, str] = {}  # new_version runs: the version folder each claimed
         self._endings: dict[UUID, str] = {}  # ended runs: why

@@ -134,3 +134,32 @@ async def test_a_batch_before_its_plan_answers_from_the_request(
     body = status.json()
     assert (body["planned"], body["counts"]["total"], body["counts"]["pending"], body["eta_s"]) == (False, 6, 6, None)
     assert (items.json()["planned"], items.json()["total"]) == (False, 0)
+
+
+async def test_a_settled_batch_status_is_answered_without_reading_its_record_again(
+    client: httpx.AsyncClient, rendered: RenderedBatches, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a run has ended and its hooks are done (here: at once), its status is kept: the second read of the
+    batch opens no journal file, and answers the same."""
+    from comfybatch.dashboard.routes import batches
+    from comfybatch.records import JobJournal
+
+    monkeypatch.setattr(batches, "_SETTLE_AFTER", timedelta(0))
+    loads: list[str] = []
+    real_load = JobJournal.load
+
+    async def counted(journal: JobJournal, *args: Any, **kwargs: Any) -> Any:
+        loads.append(journal.folder)
+        return await real_load(journal, *args, **kwargs)
+
+    monkeypatch.setattr(JobJournal, "load", counted)
+    url = f"/api/batches/{rendered.first['batch_id']}"
+
+    first = await client.get(url, headers=AUTH)
+    read_before = len(loads)
+    second = await client.get(url, headers=AUTH)
+
+    assert first.status_code == second.status_code == 200
+    assert read_before >= 1
+    assert len(loads) == read_before
+    assert second.json() == first.json()

@@ -5,14 +5,15 @@ import logging
 import math
 import time
 from collections import Counter, defaultdict
-from datetime import UTC, datetime
-from typing import Annotated, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal, cast
 from uuid import UUID
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from prefect.client.schemas.objects import FlowRun
 
 from comfybatch.dashboard.deps import HubDep, KeyName, LauncherDep, SettingsDep
+from comfybatch.dashboard.events import EventHub
 from comfybatch.dashboard.launcher import CANCELLED_BY, Launcher
 from comfybatch.dashboard.requests import check_api_request
 from comfybatch.dashboard.schemas import (
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", tags=["batches"])
 _MEDIA = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
 _FAILURES_SHOWN = 20
+_SETTLE_AFTER = timedelta(seconds=30)  # beyond the ending hooks' writes (cancel, crash) after the run's end
 _INVALID_SHOWN = 50
 
 
@@ -219,6 +221,23 @@ def _duration(run: FlowRun) -> float | None:
 async def get_batch(batch_id: UUID, request: Request, launcher: LauncherDep, hub: HubDep, _key: KeyName) -> BatchStatus:
     """A batch's state, counts, progress per server, ETA and first failures (from its job journal)."""
     run = await launcher.get(batch_id)
+    settled = None
+    if _settled(run):  # its hooks have written the record: the answer stays true until the batch is resumed
+        settled = ("status", run.id, await launcher.resumed_as(run), str(request.base_url))
+        if (known := launcher.settled.get(settled)) is not None:
+            return cast(BatchStatus, known)
+    status = await _status(run, request, launcher, hub)
+    if settled is not None:
+        launcher.settled[settled] = status
+    return status
+
+
+def _settled(run: FlowRun) -> bool:
+    """Whether the run ended long enough ago that its ending hooks are done with its record."""
+    return _ended(run) and run.end_time is not None and datetime.now(UTC) - run.end_time > _SETTLE_AFTER
+
+
+async def _status(run: FlowRun, request: Request, launcher: Launcher, hub: EventHub) -> BatchStatus:
     spec = launcher.spec_of(run)
     records = _this_run(await launcher.records(spec, run.id), run)
     jobs = await launcher.plan(spec, run.id)
