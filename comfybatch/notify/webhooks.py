@@ -119,7 +119,7 @@ class _Lane:
 
 
 class BatchWebhooks:
-    """Sends one batch run's events to its webhooks while the run goes on; leaving waits at most `drain_s`.
+    """Sends one batch run's events to its webhooks while the run goes on; leaving waits at most `webhook_drain_s`.
 
     Example:
         async with BatchWebhooks.for_run(spec, settings, run_id=run_id, tags=tags, output=uri):
