@@ -17,7 +17,7 @@ from prefect.events import emit_event
 
 from comfybatch.models import JobSpec
 
-ItemState = str  # submitted | running | progress | done | failed | retrying | skipped
+ItemState = str  # running | progress | done | failed | retrying | skipped
 Listener = Callable[[str, dict[str, Any]], None]
 _listeners: list[Listener] = []
 FINAL_EVENT = "comfybatch.batch.finished"

@@ -78,7 +78,8 @@ async def run_job(job: JobSpec, context: JobContext) -> JobResult:
 async def _run_on(job: JobSpec, slot: Slot, context: JobContext, attempt: int, *,
                   resume_prompt_id: str | None = None) -> JobResult:  # fmt: skip
     server = slot.server
-    emit_item_event(job, "submitted", server=server.name, attempt=attempt)
+    # No `item.submitted`: the task run's own Running state says as much, and each event is work for the Prefect
+    # server (its CPU per image is the fleet's limit at high rates). `item.running` names the server.
     async with server.session() as comfy:  # borrowed: nothing per job opens a connection
         result = await execute_job(
             comfy, job, store=context.store, journal=context.journal, batch_dir=context.batch_dir,
