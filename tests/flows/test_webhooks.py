@@ -1,17 +1,9 @@
 """Signed webhooks of a real batch on real ComfyUI and Prefect, to a real HTTP receiver on loopback."""
 
-import base64
-import hashlib
-import hmac
-import json
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -26,85 +18,15 @@ from comfybatch.settings import Settings, get_settings
 from comfybatch.tasks.events import emit_batch_event
 from tests.conftest import SuiteFleet
 from tests.flows.conftest import PREFECT_SOCKETS, server_names
+from tests.support.webhook_receiver import SECRET, Receiver, running_receiver
 
 pytestmark = [pytest.mark.anyio, PREFECT_SOCKETS]
-SECRET = "whsec_" + base64.b64encode(b"comfybatch-webhook-test-secret-32b").decode()
-
-
-@dataclass
-class Delivery:
-    webhook_id: str
-    timestamp: str
-    signature_ok: bool
-    status: int
-    body: dict[str, Any]
-
-
-@dataclass
-class Receiver:
-    """Verifies every request's Standard Webhooks signature on its own (stdlib HMAC), answers each webhook-id
-    500 `failures` times and then 200; with `hang`, holds every request until released."""
-
-    failures: int = 2
-    failure_status: int = 500
-    hang: bool = False
-    deliveries: list[Delivery] = field(default_factory=list)
-    release: threading.Event = field(default_factory=threading.Event)
-    holding: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def handle(self, headers: dict[str, str], raw: bytes) -> int:
-        webhook_id, timestamp = headers.get("webhook-id", ""), headers.get("webhook-timestamp", "")
-        key = base64.b64decode(SECRET.removeprefix("whsec_"))
-        expected = base64.b64encode(hmac.new(key, f"{webhook_id}.{timestamp}.".encode() + raw, hashlib.sha256).digest())
-        offered = [
-            s.partition(",")[2].encode() for s in headers.get("webhook-signature", "").split() if s.startswith("v1,")
-        ]
-        signature_ok = any(hmac.compare_digest(expected, sig) for sig in offered)
-        with self.lock:
-            earlier = sum(1 for d in self.deliveries if d.webhook_id == webhook_id)
-            status = self.failure_status if earlier < self.failures else 200
-            self.deliveries.append(Delivery(webhook_id, timestamp, signature_ok, status, json.loads(raw)))
-            self.holding += self.hang
-        if self.hang:
-            self.release.wait(120)
-            with self.lock:
-                self.holding -= 1
-        return status
-
-    def delivered(self) -> dict[str, list[Delivery]]:
-        """Type -> the 2xx deliveries of that type."""
-        by_type: dict[str, list[Delivery]] = {}
-        for delivery in self.deliveries:
-            if delivery.status == 200:
-                by_type.setdefault(delivery.body["type"], []).append(delivery)
-        return by_type
 
 
 @pytest.fixture
 def receiver() -> Iterator[tuple[Receiver, str]]:
-    state = Receiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers.get("content-length", "0")))
-            status = state.handle({k.lower(): v for k, v in self.headers.items()}, raw)
-            self.send_response(status)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield state, f"http://127.0.0.1:{server.server_address[1]}/hooks/comfybatch?token=abc"
-    finally:
-        state.release.set()
-        server.shutdown()
-        server.server_close()
+    with running_receiver() as (state, base):
+        yield state, f"{base}/hooks/comfybatch?token=abc"
 
 
 async def _attempt_events(batch: str, expected: int) -> list[tuple[str, str, int]]:
