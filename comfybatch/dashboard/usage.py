@@ -2,13 +2,17 @@
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
+from cachetools import LRUCache
 from fastapi import HTTPException, status
+from prefect.client.schemas.objects import FlowRun
 from pydantic import BaseModel, ConfigDict, Field
 
 from comfybatch.dashboard.launcher import Launcher
+from comfybatch.dashboard.schemas import TERMINAL_STATES
 from comfybatch.errors import BatchNotFound
 
 _CLOCK_SLACK_S = 5.0  # the run's times are the Prefect server's, a record's finish the worker's
@@ -28,6 +32,22 @@ class KeyUsage(BaseModel):
     servers: dict[str, float] = Field(default_factory=dict, description="GPU-seconds per ComfyUI server.")
 
 
+@dataclass(frozen=True)
+class _Rendered:
+    """One image a run rendered: where (batch folder and item key, to count it once), when, on which server, for how
+    long."""
+
+    folder: str
+    key: str
+    finished_at: float
+    server: str
+    gpu_seconds: float
+
+
+# What each ended run rendered: its journal no longer changes for it, so a quota check reads it once.
+_ENDED_RUNS: LRUCache[UUID, list[_Rendered]] = LRUCache(maxsize=4096)
+
+
 async def key_usage(launcher: Launcher, key: str, since: datetime, until: datetime) -> KeyUsage:
     """Sum the GPU-seconds of images the key's batches finished in [since, until].
 
@@ -37,28 +57,38 @@ async def key_usage(launcher: Launcher, key: str, since: datetime, until: dateti
     counted: set[tuple[str, str]] = set()
     servers: dict[str, float] = defaultdict(float)
     batches: set[UUID] = set()
-    now = datetime.now(UTC)
     for run in await launcher.key_runs(key, since, until):
-        try:
-            spec = launcher.spec_of(run)
-        except BatchNotFound:
-            continue
-        assert run.start_time is not None  # key_runs gives started runs only
-        begin = max(since.timestamp(), run.start_time.timestamp() - _CLOCK_SLACK_S)
-        end = min(until.timestamp(), (run.end_time or now).timestamp() + _CLOCK_SLACK_S)
-        folder = launcher.store_of(spec).uri(await launcher.batch_dir(spec, run.id))
-        for record in (await launcher.records(spec, run.id)).values():
-            result = record.result
-            if result is None or result.status != "done" or result.gpu_seconds is None or result.finished_at is None:
-                continue
-            if not begin <= result.finished_at <= end or (folder, record.key) in counted:
-                continue
-            counted.add((folder, record.key))
-            servers[result.server or ""] += result.gpu_seconds
-            batches.add(run.id)
+        for image in await _rendered_by(launcher, run):
+            if since.timestamp() <= image.finished_at <= until.timestamp() and (image.folder, image.key) not in counted:
+                counted.add((image.folder, image.key))
+                servers[image.server] += image.gpu_seconds
+                batches.add(run.id)
     return KeyUsage(key=key, since=since, until=until, gpu_seconds=round(sum(servers.values()), 3),
                     images=len(counted), batches=len(batches),
                     servers={name: round(seconds, 3) for name, seconds in sorted(servers.items())})  # fmt: skip
+
+
+async def _rendered_by(launcher: Launcher, run: FlowRun) -> list[_Rendered]:
+    """The images `run` rendered: done records of its batch that finished while it ran."""
+    if (known := _ENDED_RUNS.get(run.id)) is not None:
+        return known
+    try:
+        spec = launcher.spec_of(run)
+    except BatchNotFound:
+        return []
+    assert run.start_time is not None  # key_runs gives started runs only
+    begin = run.start_time.timestamp() - _CLOCK_SLACK_S
+    end = (run.end_time or datetime.now(UTC)).timestamp() + _CLOCK_SLACK_S
+    folder = launcher.store_of(spec).uri(await launcher.batch_dir(spec, run.id))
+    rendered = [
+        _Rendered(folder, key, result.finished_at, result.server or "", result.gpu_seconds)
+        for key, record in (await launcher.records(spec, run.id)).items()
+        if (result := record.result) is not None and result.status == "done" and result.gpu_seconds is not None
+        and result.finished_at is not None and begin <= result.finished_at <= end
+    ]  # fmt: skip
+    if run.end_time is not None and run.state_type is not None and run.state_type.value in TERMINAL_STATES:
+        _ENDED_RUNS[run.id] = rendered
+    return rendered
 
 
 async def check_daily_quota(launcher: Launcher, key: str, quota_s: float | None) -> None:
