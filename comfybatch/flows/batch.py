@@ -206,12 +206,14 @@ async def _drain(
     drained = asyncio.Event()
     async with asyncio.TaskGroup() as group:
         group.create_task(_report_progress(spec, results, drained, total=total))
-        group.create_task(pacer.run(drained))
-        group.create_task(_watch_for_cancel(run_id, drained, batch=spec.name))
+        watchers = [group.create_task(pacer.run(drained)),
+                    group.create_task(_watch_for_cancel(run_id, drained, batch=spec.name))]  # fmt: skip
         async with asyncio.TaskGroup() as jobs:
             for _ in range(workers):
                 jobs.create_task(worker())
         drained.set()
+        for watcher in watchers:  # they only read: a request of theirs still out is dropped, not waited for
+            watcher.cancel()
 
 
 def _submitted_by() -> str | None:
