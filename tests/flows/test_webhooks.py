@@ -81,7 +81,8 @@ async def test_batch_webhooks_are_signed_and_retried_under_one_id(
     assert len(delivered["item.done"]) == 2
     assert all(d.signature_ok for d in state.deliveries)
     attempts = Counter(d.webhook_id for d in state.deliveries)
-    assert set(attempts.values()) == {3}  # 500, 500, then 200: the same id each time
+    # 500, 500, then 200 under the same id (the suite runs stamina in testing mode: 3 attempts, no sleeps).
+    assert set(attempts.values()) == {3}
     finished = delivered["batch.finished"][0].body["data"]
     assert (finished["batch"], finished["done"], finished["failed"]) == ("hooked", 2, 0)
     assert any(uri.endswith("manifest.parquet") and _exists(uri) for uri in finished["manifest"])
