@@ -57,11 +57,17 @@ def api_url() -> str:
 
 def tls_context() -> ssl.SSLContext:
     """One TLS context per process and settings, as Prefect's client builds it (building one costs ~18 ms)."""
-    return _tls_context(bool(PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value()), PREFECT_API_SSL_CERT_FILE.value() or None)
+    plain = str(PREFECT_API_URL.value() or "").startswith("http://")
+    return _tls_context(bool(PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value()), PREFECT_API_SSL_CERT_FILE.value() or None,
+                        plain=plain)  # fmt: skip
 
 
 @functools.cache
-def _tls_context(insecure: bool, cert_file: str | None) -> ssl.SSLContext:
+def _tls_context(insecure: bool, cert_file: str | None, *, plain: bool = False) -> ssl.SSLContext:
+    if plain and not insecure:
+        # An http:// API never uses it, so no CA bundle is loaded (a flow-run process pays that at its start);
+        # trusting nothing, a redirect to https would fail rather than go unverified.
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context = ssl.create_default_context(cafile=cert_file or certifi.where())
     if insecure:
         context.check_hostname = False
