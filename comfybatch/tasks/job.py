@@ -52,7 +52,11 @@ class JobContext:
 )  # fmt: skip
 async def run_job(job: JobSpec, context: JobContext) -> JobResult:
     """Build, run and download one job, failing over to the next eligible server."""
-    attempt = _attempt()
+    return await render(job, context, _attempt())
+
+
+async def render(job: JobSpec, context: JobContext, attempt: int) -> JobResult:
+    """One attempt at one job (a task run's, or one image's in a `render-images` task run)."""
     if attempt > 1:
         emit_item_event(job, "retrying", attempt=attempt)
     if (recovered := await _recover(job, context.recoverable.pop(job.key, None), context, attempt)) is not None:
