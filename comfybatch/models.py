@@ -62,6 +62,10 @@ class BatchSpec(BaseModel):
     output: str | None = Field(None, description="Folder or fsspec URL; the configured output root when empty.")
     servers: list[str] = Field(default_factory=list, description="Only these servers (by name); all when empty.")
     dry_run: bool = Field(False, description="Validate against the fleet and estimate; render nothing.")
+    shard_size: int | None = Field(
+        None, ge=1, le=100_000, description="Images per shard: a batch with more to render runs as child flow runs "
+        "on the work pool, this many each. The worker's setting (COMFYBATCH_SHARD_SIZE) when empty.",
+    )  # fmt: skip
     new_version: bool = Field(
         False,
         description="When a batch of this name exists with a different request, render this one as a new version "

@@ -38,6 +38,14 @@ class Settings(BaseSettings):
         1000, ge=0, description="Start no new job while the Prefect server has this many of the batch's task runs "
         "still to record (its in-memory event queue drops messages beyond 10,000); 0 = never wait.",
     )  # fmt: skip
+    shard_size: int = Field(
+        1000, ge=1, le=100_000, description="A batch with more images than this to render runs as shards (child "
+        "flow runs on the work pool, this many images each) when it runs from a deployment; one flow run otherwise.",
+    )  # fmt: skip
+    shard_attempts: int = Field(
+        3, ge=1, le=10, description="Runs of one shard at most: a crashed shard (its worker died) runs again, resuming "
+        "from the journal, until this many runs crashed.",
+    )  # fmt: skip
     inbox: str = Field("inbox", description="Folder or fsspec URL where job sheets are dropped.")
     inbox_workflow: str | None = Field(None, description="Workflow for inbox sheets that name none.")
     inbox_cron: str = Field("*/5 * * * *", description="When scheduled-production looks at the inbox.")

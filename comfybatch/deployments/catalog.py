@@ -11,6 +11,7 @@ from prefect.deployments.runner import RunnerDeployment
 
 from comfybatch.flows.batch import generate_batch
 from comfybatch.flows.inbox import process_inbox
+from comfybatch.flows.shard import render_shard
 from comfybatch.settings import Settings
 
 GENERATE_BATCH = "generate-batch/generate-batch"
@@ -26,7 +27,8 @@ class Served:
 
 
 def catalog(settings: Settings) -> list[Served]:
-    """`generate-batch` (on demand: Prefect UI form, REST API, dashboard) and `scheduled-production`."""
+    """`generate-batch` (on demand: Prefect UI form, REST API, dashboard), its `render-shard` children and
+    `scheduled-production`."""
     schedule = (
         IntervalSchedule(interval=timedelta(seconds=settings.inbox_interval_s))
         if settings.inbox_interval_s
@@ -37,6 +39,11 @@ def catalog(settings: Settings) -> list[Served]:
             "name": "generate-batch", "tags": ["comfybatch"],
             "description": "Render a batch: a workflow, items from prompts, a sheet or sweeps. "
                            "Reruns skip stored images.",
+        }),
+        # Started by generate-batch runs only (a batch over COMFYBATCH_SHARD_SIZE images), never by hand.
+        Served(render_shard, {
+            "name": "render-shard", "tags": ["comfybatch"],
+            "description": "One shard of a large batch, started and followed by the batch's own run.",
         }),
         Served(process_inbox, {
             "name": "scheduled-production", "tags": ["comfybatch"], "schedules": [schedule],

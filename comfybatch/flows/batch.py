@@ -16,7 +16,6 @@ from prefect.artifacts import (
 )
 from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
-from prefect.tasks import exponential_backoff
 from pydantic import JsonValue
 
 from comfybatch.blocks.server import ServerConfig
@@ -27,6 +26,7 @@ from comfybatch.expansion import Expansion, expand_batch
 from comfybatch.flows.ending import Ending, record_ending
 from comfybatch.flows.origin import input_policy_of_run
 from comfybatch.flows.plan import FleetPlan, ServerProbe, beside, load_and_probe, plan_fleet, resolve_workflow
+from comfybatch.flows.shards import give_back, plan_shards, render_in_shards
 from comfybatch.models import BatchReport, BatchSpec, JobResult, JobSpec
 from comfybatch.notify.webhooks import BatchWebhooks
 from comfybatch.outputs.identity import BatchFolder, claimed, find_folder, remember_request, request_identity
@@ -36,7 +36,7 @@ from comfybatch.settings import Settings, get_settings
 from comfybatch.tasks.dispatch import SlotBroker
 from comfybatch.tasks.events import emit_batch_event, emit_item_event, emit_run_state
 from comfybatch.tasks.first_leases import FirstLeases
-from comfybatch.tasks.job import JobContext, run_job
+from comfybatch.tasks.job import JobContext, retry_delays, run_job
 from comfybatch.tasks.leases import LeaseApi
 
 _PROGRESS_EVERY_S = 1.0
@@ -149,13 +149,21 @@ async def _render(
     emit_batch_event(spec.name, "started", total=len(expansion.jobs), skipped=len(results), by=_submitted_by())
     ending = Ending(spec, store, batch_dir, expansion.jobs, results, skipped=len(stored), plan=plan,
                     duplicates=expansion.duplicates, journal=journal)  # fmt: skip
+    shards = await plan_shards(spec, settings, expansion.jobs, runnable, batch_dir=batch_dir, run_id=run_id)
     try:
-        # The plan artifact is written beside the first jobs: a slow Prefect write must not delay the first prompt.
-        async with broker:
+        if shards:  # child flow runs on the work pool render; this run follows them and writes the one ending
+            await give_back(first_leases)
             await beside(
-                _drain(spec, runnable, context, results, total=len(expansion.jobs), run_id=run_id),
+                render_in_shards(spec, shards, expansion.jobs, journal, results, attempts=settings.shard_attempts),
                 _publish_plan(spec, plan, len(expansion.jobs), expansion.duplicates, required=False),
             )  # fmt: skip
+        else:
+            # The plan artifact is written beside the first jobs: a slow Prefect write must not delay the first prompt.
+            async with broker:
+                await beside(
+                    _drain(spec, runnable, context, results, total=len(expansion.jobs), run_id=run_id),
+                    _publish_plan(spec, plan, len(expansion.jobs), expansion.duplicates, required=False),
+                )  # fmt: skip
     except BaseException as exc:
         # Cancelled, stopped or crashed: what exists is recorded before the run goes (never at success only).
         await asyncio.shield(ending.early(exc, run_id=run_id))
@@ -181,7 +189,7 @@ async def _drain(
     # task run, and on SQLite a "database is locked" 503 there makes its client sleep 2 s or more with a free
     # GPU. The flow run (named after the batch) already groups the task runs.
     job_task = run_job.with_options(
-        retries=settings.job_retries, retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_backoff_s),
+        retries=settings.job_retries, retry_delay_seconds=retry_delays(settings.job_retries, settings.retry_backoff_s),
     )  # fmt: skip
     pacer = _RecorderPacer(run_id, limit=settings.max_unrecorded_task_runs)
 
