@@ -16,6 +16,7 @@ from prefect.artifacts import (
 )
 from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
+from prefect.tasks import exponential_backoff
 from pydantic import JsonValue
 
 from comfybatch.blocks.server import ServerConfig
@@ -36,7 +37,7 @@ from comfybatch.settings import Settings, get_settings
 from comfybatch.tasks.dispatch import SlotBroker
 from comfybatch.tasks.events import emit_batch_event, emit_item_event, emit_run_state
 from comfybatch.tasks.first_leases import FirstLeases
-from comfybatch.tasks.job import JobContext, retry_delays, run_job
+from comfybatch.tasks.job import JobContext, run_job
 from comfybatch.tasks.leases import LeaseApi
 
 _PROGRESS_EVERY_S = 1.0
@@ -189,7 +190,7 @@ async def _drain(
     # task run, and on SQLite a "database is locked" 503 there makes its client sleep 2 s or more with a free
     # GPU. The flow run (named after the batch) already groups the task runs.
     job_task = run_job.with_options(
-        retries=settings.job_retries, retry_delay_seconds=retry_delays(settings.job_retries, settings.retry_backoff_s),
+        retries=settings.job_retries, retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_backoff_s),
     )  # fmt: skip
     pacer = _RecorderPacer(run_id, limit=settings.max_unrecorded_task_runs)
 
