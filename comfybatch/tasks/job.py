@@ -3,11 +3,12 @@
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
-from prefect.tasks import exponential_backoff
+from prefect.tasks import TaskRunNameCallbackWithParameters
 
 from comfybatch.comfy.events import ComfyEvent
 from comfybatch.comfy.follow import EventHandler, Timeouts
@@ -23,6 +24,17 @@ from comfybatch.tasks.events import ProgressThrottle, emit_item_event
 from comfybatch.tasks.retry import retry_if_retryable
 
 _DOWN_ERRORS = (ServerUnavailable, JobTimeout, JobLost)  # the server itself looks unhealthy
+
+
+def retry_delays(retries: int, base_s: float) -> list[float]:
+    """Exponential back-off as plain numbers (`base`, `2·base`, …): Prefect's UI shows a list, not a callable."""
+    return [base_s * 2**attempt for attempt in range(max(1, retries))]
+
+
+def task_run_name(parameters: dict[str, Any]) -> str:
+    """`<batch>-<n>-<slug>`, n counted from 1 as the dashboard and contact sheet number images."""
+    job: JobSpec = parameters["job"]
+    return f"{job.batch}-{job.index + 1}-{job.label or 'item'}"
 
 
 class JobContext:
@@ -46,8 +58,9 @@ class JobContext:
 
 
 @task(
-    name="render-image", task_run_name="{job.job_key}", retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_jitter_factor=0.5,
+    # cast: Prefect's protocol carries a classmethod no plain function has; it calls this with `parameters=`
+    name="render-image", task_run_name=cast(TaskRunNameCallbackWithParameters, task_run_name), retries=2,
+    retry_delay_seconds=retry_delays(2, 10.0), retry_jitter_factor=0.5,
     retry_condition_fn=retry_if_retryable, cache_policy=NO_CACHE,
 )  # fmt: skip
 async def run_job(job: JobSpec, context: JobContext) -> JobResult:
@@ -92,6 +105,7 @@ async def _run_on(job: JobSpec, slot: Slot, context: JobContext, attempt: int, *
             input_policy=context.input_policy,
         )  # fmt: skip
     context.broker.mark_up(server.name)
+    _log_rendered(job, result)
     seconds = result.finished_at - result.started_at if result.finished_at and result.started_at else None
     emit_item_event(job, "done", server=server.name, prompt_id=result.prompt_id, seconds=seconds,
                     gpu_seconds=result.gpu_seconds, files=[file.uri for file in result.files])  # fmt: skip
@@ -127,6 +141,17 @@ async def _recovery_slot(
                 return
     async with broker.slot([server], deadline_s=timeouts.start_timeout_s) as slot:
         yield slot
+
+
+def _log_rendered(job: JobSpec, result: JobResult) -> None:
+    """One line a person reads on the task run's page: what was rendered, where, and into which file."""
+    prompt = job.values.get("prompt")
+    files = ", ".join(file.uri for file in result.files) or "no file"
+    get_run_logger().info(
+        "#%d prompt %s, seed %s: rendered on %s (prompt_id %s) into %s", job.index + 1,
+        repr(prompt) if isinstance(prompt, str) else "(none)", job.seed if job.seed is not None else "(none)",
+        result.server, result.prompt_id, files,
+    )  # fmt: skip
 
 
 def _progress_reporter(job: JobSpec, server: str) -> EventHandler:

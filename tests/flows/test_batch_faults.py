@@ -117,7 +117,7 @@ async def test_rejected_job_is_not_retried(batch_settings: Settings, comfy_fleet
 
     async with get_client() as client:
         runs = await client.read_task_runs(
-            task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["rejected-00000"]))
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["rejected-1-item"]))
         )
     assert "nowhere-to-be-found.png" in caught.value.report.failures[0][1]
     assert [run.run_count for run in runs] == [1]
