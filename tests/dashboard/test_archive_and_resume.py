@@ -15,7 +15,8 @@ import pytest
 
 from comfybatch.blocks.server import name_from_url
 from comfybatch.client import AsyncComfyBatchClient, ComfyBatchClient
-from comfybatch.dashboard.launcher import RESUMED_FROM
+from comfybatch.dashboard.app import create_app
+from comfybatch.dashboard.launcher import RESUMED_FROM, Launcher
 from comfybatch.deployments.handover import RESUMED_FROM as HANDOVER_RESUMED_FROM
 from tests.dashboard.conftest import API_KEY, AUTH, DashboardPlatform, RenderedBatches, wait_finished
 from tests.support import graphs
@@ -31,6 +32,12 @@ def flaky_spec(name: str, platform: DashboardPlatform, state_dir: Path) -> dict[
             "bindings": {"nonce": "2.inputs.nonce", "failures": "2.inputs.failures", "fkey": "2.inputs.key"},
             "sweep": {"zipped": [{"nonce": [f"{name}-a", f"{name}-b"], "failures": [0, 3],
                                   "fkey": [f"{name}-a", f"{name}-b"]}]}}  # fmt: skip
+
+
+def _asgi(platform: DashboardPlatform) -> httpx.ASGITransport:
+    """A transport into a dashboard app of the platform, for the SDK."""
+    settings = platform.settings()
+    return httpx.ASGITransport(app=create_app(settings, Launcher(settings, api_url=platform.api_url)))
 
 
 def _members(data: bytes) -> dict[str, bytes]:
@@ -99,7 +106,8 @@ async def test_retry_failed_resumes_the_batch_rendering_only_its_failed_item(
     client: httpx.AsyncClient, dashboard_platform: DashboardPlatform, tmp_path: Path
 ) -> None:
     """A batch with one failed item resumes as a new run tagged resumed-from: the failed item is rendered, the done
-    one is kept as stored; asking twice answers the same run, and a batch with nothing left is refused (409)."""
+    one is kept as stored; asking twice (the SDK's `retry_failed`) answers the same run, and a batch still under way
+    or with nothing left is refused (409)."""
     name = f"dash-retry-{uuid.uuid4().hex[:6]}"
     created = await client.post("/api/batches", json=flaky_spec(name, dashboard_platform, tmp_path), headers=AUTH)
     assert created.status_code == 202, created.text
@@ -108,15 +116,16 @@ async def test_retry_failed_resumes_the_batch_rendering_only_its_failed_item(
     before = (await client.get(f"/api/batches/{first['batch_id']}/items", headers=AUTH)).json()["items"]
 
     resumed = await client.post(f"/api/batches/{first['batch_id']}/resume", headers=AUTH)
-    again = await client.post(f"/api/batches/{first['batch_id']}/resume", headers=AUTH)
+    async with AsyncComfyBatchClient("http://dashboard", API_KEY, transport=_asgi(dashboard_platform)) as sdk:
+        again = await sdk.retry_failed(first["batch_id"])  # the SDK's name for the page's button
     refused_early = await client.post(f"/api/batches/{resumed.json()['batch_id']}/resume", headers=AUTH)
     second = await wait_finished(client, resumed.json()["batch_id"])
     old = (await client.get(f"/api/batches/{first['batch_id']}", headers=AUTH)).json()
     after = (await client.get(f"/api/batches/{second['batch_id']}/items", headers=AUTH)).json()["items"]
     nothing_left = await client.post(f"/api/batches/{second['batch_id']}/resume", headers=AUTH)
 
-    assert resumed.status_code == again.status_code == 202, resumed.text
-    assert again.json()["batch_id"] == resumed.json()["batch_id"] != first["batch_id"]
+    assert resumed.status_code == 202, resumed.text
+    assert again.batch_id == resumed.json()["batch_id"] != first["batch_id"]
     assert refused_early.status_code == 409, refused_early.text
     assert (second["name"], second["counts"]["done"], second["counts"]["failed"]) == (name, 2, 0), second
     assert second["resumed_from"] == first["batch_id"]
