@@ -38,6 +38,10 @@ class Settings(BaseSettings):
         1000, ge=0, description="Start no new job while the Prefect server has this many of the batch's task runs "
         "still to record (its in-memory event queue drops messages beyond 10,000); 0 = never wait.",
     )  # fmt: skip
+    task_runs_per_s: float = Field(
+        20.0, ge=0, description="Task runs a second the Prefect server is trusted to record: while the fleet renders "
+        "faster, each task run takes several images (`render-images`, each image still on its own); 0 = always one.",
+    )  # fmt: skip
     shard_size: int = Field(
         1000, ge=1, le=100_000, description="A batch with more images than this to render runs as shards (child "
         "flow runs on the work pool, this many images each) when it runs from a deployment; one flow run otherwise.",

@@ -36,6 +36,7 @@ from comfybatch.settings import Settings, get_settings
 from comfybatch.tasks.dispatch import SlotBroker
 from comfybatch.tasks.events import emit_batch_event, emit_item_event, emit_run_state
 from comfybatch.tasks.first_leases import FirstLeases
+from comfybatch.tasks.group import Granularity, group_name, render_images
 from comfybatch.tasks.job import JobContext, retry_delays, run_job
 from comfybatch.tasks.leases import LeaseApi
 
@@ -192,22 +193,37 @@ async def _drain(
         retries=settings.job_retries, retry_delay_seconds=retry_delays(settings.job_retries, settings.retry_backoff_s),
     )  # fmt: skip
     pacer = _RecorderPacer(run_id, limit=settings.max_unrecorded_task_runs)
+    granularity = Granularity(settings.task_runs_per_s)
 
     async def worker() -> None:
         while queue:
             await pacer.open.wait()
             if not queue:
                 return
-            job = queue.popleft()
+            jobs = [queue.popleft() for _ in range(min(granularity.size(), len(queue)))]
             if not queue:
                 context.broker.last_jobs()
             pacer.started += 1
-            # An async task called from an async flow returns an awaitable, whatever the overloads say.
-            state = await cast(Awaitable[State[JobResult]], job_task(job, context, return_state=True))
-            result = await _result_of(job, state)
-            if result.status == "failed":
-                await context.journal.finished(result)  # the record knows it failed, and why
-            results.append(result)
+            for result in await _run_task(jobs):
+                if result.status == "failed":
+                    await context.journal.finished(result)  # the record knows it failed, and why
+                results.append(result)
+            granularity.finished(len(jobs))
+
+    async def _run_task(jobs: list[JobSpec]) -> list[JobResult]:
+        """One task run: the image's own, or (above what Prefect records per second) a group's."""
+        # An async task called from an async flow returns an awaitable, whatever the overloads say.
+        if len(jobs) == 1:
+            state = await cast(Awaitable[State[JobResult]], job_task(jobs[0], context, return_state=True))
+            return [await _result_of(jobs[0], state)]
+        grouped = await cast(Awaitable[State[list[JobResult]]], render_images(
+            jobs, context, name=group_name(jobs), retries=settings.job_retries, backoff_s=settings.retry_backoff_s,
+            return_state=True))  # fmt: skip
+        if grouped.is_completed():
+            return await grouped.aresult()
+        outcome = await grouped.aresult(raise_on_failure=False)
+        message = str(outcome) if isinstance(outcome, BaseException) else (grouped.message or "failed")
+        return [_failed_with_event(job, message) for job in jobs]
 
     # Extra workers beyond the slot count wait in the broker, so a retry's back-off never idles a server.
     workers = min(len(queue), sum(s.slots for s in context.broker.servers.values()) + len(context.broker.servers))
@@ -318,9 +334,12 @@ async def _result_of(job: JobSpec, state: State[JobResult]) -> JobResult:
         return await state.aresult()
     outcome = await state.aresult(raise_on_failure=False)
     message = str(outcome) if isinstance(outcome, BaseException) else (state.message or state.name or "failed")
-    result = _failed(job, message)
+    return _failed_with_event(job, message)
+
+
+def _failed_with_event(job: JobSpec, message: str) -> JobResult:
     emit_item_event(job, "failed", error=message)
-    return result
+    return _failed(job, message)
 
 
 def _recoverable(record: JobRecord) -> bool:
