@@ -190,10 +190,10 @@ class SlotBroker:
         self._line.append(waiter)
         try:
             while True:
-                if not self._ahead(waiter):  # nobody earlier waits for these servers: try them now
+                if open_now := self._not_awaited_earlier(waiter):  # servers no earlier job waits for: try them now
                     waiter.trying = True  # not handed anything meanwhile: a job holds at most one slot
                     try:
-                        slot = await self._take(names)
+                        slot = await self._take(open_now)
                     finally:
                         waiter.trying = False
                     if slot is not None:
@@ -218,14 +218,15 @@ class SlotBroker:
             if waiter in self._line:
                 self._line.remove(waiter)
 
-    def _ahead(self, waiter: "_Waiter") -> bool:
-        """True when an earlier job waits for one of the same servers (and is not trying one right now)."""
+    def _not_awaited_earlier(self, waiter: "_Waiter") -> list[str]:
+        """The servers of `waiter` that no earlier job in line waits for (one trying right now aside)."""
+        awaited: set[str] = set()
         for other in self._line:
             if other is waiter:
-                return False
-            if not other.trying and not other.handed.done() and not other.names.isdisjoint(waiter.names):
-                return True
-        return False
+                break
+            if not other.trying and not other.handed.done():
+                awaited |= other.names
+        return [name for name in self.servers if name in waiter.names and name not in awaited]
 
     async def _take(self, names: list[str]) -> Slot | None:
         """A slot on the least-loaded usable server now, or None: a lease this batch already holds (free), else a

@@ -42,6 +42,25 @@ async def test_a_freed_slot_goes_to_the_job_that_waited_longest(prefect_api: str
     assert order == ["waited", "asked later"]
 
 
+async def test_a_job_in_line_does_not_hold_up_a_later_job_that_can_use_another_server(prefect_api: str) -> None:
+    """First come, first served per server: a job that may use a free server takes it, even while an earlier job
+    waits for a busy one."""
+    busy, free = _one_slot_server(), _one_slot_server()
+    async with SlotBroker([busy, free]) as broker, broker.slot([busy.name], deadline_s=30.0):
+
+        async def waiting_job() -> None:
+            async with broker.slot([busy.name], deadline_s=30.0):
+                pass
+
+        waiter = asyncio.create_task(waiting_job())
+        await asyncio.sleep(0.2)  # in line for the busy server by now
+        async with broker.slot([busy.name, free.name], deadline_s=10.0) as slot:
+            assert slot.server.name == free.name
+        assert not waiter.done()
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+
+
 async def test_a_waiting_job_gets_a_freed_slot_without_waiting_for_the_poll(prefect_api: str) -> None:
     """A job waiting for a slot of its own batch is handed it as it is given back, with no new lease taken."""
     server = _one_slot_server()
