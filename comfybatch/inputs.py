@@ -6,7 +6,6 @@ batch or a retry on another server finds it there and uploads nothing.
 
 import asyncio
 import hashlib
-import ipaddress
 import os
 import socket
 import warnings
@@ -21,6 +20,7 @@ import fsspec  # type: ignore[import-untyped]
 import httpx
 from PIL import Image, UnidentifiedImageError
 
+from comfybatch.addresses import internal, resolve
 from comfybatch.comfy.client import ComfyClient
 from comfybatch.errors import ConfigError
 from comfybatch.outputs.storage import OutputStore
@@ -233,16 +233,14 @@ def check_url(url: str, policy: InputPolicy) -> str:
     if not parts.hostname:
         raise InvalidValue(f"{shown}: the URL names no host")
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
+        addresses = resolve(parts.hostname, parts.port or 443)
     except (socket.gaierror, UnicodeError):
         raise InvalidValue(f"{shown}: the host {parts.hostname!r} does not resolve") from None
-    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-    for address in addresses:
-        if not address.is_global and not policy.allow_private_urls:
-            raise InvalidValue(
-                f"{shown}: {parts.hostname} is an internal address ({address}); only public hosts are fetched "
-                "(COMFYBATCH_INPUT_ALLOW_PRIVATE_URLS)"
-            )
+    if (address := internal(addresses)) is not None and not policy.allow_private_urls:
+        raise InvalidValue(
+            f"{shown}: {parts.hostname} is an internal address ({address}); only public hosts are fetched "
+            "(COMFYBATCH_INPUT_ALLOW_PRIVATE_URLS)"
+        )
     return str(addresses[0])
 
 

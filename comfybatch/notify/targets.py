@@ -1,10 +1,9 @@
 """Where a webhook may go: http(s) URLs whose host resolves to public addresses only, unless allowed (no SSRF)."""
 
-import asyncio
-import ipaddress
 import socket
 from urllib.parse import urlsplit
 
+from comfybatch.addresses import aresolve, internal
 from comfybatch.errors import RequestProblem, WebhookRefused, WebhookUndelivered
 
 MAX_URL_CHARS = 2048
@@ -51,17 +50,14 @@ async def resolve_target(url: str, *, allow_private: bool, field: str = "webhook
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+        addresses = await aresolve(host, port)
     except (socket.gaierror, UnicodeError):
         raise WebhookUndelivered(f"{shown(url)}: the host {host!r} does not resolve") from None
-    addresses = [_address(str(info[4][0])) for info in infos]
-    if not allow_private:
-        for address in addresses:
-            if not address.is_global:
-                raise _refused(
-                    f"{shown(url)}: {host} is an internal address ({address}); webhooks go to public hosts only "
-                    f"({ALLOW_PRIVATE_SETTING}=true allows loopback, private and link-local ones)", field,
-                )  # fmt: skip
+    if (address := internal(addresses)) is not None and not allow_private:
+        raise _refused(
+            f"{shown(url)}: {host} is an internal address ({address}); webhooks go to public hosts only "
+            f"({ALLOW_PRIVATE_SETTING}=true allows loopback, private and link-local ones)", field,
+        )  # fmt: skip
     return str(addresses[0])
 
 
@@ -75,13 +71,6 @@ async def check_target(url: str, *, allow_private: bool, field: str = "webhook")
         await resolve_target(url, allow_private=allow_private, field=field)
     except WebhookUndelivered as exc:
         raise _refused(str(exc), field) from None
-
-
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    address = ipaddress.ip_address(text.split("%")[0])  # scope id of link-local IPv6
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped  # ::ffff:127.0.0.1 is loopback
-    return address
 
 
 def _refused(message: str, field: str) -> WebhookRefused:
