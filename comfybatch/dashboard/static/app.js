@@ -520,6 +520,7 @@ class BatchView {
 
   async refreshStatus() {
     this.status = await api("GET", `/api/batches/${this.id}`);
+    this.etaReadAt = performance.now();
     if (this.status.planned !== false) this.replan();
     this.setTotal(this.status.counts?.total ?? 0);
     this.renderHead();
@@ -748,7 +749,7 @@ class BatchView {
     } catch {
       // the snapshot read again later (a poll, a reload) catches up
     } finally {
-      this.setConnection("ended", "Stream ended");
+      this.setConnection("ended", this.runEnded() ? "Stream ended" : "Finishing…");
       if (this.runEnded()) this.loadRest();
       for (const item of this.mounted.keys()) this.touch(item);
     }
@@ -976,6 +977,31 @@ class BatchView {
     link.hidden = !href;
     if (href) link.href = href;
     $(this.root, "cancel").disabled = this.runEnded();
+    const conn = $(this.root, "conn-status");
+    if (conn.dataset.conn === "ended") conn.textContent = this.runEnded() ? "Stream ended" : "Finishing…";
+  }
+
+  /** The ETA of the last status read, counted down between reads (every second while the batch runs). */
+  renderEta() {
+    const eta = $(this.root, "eta");
+    if (this.runEnded()) {
+      eta.textContent = this.status.state === "COMPLETED" ? "finished" : "ended";
+      return;
+    }
+    const left = this.status?.eta_s;
+    if (left == null || this.etaReadAt == null) {
+      eta.textContent = "ETA —";
+      return;
+    }
+    const remaining = left - (performance.now() - this.etaReadAt) / 1000;
+    eta.textContent = remaining > 0 ? `ETA ${duration(remaining)}` : "ETA any moment";
+    if (!this.etaTicking) { // one ticking timer, however often the summary redraws
+      this.etaTicking = true;
+      this.later(1000, () => {
+        this.etaTicking = false;
+        this.renderEta();
+      });
+    }
   }
 
   /** Links between a run and the one resuming it; "Retry failed" / "Render the rest" once an ended run left work. */
@@ -1029,7 +1055,7 @@ class BatchView {
     const overall = $(this.root, "overall");
     overall.max = Math.max(total, 1);
     overall.value = done + failed + cancelled;
-    $(this.root, "eta").textContent = ended ? (this.status.state === "COMPLETED" ? "finished" : "ended") : `ETA ${duration(this.status?.eta_s)}`;
+    this.renderEta();
     const shown = lanes.map(([name, lane]) => [name, lane.done, lane.failed, ended ? 0 : lane.busy])
       .sort(([a], [b]) => a.localeCompare(b));
     const key = JSON.stringify(shown);
