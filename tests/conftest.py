@@ -12,6 +12,26 @@ import stamina
 from comfybatch.testing.fleet import LocalComfyServer, LocalFleet
 
 FIXTURES = Path(__file__).parent / "fixtures"
+TESTS = Path(__file__).parent
+# The fast loop, `pytest -m "not slow"`: the unit tests and these smoke tests on real ComfyUI and Prefect.
+SMOKE = {
+    "comfy/test_txt2img.py::test_txt2img_same_seed_gives_same_pixels_on_two_servers",
+    "comfy/test_session.py::test_two_prompts_share_one_socket_and_each_gets_only_its_own_events",
+    "flows/test_batch.py::test_batch_from_csv_sheet_renders_every_row",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers from what a test uses: `comfy` (the suite's ComfyUI servers), `browser` (Chromium) and `slow`
+    (anything beyond the unit tests and the smoke tests). CI runs them all."""
+    for item in items:
+        relative = item.path.relative_to(TESTS).as_posix()
+        if "comfy_fleet" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.comfy)
+        if relative.startswith("browser/"):
+            item.add_marker(pytest.mark.browser)
+        if not relative.startswith("unit/") and f"{relative}::{item.name}" not in SMOKE:
+            item.add_marker(pytest.mark.slow)
 
 
 @dataclass(frozen=True)
