@@ -25,7 +25,15 @@ from comfybatch.errors import ConfigError
 from comfybatch.expansion import Expansion, expand_batch
 from comfybatch.flows.ending import Ending, record_ending
 from comfybatch.flows.origin import input_policy_of_run
-from comfybatch.flows.plan import FleetPlan, ServerProbe, beside, load_and_probe, plan_fleet, resolve_workflow
+from comfybatch.flows.plan import (
+    FleetPlan,
+    ServerProbe,
+    beside,
+    load_and_probe,
+    plan_fleet,
+    resolve_workflow,
+    template_classes,
+)
 from comfybatch.flows.shards import give_back, plan_shards, render_in_shards
 from comfybatch.models import BatchReport, BatchSpec, JobResult, JobSpec
 from comfybatch.notify.webhooks import BatchWebhooks
@@ -72,7 +80,7 @@ async def generate_batch(spec: BatchSpec) -> BatchReport:
         first_leases = await stack.enter_async_context(FirstLeases.configured(settings, only=spec.servers))
         # The claim's settle wait overlaps the fleet's probes.
         (servers, probes, infos), folder = await beside(
-            load_and_probe(settings, only=spec.servers),
+            load_and_probe(settings, only=spec.servers, classes=template_classes(spec.workflow)),
             stack.enter_async_context(claimed(store, folder, run=run_id or f"local-{uuid.uuid4()}")),
         )
         # Webhooks hear the run's events from here on; leaving waits a few seconds at most for their receivers.

@@ -3,7 +3,7 @@
 import asyncio
 import statistics
 from collections import defaultdict
-from collections.abc import Awaitable, Coroutine, Sequence
+from collections.abc import Awaitable, Collection, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,7 +13,7 @@ from comfybatch.blocks.fleet import configured_servers, load_fleet
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.comfy.object_info import ObjectInfo
 from comfybatch.comfy.preflight import check_workflow, split_problems
-from comfybatch.comfy.workflow import ApiWorkflow, decode_workflow, load_workflow
+from comfybatch.comfy.workflow import ApiWorkflow, decode_workflow, detect_format, load_workflow
 from comfybatch.errors import ComfyBatchError, ConfigError, NodeProblem, PlatformUnavailable
 from comfybatch.models import JobResult, JobSpec
 from comfybatch.settings import Settings
@@ -83,20 +83,37 @@ def read_template(source: str | dict[str, Any]) -> Any:
     raise ConfigError(f"workflow {source!r} is neither a template ({', '.join(offered)}) nor a JSON file")
 
 
-async def probe_fleet(servers: Sequence[ServerConfig]) -> tuple[list[ServerProbe], dict[str, ObjectInfo]]:
-    """Ask every server for its version and `/object_info`, in parallel; unreachable ones are noted."""
+async def probe_fleet(
+    servers: Sequence[ServerConfig], *, classes: Collection[str] | None = None
+) -> tuple[list[ServerProbe], dict[str, ObjectInfo]]:
+    """Ask every server for its version and `/object_info` (only `classes`, when given), in parallel; unreachable
+    ones are noted."""
 
     async def probe(server: ServerConfig) -> tuple[ServerProbe, ObjectInfo | None]:
         try:
             async with server.client() as comfy:
-                stats = await comfy.get_system_stats()
-                info = await comfy.get_object_info(refresh=True)
+                stats, info = await asyncio.gather(
+                    comfy.get_system_stats(),
+                    comfy.get_object_info(refresh=True) if classes is None else comfy.get_node_classes(classes),
+                )
         except ComfyBatchError as exc:
             return ServerProbe(name=server.name, reachable=False, error=str(exc)), None
         return ServerProbe(name=server.name, reachable=True, comfyui_version=stats.system.comfyui_version), info
 
     answers = await asyncio.gather(*(probe(server) for server in servers))
     return [probe for probe, _ in answers], {probe.name: info for probe, info in answers if info is not None}
+
+
+def template_classes(source: str | dict[str, Any]) -> frozenset[str] | None:
+    """The node classes of an API-format template: all a batch of it needs to know of each server. None for a
+    UI-format graph (its conversion reads the whole `/object_info`) or one that cannot be read here."""
+    try:
+        data = read_template(source)
+        if detect_format(data) != "api":
+            return None
+        return frozenset(str(node["class_type"]) for node in data.values())
+    except (ComfyBatchError, OSError, KeyError, TypeError, AttributeError):
+        return None  # the full probe, and the error where the template is resolved
 
 
 def resolve_workflow(source: str | dict[str, Any], infos: dict[str, ObjectInfo]) -> ApiWorkflow:
@@ -164,7 +181,7 @@ def _estimate(count: int, history: Sequence[JobResult], slots: dict[str, int]) -
 
 
 async def load_and_probe(
-    settings: Settings, *, only: Sequence[str]
+    settings: Settings, *, only: Sequence[str], classes: Collection[str] | None = None
 ) -> tuple[list[ServerConfig], list[ServerProbe], dict[str, ObjectInfo]]:
     """The fleet and what each server says. Configured servers are probed while the fleet syncs to Prefect
     (block and limit writes), so the two round trips overlap; servers known only from blocks are probed after.
@@ -173,9 +190,12 @@ async def load_and_probe(
         ConfigError when the fleet is empty or no server answers.
     """
     configured = [server for server in configured_servers(settings) if not only or server.name in only]
-    servers, (early_probes, infos) = await beside(load_fleet(settings, only=only), probe_fleet(configured))
+    servers, (early_probes, infos) = await beside(
+        load_fleet(settings, only=only), probe_fleet(configured, classes=classes)
+    )
     by_name = {probe.name: probe for probe, server in zip(early_probes, configured, strict=True) if server in servers}
-    late_probes, late_infos = await probe_fleet([server for server in servers if server.name not in by_name])
+    late_probes, late_infos = await probe_fleet([server for server in servers if server.name not in by_name],
+                                                classes=classes)  # fmt: skip
     by_name.update({probe.name: probe for probe in late_probes})
     infos = {name: info for name, info in (infos | late_infos).items() if name in by_name}
     probes = [by_name[server.name] for server in servers]
