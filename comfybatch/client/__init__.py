@@ -1,6 +1,7 @@
 """Python SDK of the comfybatch dashboard API: `ComfyBatchClient` (blocking) and `AsyncComfyBatchClient`.
 
-Needs only httpx, websockets and pydantic: importing it loads neither Prefect nor FastAPI.
+Needs only httpx, websockets, pydantic and anyio (the sync client's loop thread): importing it loads neither
+Prefect nor FastAPI.
 """
 
 from comfybatch.client._request import DEFAULT_WORKFLOW
