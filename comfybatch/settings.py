@@ -31,7 +31,6 @@ class Settings(BaseSettings):
     default_slots: int = Field(2, ge=1, le=8, description="Prompts in flight per server (1 running + queued).")
     start_timeout_s: float = Field(900.0, gt=0, description="A queued prompt must start within this.")
     idle_timeout_s: float = Field(180.0, gt=0, description="A started prompt must send an event within this.")
-    max_task_workers: int = Field(64, ge=1, le=512, description="Thread pool size of the batch flow.")
     job_retries: int = Field(2, ge=0, le=10, description="Prefect retries of a job after failover is exhausted.")
     retry_backoff_s: float = Field(10.0, ge=0, description="Base of the exponential retry back-off.")
     max_unrecorded_task_runs: int = Field(
