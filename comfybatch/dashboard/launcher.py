@@ -81,6 +81,12 @@ def _ended(run: FlowRun) -> BatchConflict | None:
     return BatchConflict(f"batch {run.id} has already ended ({run.state_type.value}): there is nothing to cancel")
 
 
+def left_before(record: JobRecord, since: float) -> bool:
+    """A failed or cancelled record an earlier run of the batch left (a resume renders the item again)."""
+    result = record.result
+    return result is not None and result.status in ("failed", "cancelled") and (result.finished_at or 0.0) < since
+
+
 def _failed(task: "asyncio.Task[Any]") -> bool:
     return task.done() and (task.cancelled() or task.exception() is not None)
 
@@ -562,14 +568,18 @@ class Launcher:
             self._folders[run_id] = folder
         return folder
 
-    async def records(self, spec: BatchSpec, run_id: UUID | None = None) -> dict[str, JobRecord]:
+    async def records(
+        self, spec: BatchSpec, run_id: UUID | None = None, *, since: datetime | None = None
+    ) -> dict[str, JobRecord]:
         """The batch's job journal, by item key (empty before the first job was submitted).
 
-        With `run_id`, finished records read before are reused: polling a big batch reads only new files.
+        With `run_id`, finished records read before are reused: polling a big batch reads only new files. With
+        `since` (the run's creation), a failed or cancelled record finished before it is read again: a resumed run
+        rewrites it.
         """
         known = self._journals.get(run_id) if run_id is not None else None
-        if known is not None:  # a failed or cancelled record is rewritten when the batch is resumed: read it again
-            known = {key: record for key, record in known.items() if record.result and record.result.status == "done"}
+        if known is not None and since is not None:
+            known = {key: record for key, record in known.items() if not left_before(record, since.timestamp())}
         # Read afresh every time (only unfinished records cost a file read): a page reloaded mid-batch must never see
         # an item older than the events it already showed, so no shared, seconds-old answer here.
         records = await JobJournal(self.store_of(spec), await self.batch_dir(spec, run_id)).load(known)

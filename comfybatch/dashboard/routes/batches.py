@@ -14,7 +14,7 @@ from prefect.client.schemas.objects import FlowRun
 
 from comfybatch.dashboard.deps import HubDep, KeyName, LauncherDep, SettingsDep
 from comfybatch.dashboard.events import EventHub
-from comfybatch.dashboard.launcher import CANCELLED_BY, Launcher
+from comfybatch.dashboard.launcher import CANCELLED_BY, Launcher, left_before
 from comfybatch.dashboard.requests import check_api_request
 from comfybatch.dashboard.schemas import (
     TERMINAL_STATES,
@@ -66,9 +66,7 @@ def _this_run(records: dict[str, JobRecord], run: FlowRun) -> dict[str, JobRecor
     if run.created is None:
         return records
     since = run.created.timestamp()
-    return {key: record for key, record in records.items()
-            if not (record.result and record.result.status in ("failed", "cancelled")
-                    and (record.result.finished_at or 0.0) < since)}  # fmt: skip
+    return {key: record for key, record in records.items() if not left_before(record, since)}
 
 
 def _ended(run: FlowRun) -> bool:
@@ -198,7 +196,9 @@ async def _summary(launcher: Launcher, run: FlowRun) -> BatchSummary:
     try:
         spec = launcher.spec_of(run)
         summary.template = _template(spec)
-        jobs, records = await asyncio.gather(launcher.plan(spec, run.id), launcher.records(spec, run.id))
+        jobs, records = await asyncio.gather(
+            launcher.plan(spec, run.id), launcher.records(spec, run.id, since=run.created)
+        )
     except ComfyBatchError:  # an unreadable spec or store: the row still lists the run
         return summary
     summary.counts = _counts(jobs, _this_run(records, run), spec, ended=_ended(run))
@@ -239,7 +239,7 @@ def _settled(run: FlowRun) -> bool:
 
 async def _status(run: FlowRun, request: Request, launcher: Launcher, hub: EventHub) -> BatchStatus:
     spec = launcher.spec_of(run)
-    records = _this_run(await launcher.records(spec, run.id), run)
+    records = _this_run(await launcher.records(spec, run.id, since=run.created), run)
     jobs = await launcher.plan(spec, run.id)
     ended = _ended(run)
     counts = _counts(jobs, records, spec, ended=ended)
@@ -316,7 +316,7 @@ async def list_items(
     """Every job of the batch in order, queued ones included, with what its journal recorded."""
     run = await launcher.get(batch_id)
     spec = launcher.spec_of(run)
-    records = _this_run(await launcher.records(spec, run.id), run)
+    records = _this_run(await launcher.records(spec, run.id, since=run.created), run)
     jobs = await launcher.plan(spec, run.id)
     planned: list[tuple[str, JobSpec | None]] = (
         [(job.key, job) for job in jobs] if jobs is not None else [(key, None) for key in sorted(records)]
@@ -387,7 +387,9 @@ async def resume_batch(
     run = await launcher.get(batch_id)
     spec = launcher.spec_of(run)
     if _ended(run):
-        jobs, records = await asyncio.gather(launcher.plan(spec, run.id), launcher.records(spec, run.id))
+        jobs, records = await asyncio.gather(
+            launcher.plan(spec, run.id), launcher.records(spec, run.id, since=run.created)
+        )
         counts = _counts(jobs, _this_run(records, run), spec, ended=True)
         left = None if counts.total is None else counts.total - counts.done
         if left == 0:
