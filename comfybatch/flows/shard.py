@@ -41,7 +41,8 @@ class ShardReport(BaseModel):
     already_stored: int
 
 
-@flow(name="render-shard", flow_run_name="{spec.name}-shard-{shard.number}", log_prints=False)
+# No flow_run_name: the parent names each run (`<batch>-shard-2-of-4-attempt-2`), which a template would replace.
+@flow(name="render-shard", log_prints=False)
 async def render_shard(spec: BatchSpec, shard: ShardSpec) -> ShardReport:
     """Render the jobs of `shard` not stored yet; failed jobs are in the journal, for the parent's ending.
 

@@ -1,0 +1,192 @@
+"""The cluster: PostgreSQL, one Prefect server on it, the `comfybatch` process work pool with two workers, four
+ComfyUI servers; a batch in shards on both workers survives one worker's machine dying, with nobody's help."""
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from comfybatch.outputs.manifest import read_manifest
+from comfybatch.outputs.storage import OutputStore
+from comfybatch.testing.cluster import POOL, LocalWorker, register
+from comfybatch.testing.fleet import LocalComfyServer, LocalFleet
+from comfybatch.testing.postgres import INSTALL_HINT, LocalPostgres, find_postgres
+from comfybatch.testing.prefect_server import LocalPrefectServer
+from tests.platform.conftest import TERMINAL, api_call, api_json, clean_env, wait_until
+from tests.support.batches import delay_spec, executions, finished_records, spec_nonces
+
+MISSING = f"PostgreSQL server binaries not found (/usr/lib/postgresql/<version>/bin); {INSTALL_HINT}"
+pytestmark = [
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(find_postgres() is None and os.environ.get("CI") != "true", reason=MISSING),
+]
+IMAGES, SHARD_SIZE, SLOTS = 400, 100, 2
+
+
+@dataclass
+class QueueSampler:
+    """Samples every server's `/queue` (running + pending) from a thread: the most in flight at once, per server."""
+
+    servers: list[LocalComfyServer]
+    peak: dict[str, int] = field(default_factory=dict)
+    samples: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        with httpx.Client(timeout=5) as http:
+            while not self.stop.is_set():
+                for server in self.servers:
+                    try:
+                        queue = http.get(f"{server.url}/queue").json()
+                    except (httpx.HTTPError, ValueError):
+                        continue
+                    inflight = len(queue.get("queue_running", [])) + len(queue.get("queue_pending", []))
+                    self.peak[server.name] = max(self.peak.get(server.name, 0), inflight)
+                self.samples += 1
+                self.stop.wait(0.2)
+
+
+@contextlib.contextmanager
+def sampling(servers: list[LocalComfyServer]) -> Iterator[QueueSampler]:
+    """A `QueueSampler` running until the block ends."""
+    sampler = QueueSampler(servers)
+    thread = threading.Thread(target=sampler.run, daemon=True)
+    thread.start()
+    try:
+        yield sampler
+    finally:
+        sampler.stop.set()
+        thread.join(10)
+
+
+@pytest.fixture
+def cluster_root(tmp_path: Path) -> Iterator[tuple[Path, LocalFleet, LocalPrefectServer]]:
+    """Four ComfyUI servers and PostgreSQL starting side by side, then Prefect on PostgreSQL."""
+    if find_postgres() is None:
+        pytest.fail(MISSING, pytrace=False)
+    fleet = LocalFleet(tmp_path / "comfy", count=4, checkpoint=False)
+    for server in fleet.servers:
+        server.start()  # spawned now, waited for below: they start while PostgreSQL and Prefect do
+    try:
+        with LocalPostgres(tmp_path / "postgres") as postgres:
+            prefect = LocalPrefectServer(tmp_path / "prefect", database_url=postgres.url)
+            prefect.start()
+            try:
+                for server in fleet.servers:
+                    server.wait_ready()
+                yield tmp_path, fleet, prefect
+            finally:
+                prefect.stop()
+    finally:
+        fleet.stop()
+
+
+def _runs(api_url: str, name_like: str) -> list[dict[str, Any]]:
+    body = {"flow_runs": {"name": {"like_": name_like}}, "sort": "EXPECTED_START_TIME_ASC", "limit": 200}
+    runs: list[dict[str, Any]] = api_json(api_call("POST", f"{api_url}/flow_runs/filter", json=body))
+    return runs
+
+
+def _pid(run: dict[str, Any]) -> int | None:
+    infra = run.get("infrastructure_pid") or ""
+    tail = infra.rpartition(":")[2]
+    return int(tail) if tail.isdigit() else None
+
+
+def _iso_to_epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def test_cluster_batch_survives_a_worker_killed_mid_batch(
+    cluster_root: tuple[Path, LocalFleet, LocalPrefectServer],
+) -> None:
+    """400 images in four shards on two workers; one worker's machine is SIGKILLed mid-batch: its shards are marked
+    Crashed by the zombie automation and run again on the other worker by the batch itself, so all 400 images
+    land, none executed twice, no server ever holds more than its slots, and the batch completes untouched."""
+    root, fleet, prefect = cluster_root
+    api = prefect.api_url
+    env = clean_env(
+        PREFECT_API_URL=api, COMFYUI_URLS=",".join(server.url for server in fleet.servers),
+        COMFYBATCH_CONFIG_FILE=os.devnull, COMFYBATCH_OUTPUT_ROOT=str(root / "out"),
+        COMFYBATCH_DEFAULT_SLOTS=str(SLOTS), COMFYBATCH_RETRY_BACKOFF_S="0.2",
+    )  # fmt: skip
+    register({**env, "PREFECT_HOME": str(root / "register")}, folder=root / "register")
+    workers = [LocalWorker(name, root / name, env) for name in ("worker-a", "worker-b")]
+    spec = delay_spec("cluster", seconds=0.2, count=IMAGES, servers=[], shard_size=SHARD_SIZE)
+    try:
+        for worker in workers:
+            worker.start()
+        context = lambda: "\n".join(worker.tail() for worker in workers)  # noqa: E731
+        wait_until(lambda: len(api_json(api_call("POST", f"{api}/work_pools/{POOL}/workers/filter", json={})))
+                   >= 2, timeout_s=90, what="both workers online", context=context)  # fmt: skip
+        deployment = api_json(api_call("GET", f"{api}/deployments/name/generate-batch/generate-batch"))
+        started = time.time()
+        parent = api_json(api_call("POST", f"{api}/deployments/{deployment['id']}/create_flow_run",
+                                   json={"parameters": {"spec": spec.model_dump(mode="json")}}))  # fmt: skip
+        with sampling(fleet.servers) as sampler:
+            victim, killed_at = _kill_a_shard_worker(api, workers, parent["id"], root / "out" / "cluster", context)
+            ended = wait_until(lambda: _terminal(api, parent["id"]), timeout_s=600, what="the batch's end",
+                               context=context)  # fmt: skip
+    finally:
+        for worker in workers:
+            worker.stop()
+
+    shard_runs = _runs(api, "cluster-shard-%")
+    crashed = [run for run in shard_runs if run["state_type"] == "CRASHED"]
+    restarts = [run for run in shard_runs if "-attempt-" in run["name"]]
+    manifest = read_manifest(OutputStore(str(root / "out")), "cluster")
+    runs_per_nonce = executions(*fleet.servers)
+    finished_at = _iso_to_epoch(ended["end_time"])
+    print(f"\ncluster: {IMAGES} images, {len(shard_runs)} shard runs, killed {victim.name} at "
+          f"{killed_at - started:.1f} s; crashed detected after "
+          + ", ".join(f"{_iso_to_epoch(run['state']['timestamp']) - killed_at:.1f} s" for run in crashed)
+          + "; restarts started after "
+          + ", ".join(f"{_iso_to_epoch(run['start_time']) - killed_at:.1f} s" for run in restarts if run["start_time"])
+          + f"; batch finished {finished_at - killed_at:.1f} s after the kill ({finished_at - started:.1f} s in all); "
+          f"peak in flight per server {sampler.peak} over {sampler.samples} samples")  # fmt: skip
+    assert ended["state_type"] == "COMPLETED", ended["state"]
+    assert manifest is not None
+    assert (manifest["status"] == "done").sum() == IMAGES
+    assert sorted(runs_per_nonce) == sorted(spec_nonces(spec))
+    assert max(runs_per_nonce.values()) == 1, {n: c for n, c in runs_per_nonce.items() if c > 1}
+    assert crashed, "no shard run was marked crashed"
+    assert {run["state_type"] for run in restarts} == {"COMPLETED"}
+    assert len(restarts) >= len(crashed)
+    assert sampler.samples > 0
+    assert max(sampler.peak.values()) <= SLOTS
+
+
+def _terminal(api: str, flow_run_id: str) -> dict[str, Any] | None:
+    run: dict[str, Any] = api_json(api_call("GET", f"{api}/flow_runs/{flow_run_id}"))
+    return run if run["state_type"] in TERMINAL else None
+
+
+def _kill_a_shard_worker(
+    api: str, workers: list[LocalWorker], parent_id: str, batch_dir: Path, context: Any
+) -> tuple[LocalWorker, float]:
+    """Once a quarter of the images are stored, SIGKILL the worker that runs shards but not the batch's own run."""
+
+    def victim() -> LocalWorker | None:
+        if finished_records(batch_dir) < IMAGES // 4:
+            return None
+        parent = api_json(api_call("GET", f"{api}/flow_runs/{parent_id}"))
+        running = [run for run in _runs(api, "cluster-shard-%") if run["state_type"] == "RUNNING"]
+        for worker in workers:
+            pids = set(worker.flow_run_pids())
+            if _pid(parent) not in pids and any(_pid(run) in pids for run in running):
+                return worker
+        return None
+
+    worker = wait_until(victim, timeout_s=300, what="shards running on the worker without the batch's run",
+                        context=context, interval_s=0.2)  # fmt: skip
+    killed_at = time.time()
+    worker.kill_machine()
+    return worker, killed_at
