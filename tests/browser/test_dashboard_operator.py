@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Route, expect
 
 from comfybatch.blocks.server import name_from_url
 from comfybatch.dashboard.app import create_app
@@ -255,3 +255,35 @@ def test_narrow_batch_view_keeps_sixteen_items_on_a_short_page(browser: Browser,
     assert widest <= 400, widest
     assert lane_heights
     assert max(lane_heights) < 80, lane_heights
+
+
+def test_batch_view_says_it_is_loading_until_the_status_arrives(
+    open_tab: Callable[..., Tab], live_dashboard: str
+) -> None:
+    """While the batch's status is on its way the view says so (title, badge, items) instead of blank fields."""
+    name = _name("loading")
+    batch_id = _create(live_dashboard, _quick_spec(name, 2))
+    tab = open_tab()
+    page = tab.page
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:
+        """The first status read waits for the test; later ones pass."""
+        if held:
+            route.continue_()
+        else:
+            held.append(route)
+
+    page.route(re.compile(rf"/api/batches/{batch_id}$"), hold)
+
+    page.goto(f"/#/batches/{batch_id}")
+    expect(page.get_by_test_id("batch-name-title")).to_have_text("Loading batch…")
+    expect(page.get_by_test_id("batch-state")).to_have_text("loading")
+    expect(page.get_by_test_id("grid-message")).to_have_text("Loading the items…")
+    while not held:
+        page.wait_for_timeout(50)
+    held[0].continue_()
+
+    expect(page.get_by_test_id("batch-name-title")).to_have_text(name)
+    expect(page.get_by_test_id("batch-state")).not_to_have_text("loading")
+    assert tab.errors == []
