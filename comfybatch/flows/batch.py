@@ -34,6 +34,7 @@ from comfybatch.flows.plan import (
     resolve_workflow,
     template_classes,
 )
+from comfybatch.flows.refusal import quiet_user_errors
 from comfybatch.flows.shards import give_back, plan_shards, render_in_shards
 from comfybatch.models import BatchReport, BatchSpec, JobResult, JobSpec
 from comfybatch.notify.webhooks import BatchWebhooks
@@ -66,6 +67,7 @@ async def generate_batch(spec: BatchSpec) -> BatchReport:
         BatchRequestError / WorkflowError before any GPU time, ConfigError for an unusable fleet,
         BatchIncomplete (after writing the manifest) when some jobs failed.
     """
+    quiet_user_errors()  # a refusal shows in the Prefect UI as its sentence, not a traceback
     settings = get_settings()
     store = OutputStore(spec.output or settings.output_root)
     run = FlowRunContext.get()
