@@ -17,6 +17,7 @@ from comfybatch.comfy.workflow import ApiWorkflow, decode_workflow, detect_forma
 from comfybatch.deployments import commands as platform_commands
 from comfybatch.errors import ComfyBatchError, ConfigError, WorkflowRejected
 from comfybatch.models import BatchSpec
+from comfybatch.problems import validation_text
 
 app = App(name="comfybatch", help="Turn ComfyUI servers into a batch image factory.")
 
@@ -258,8 +259,8 @@ def main() -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except ValidationError as exc:  # a request model refused its input
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
-        print(f"error: {problems}", file=sys.stderr)
+        print(f"error: the batch request is not valid:\n{validation_text(exc, fields=BatchSpec.model_fields)}",
+              file=sys.stderr)  # fmt: skip
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -33,6 +33,8 @@
 
 from dataclasses import dataclass
 
+from comfybatch.problems import node_problem, request_problem
+
 
 class ComfyBatchError(Exception):
     """Base of every comfybatch error."""
@@ -68,10 +70,7 @@ class RequestProblem:
     column: str | None = None
 
     def __str__(self) -> str:
-        where = [f"row {self.row}" if self.row is not None else "", f"column '{self.column}'" if self.column else "",
-                 f"field '{self.field}'" if self.field else ""]  # fmt: skip
-        place = ", ".join(part for part in where if part)
-        return f"{place}: {self.message}" if place else self.message
+        return request_problem(self.message, field=self.field, row=self.row, column=self.column).message
 
 
 class BatchRequestError(ComfyBatchError):
@@ -112,14 +111,11 @@ class NodeProblem:
     class_type: str | None = None
     input_name: str | None = None
     kind: str = "invalid"  # ComfyUI's error type, e.g. value_not_in_list
+    title: str | None = None  # the node's title in the graph (`_meta.title`), when it has one
 
     def __str__(self) -> str:
-        where = f"node {self.node_id}"
-        if self.class_type:
-            where += f" ({self.class_type})"
-        if self.input_name:
-            where += f" input '{self.input_name}'"
-        return f"{where}: {self.message}"
+        return node_problem(self.message, node_id=self.node_id, class_type=self.class_type,
+                            input_name=self.input_name, title=self.title).message  # fmt: skip
 
 
 class WorkflowError(ComfyBatchError):

@@ -1,16 +1,20 @@
 """Frozen models at the edges: the batch request (a Prefect UI form), its jobs and their results."""
 
 from enum import StrEnum
-from typing import Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, WithJsonSchema, field_validator
+from pydantic_core import PydanticCustomError
 
 from comfybatch.comfy.workflow import ApiWorkflow, detect_format
 from comfybatch.errors import WorkflowFormatError
 from comfybatch.notify.targets import url_problem
+from comfybatch.problems import NAME_RULE, field_words
 from comfybatch.values import BUILTIN_RULES, InvalidValue, apply_rule, control_character, non_finite
 
-BATCH_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+BATCH_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # in words: problems.NAME_RULE
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
 
 class SeedPolicy(StrEnum):
@@ -37,34 +41,80 @@ class Sweep(BaseModel):
     )
 
 
+def template_names() -> list[str]:
+    """The bundled workflow templates (`comfybatch/templates/<name>.json`), by name."""
+    return sorted(path.stem for path in TEMPLATES_DIR.glob("*.json"))
+
+
+def _workflow_schema() -> dict[str, Any]:
+    """The run form's workflow: a template picked from a list, a .json file, or a graph. The deployment enforces its
+    parameter schema, so Prefect refuses a misspelt template (409) when the run is created, not at run time."""
+    return {"title": "Workflow", "anyOf": [
+        {"title": "Template", "type": "string", "enum": template_names()},
+        {"title": "Workflow file (.json)", "type": "string", "pattern": r"\.json$"},
+        {"title": "ComfyUI graph (JSON)", "type": "object"},
+    ]}  # fmt: skip
+
+
+def _form_schema(schema: dict[str, Any]) -> None:
+    """Optional fields start on their value, not on "None": Prefect's form shows `Property is type "None"` for an
+    `anyOf` whose default is null, and leaves a field without a default out of the run when it is left empty."""
+    for field in schema.get("properties", {}).values():
+        if field.get("default", 0) is None and any(branch.get("type") == "null" for branch in field.get("anyOf", [])):
+            del field["default"]
+            field["anyOf"] = [branch for branch in field["anyOf"] if branch.get("type") != "null"] + [
+                {"type": "null", "title": "Not set"}]  # fmt: skip
+
+
 class BatchSpec(BaseModel):
-    """What to render: one workflow, many items. These fields are the Prefect UI's run form."""
+    """What to render: a workflow (a template or your own ComfyUI graph) and the items to render with it: prompts,
+    the rows of a sheet or input images, each times any sweep, each rendered `images_per_item` times."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_form_schema)
 
-    name: str = Field(pattern=BATCH_NAME_PATTERN, description="Batch name: lowercase letters, digits, dashes.")
-    workflow: str | dict[str, Any] = Field(description="A template name, or a UI- or API-format ComfyUI graph.")
-    bindings: dict[str, str] = Field(
-        default_factory=dict, description="Parameter name -> 'node.inputs.input' (detected for common txt2img graphs)."
-    )
-    prompts: list[str] = Field(default_factory=list, description="One item per prompt.")
-    sheet: str | None = Field(None, description="CSV, XLSX or Parquet (path or fsspec URL): one item per row.")
-    images: str | list[str] | None = Field(
-        None, description="Input images: a folder or fsspec prefix (each image file one item, in name order), "
-        "or a list of paths and URLs.",
+    name: str = Field(
+        pattern=BATCH_NAME_PATTERN, description=f"The batch's name: {NAME_RULE}. Running the same request under the "
+        "same name again resumes it.", examples=["spring-catalog"],
     )  # fmt: skip
-    sweep: Sweep = Field(default_factory=Sweep, description="Axes multiplied with every item.")
-    defaults: dict[str, JsonValue] = Field(default_factory=dict, description="Values for parameters items leave out.")
-    images_per_item: int = Field(1, ge=1, le=1000)
-    seed_policy: SeedPolicy = SeedPolicy.INCREMENT
-    base_seed: int = Field(0, ge=0, le=2**53, description="Seed of items that set none.")
+    workflow: Annotated[str | dict[str, Any], WithJsonSchema(_workflow_schema())] = Field(
+        description="Which ComfyUI workflow renders the images: a template from the list, a .json file on the worker "
+        "(UI or API format), or the graph itself pasted as JSON.",
+    )  # fmt: skip
+    bindings: dict[str, str] = Field(
+        default_factory=dict, description="Only for parameters comfybatch does not find by itself: parameter name -> "
+        "'node.inputs.input', e.g. {'strength': '12.inputs.strength'}. Prompt, seed, steps, size and the like are "
+        "found without it.",
+    )  # fmt: skip
+    prompts: list[str] = Field(default_factory=list, description="One item per prompt.")
+    sheet: str | None = Field(
+        None, description="A CSV, XLSX or Parquet file (path or URL): one item per row, columns named after "
+        "parameters (prompt, seed, width…). Leave empty to use prompts or images instead.",
+    )  # fmt: skip
+    images: str | list[str] | None = Field(
+        None, description="Input images: a folder or URL prefix (each image file one item, in name order), "
+        "or a list of paths and URLs. Leave empty for text-to-image.",
+    )  # fmt: skip
+    sweep: Sweep = Field(default_factory=Sweep, description="Values to try on every item: each combination is "
+                         "rendered (e.g. steps 20 and 30 doubles the batch).")  # fmt: skip
+    defaults: dict[str, JsonValue] = Field(
+        default_factory=dict, description="Values for every item that does not set its own, e.g. {'steps': 25, "
+        "'width': 768}.",
+    )  # fmt: skip
+    images_per_item: int = Field(1, ge=1, le=1000, description="How many images of each item, each with its own "
+                                 "seed (see the seed policy).")  # fmt: skip
+    seed_policy: SeedPolicy = Field(
+        SeedPolicy.INCREMENT, description="How an item's images get their seeds: increment (seed, seed+1, …), fixed "
+        "(all the same) or random (reproducible, recorded in the manifest).",
+    )  # fmt: skip
+    base_seed: int = Field(0, ge=0, le=2**53, description="The seed of items that set none.")
     priority: int = Field(0, ge=-100, le=100, description="Higher runs first when batches share servers.")
-    output: str | None = Field(None, description="Folder or fsspec URL; the configured output root when empty.")
+    output: str | None = Field(None, description="Where the images go: a folder or URL. Leave empty for the "
+                               "platform's output folder.")  # fmt: skip
     servers: list[str] = Field(default_factory=list, description="Only these servers (by name); all when empty.")
-    dry_run: bool = Field(False, description="Validate against the fleet and estimate; render nothing.")
+    dry_run: bool = Field(False, description="Only check the request on every server and estimate; render nothing.")
     shard_size: int | None = Field(
         None, ge=1, le=100_000, description="Images per shard: a batch with more to render runs as child flow runs "
-        "on the work pool, this many each. The worker's setting (COMFYBATCH_SHARD_SIZE) when empty.",
+        "on the work pool, this many each. Leave empty for the worker's setting (COMFYBATCH_SHARD_SIZE).",
     )  # fmt: skip
     new_version: bool = Field(
         False,
@@ -72,9 +122,10 @@ class BatchSpec(BaseModel):
         "in a folder of its own (<name>.v2, …) instead of refusing it.",
     )
     webhook: str | None = Field(
-        None, description="http(s) URL told batch.started and batch.finished by signed POSTs (Standard Webhooks).",
+        None, description="An http(s) address told when the batch starts and finishes (signed POSTs, Standard "
+        "Webhooks). Leave empty for none.",
     )  # fmt: skip
-    webhook_items: bool = Field(False, description="Also send item.done and item.failed to the webhooks.")
+    webhook_items: bool = Field(False, description="Also tell the webhook about every image done or failed.")
 
     # Checks that need no file, server or template, so a bad request is refused where it arrives: the Prefect
     # form, the REST API (422/409 naming the field) or the CLI. The expansion repeats them with rows and columns.
@@ -129,7 +180,9 @@ class BatchSpec(BaseModel):
             try:
                 cls._location(location)
             except ValueError as exc:
-                raise ValueError(f"images[{number}]: {exc}" if isinstance(value, list) else str(exc)) from None
+                if isinstance(value, list):
+                    raise _invalid(f"images[{number}]", str(exc)) from None
+                raise
         return value
 
     @field_validator("defaults")
@@ -155,7 +208,7 @@ class BatchSpec(BaseModel):
 def _finite(value: Any, field: str) -> None:
     """Refuse NaN and infinities (Python's JSON parser reads them; JSON and Prefect's storage have none)."""
     if found := non_finite(value, field):
-        raise ValueError(f"{found}: NaN and infinities are not JSON numbers; send a finite number")
+        raise _invalid(field, f"{found}: NaN and infinities are not JSON numbers; send a finite number", bare=True)
 
 
 def _check(rule: Any, value: Any, field: str) -> None:
@@ -165,7 +218,14 @@ def _check(rule: Any, value: Any, field: str) -> None:
     try:
         apply_rule(rule, value)
     except InvalidValue as exc:
-        raise ValueError(f"{field}: {exc}") from None
+        raise _invalid(field, str(exc)) from None
+
+
+def _invalid(field: str, problem: str, *, bare: bool = False) -> PydanticCustomError:
+    """A refusal naming its own field (`defaults.width`, `prompts[1]` read as "prompt 2"), so every channel shows
+    the same sentence without pydantic's "Value error," (see `comfybatch/problems.py`)."""
+    sentence = problem if bare else f"{field_words(field)}: {problem}"
+    return PydanticCustomError("invalid_value", "{sentence}", {"field": field, "sentence": sentence})
 
 
 class JobSpec(BaseModel):

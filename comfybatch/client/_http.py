@@ -44,6 +44,16 @@ def _detail_of(response: httpx.Response) -> tuple[str, tuple[RequestProblem, ...
         media = response.headers.get("content-type", "").split(";")[0] or "no content type"
         return f"{response.reason_phrase or 'error'} ({media}, {len(response.content)} bytes, not JSON)", ()
     detail = body["detail"]
+    # `reason` is the sentence without the field, row or column that RequestProblem names again when printed.
+    problems = tuple(
+        RequestProblem(
+            str(p.get("reason") or p.get("message", "")), field=p.get("field"), row=p.get("row"), column=p.get("column")
+        )
+        for p in body.get("problems") or []
+        if isinstance(p, dict)
+    )
+    if isinstance(detail, list) and problems:  # a request the model refused, in the dashboard's words
+        return "the request does not fit the batch request model", problems
     if isinstance(detail, list):  # FastAPI's request validation: [{loc: ["body", field, ...], msg, type}]
         problems = tuple(
             RequestProblem(str(error.get("msg", "invalid")), field=".".join(map(str, error.get("loc", [])[1:])) or None)
@@ -51,9 +61,4 @@ def _detail_of(response: httpx.Response) -> tuple[str, tuple[RequestProblem, ...
             if isinstance(error, dict)
         )
         return "the request does not fit the batch request model", problems
-    problems = tuple(
-        RequestProblem(str(p.get("message", "")), field=p.get("field"), row=p.get("row"), column=p.get("column"))
-        for p in body.get("problems") or []
-        if isinstance(p, dict)
-    )
     return str(detail), problems

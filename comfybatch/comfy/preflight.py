@@ -45,7 +45,7 @@ def check_workflow(workflow: ApiWorkflow, object_info: ObjectInfo) -> list[NodeP
     nodes = workflow.nodes
     missing = [
         NodeProblem(nid, f"node class {node['class_type']!r} is not installed on this server",
-                    class_type=node["class_type"], kind="missing_node_type")
+                    class_type=node["class_type"], kind="missing_node_type", title=title_of(node))
         for nid, node in _ordered(nodes) if not object_info.has_class(node["class_type"])
     ]  # fmt: skip
     if missing:  # the server stops at the first unknown class (invalid_prompt)
@@ -72,7 +72,8 @@ def refuse_unsafe(workflow: ApiWorkflow, object_info: ObjectInfo | None = None) 
     nodes = workflow.nodes
     problems = [
         NodeProblem(nid, f"{value!r} {why}; name a file inside ComfyUI's folders (e.g. 'photo.png' or "
-                    "'sub/photo.png')", class_type=node["class_type"], input_name=name, kind="file_outside_folder")
+                    "'sub/photo.png')", class_type=node["class_type"], input_name=name, kind="file_outside_folder",
+                    title=title_of(node))
         for nid, node in _ordered(nodes) for name, value in node["inputs"].items()
         if isinstance(value, str) and is_file_input(node["class_type"], name, object_info)
         and (why := escaping_path(value))
@@ -82,11 +83,18 @@ def refuse_unsafe(workflow: ApiWorkflow, object_info: ObjectInfo | None = None) 
     if cycle := find_cycle(nodes):
         path = " -> ".join(f"{nid} ({nodes[nid]['class_type']})" for nid in [*cycle, cycle[0]])
         problems = [NodeProblem(nid, f"is part of the link cycle {path}", class_type=nodes[nid]["class_type"],
-                                kind="dependency_cycle") for nid in cycle]  # fmt: skip
+                                kind="dependency_cycle", title=title_of(nodes[nid])) for nid in cycle]  # fmt: skip
         raise WorkflowRejected(
             f"the workflow's links form a cycle ({path}): a node cannot wait for its own output",
             problems=tuple(problems),
         )
+
+
+def title_of(node: dict[str, Any]) -> str | None:
+    """The node's title as the ComfyUI editor shows it (`_meta.title` of an API graph), if it has one."""
+    meta = node.get("_meta")
+    title = meta.get("title") if isinstance(meta, dict) else None
+    return title if isinstance(title, str) and title.strip() else None
 
 
 def is_file_input(class_type: str, input_name: str, object_info: ObjectInfo | None = None) -> bool:
@@ -162,7 +170,8 @@ def _check_node(node_id: str, nodes: dict[str, dict[str, Any]], info: ObjectInfo
     problems: list[NodeProblem] = []
 
     def problem(spec: InputSpec, kind: str, message: str) -> None:
-        problems.append(NodeProblem(node_id, message, class_type=class_type, input_name=spec.name, kind=kind))
+        problems.append(NodeProblem(node_id, message, class_type=class_type, input_name=spec.name, kind=kind,
+                                    title=title_of(nodes[node_id])))  # fmt: skip
 
     for spec in info.inputs(class_type):
         if spec.name not in inputs:

@@ -18,7 +18,9 @@ from comfybatch.dashboard.guard import ApiGuard
 from comfybatch.dashboard.launcher import Launcher
 from comfybatch.dashboard.metrics import ApiLatency
 from comfybatch.dashboard.routes import archive, batches, images, meta, stream, uploads, usage
-from comfybatch.errors import BatchRequestError, ComfyBatchError
+from comfybatch.errors import BatchRequestError, ComfyBatchError, WorkflowError
+from comfybatch.models import BatchSpec
+from comfybatch.problems import problems_of, validation_problems
 from comfybatch.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -49,9 +51,9 @@ API_REFUSALS: dict[int | str, dict[str, Any]] = {
 async def _our_error(_request: Request, exc: Exception) -> JSONResponse:
     """Every `ComfyBatchError` answers the status its class carries; outages say when to try again."""
     body: dict[str, object] = {"detail": str(exc)}
-    if isinstance(exc, BatchRequestError) and exc.problems:
-        body["problems"] = [{"message": p.message, "field": p.field, "row": p.row, "column": p.column}
-                            for p in exc.problems]  # fmt: skip
+    if isinstance(exc, BatchRequestError | WorkflowError) and exc.problems:
+        # The sentence (`message`, place included) and where it points, so a page can highlight the field or node.
+        body["problems"] = [problem.as_json() for problem in problems_of(exc)]
     status_code = exc.http_status if isinstance(exc, ComfyBatchError) else 400
     headers = {"Retry-After": _RETRY_AFTER_S} if status_code == _UNAVAILABLE else None
     return JSONResponse(body, status_code=status_code, headers=headers)
@@ -59,8 +61,19 @@ async def _our_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422, always serialisable: NaN and infinities echoed as text, long inputs shortened."""
-    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    return JSONResponse({"detail": [_echo(error) for error in errors]}, status_code=422)
+    errors = list(exc.errors()) if isinstance(exc, RequestValidationError) else []
+    # FastAPI's list stays in `detail` (clients read `loc`), each `msg` the sentence a person reads; `problems` as in
+    # every other 4xx. `loc[0]` (body, query, header) is dropped from the field a person reads.
+    problems = [validation_problems([error], skip=1, fields=BatchSpec.model_fields)[0] for error in errors]
+    detail = [_echo({**error, "msg": problem.message, "ctx": _shown_ctx(error)})
+              for error, problem in zip(errors, problems, strict=True)]  # fmt: skip
+    return JSONResponse({"detail": detail, "problems": [problem.as_json() for problem in problems]}, status_code=422)
+
+
+def _shown_ctx(error: Any) -> Any:
+    """pydantic's `ctx` without a pattern: the sentence says in words what a name may hold, and no user reads regex."""
+    ctx = error.get("ctx")
+    return {key: value for key, value in ctx.items() if key != "pattern"} if isinstance(ctx, dict) else ctx
 
 
 def _echo(value: Any, depth: int = 0) -> Any:

@@ -15,9 +15,8 @@ from comfybatch.errors import (
     WorkflowRejected,
 )
 from comfybatch.flows.plan import read_template
-from comfybatch.flows.preview import template_names
 from comfybatch.inputs import UPLOADS_FOLDER, InputPolicy
-from comfybatch.models import BatchSpec
+from comfybatch.models import BatchSpec, template_names
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.settings import Settings
 

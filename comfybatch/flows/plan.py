@@ -15,12 +15,12 @@ from comfybatch.comfy.object_info import ObjectInfo
 from comfybatch.comfy.preflight import check_workflow, split_problems
 from comfybatch.comfy.workflow import ApiWorkflow, decode_workflow, detect_format, load_workflow
 from comfybatch.errors import ComfyBatchError, ConfigError, NodeProblem, PlatformUnavailable
-from comfybatch.models import JobResult, JobSpec
+from comfybatch.models import TEMPLATES_DIR, JobResult, JobSpec
+from comfybatch.problems import unreachable_line, why_unreachable
 from comfybatch.settings import Settings
 
 _T = TypeVar("_T")
 _S = TypeVar("_S")
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 
 
 class ServerProbe(BaseModel):
@@ -31,7 +31,7 @@ class ServerProbe(BaseModel):
     name: str
     reachable: bool
     comfyui_version: str | None = None
-    error: str | None = None
+    error: str | None = Field(None, description="Why it did not answer, in words (`timed out`, `connection refused`).")
 
 
 class FleetPlan(BaseModel):
@@ -53,10 +53,11 @@ class FleetPlan(BaseModel):
     def summary_lines(self) -> list[str]:
         lines = [
             f"- {probe.name}: ComfyUI {probe.comfyui_version}, can run {self.per_server.get(probe.name, 0)} job(s)"
-            if probe.reachable
-            else f"- {probe.name}: unreachable ({probe.error})"
             for probe in self.servers
+            if probe.reachable
         ]
+        if down := {probe.name: probe.error or "no answer" for probe in self.servers if not probe.reachable}:
+            lines.append(f"- {unreachable_line(down, len(self.servers))}")  # one line, however many are down
         if self.invalid:
             first = next(iter(self.invalid.values()))
             lines.append(f"- {len(self.invalid)} job(s) no server can run, e.g.: {first}")
@@ -97,7 +98,7 @@ async def probe_fleet(
                     comfy.get_object_info(refresh=True) if classes is None else comfy.get_node_classes(classes),
                 )
         except ComfyBatchError as exc:
-            return ServerProbe(name=server.name, reachable=False, error=str(exc)), None
+            return ServerProbe(name=server.name, reachable=False, error=why_unreachable(exc)), None
         return ServerProbe(name=server.name, reachable=True, comfyui_version=stats.system.comfyui_version), info
 
     answers = await asyncio.gather(*(probe(server) for server in servers))
@@ -200,8 +201,8 @@ async def load_and_probe(
     infos = {name: info for name, info in (infos | late_infos).items() if name in by_name}
     probes = [by_name[server.name] for server in servers]
     if not infos:
-        problems = "; ".join(f"{p.name}: {p.error}" for p in probes)
-        raise PlatformUnavailable(f"no ComfyUI server is reachable: {problems}")
+        down = {probe.name: probe.error or "no answer" for probe in probes}
+        raise PlatformUnavailable(f"no ComfyUI server is reachable: {unreachable_line(down, len(probes))}")
     return servers, probes, infos
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from comfybatch.comfy.object_info import merge_object_infos
 from comfybatch.expansion import Expansion, expand_batch
-from comfybatch.flows.plan import TEMPLATES_DIR, FleetPlan, load_and_probe, plan_fleet, resolve_workflow
+from comfybatch.flows.plan import FleetPlan, load_and_probe, plan_fleet, resolve_workflow
 from comfybatch.inputs import InputPolicy
 from comfybatch.models import BatchSpec
 from comfybatch.settings import Settings
@@ -35,8 +35,3 @@ async def preview_batch(spec: BatchSpec, settings: Settings) -> BatchPreview:
                              input_policy=InputPolicy.for_api(settings))  # fmt: skip
     slots = {server.name: server.slots for server in servers if server.name in infos}
     return BatchPreview(expansion, plan_fleet(expansion.jobs, probes, infos, slots=slots))
-
-
-def template_names() -> list[str]:
-    """The bundled workflow templates, by name."""
-    return sorted(path.stem for path in TEMPLATES_DIR.glob("*.json"))

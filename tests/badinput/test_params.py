@@ -20,6 +20,7 @@ from comfybatch.flows.plan import resolve_workflow
 from comfybatch.models import BatchSpec, JobResult, StoredFile
 from comfybatch.outputs.manifest import MANIFEST_CSV, read_manifest, write_manifest
 from comfybatch.outputs.storage import OutputStore
+from comfybatch.problems import validation_text
 from tests.badinput import corpus
 from tests.conftest import FIXTURES
 
@@ -88,7 +89,9 @@ def _check_refused(case: corpus.Case, outcome: Any) -> None:
         return
     assert isinstance(outcome, Exception), f"accepted: {outcome!r}"
     assert expected in {cls.__name__ for cls in type(outcome).__mro__}, repr(outcome)
-    corpus.check_message(case, str(outcome))
+    # What a person reads: the model's refusal as comfybatch words it (the CLI, the API and the flow's failure).
+    shown = validation_text(outcome, fields=BatchSpec.model_fields) if isinstance(outcome, ValidationError) else None
+    corpus.check_message(case, shown or str(outcome))
     if isinstance(outcome, BatchRequestError):
         first = outcome.problems[0]
         for name in ("field", "row", "column"):

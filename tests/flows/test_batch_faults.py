@@ -62,7 +62,7 @@ async def test_failing_job_fails_alone_with_its_message(batch_settings: Settings
     assert manifest is not None
     assert (report.done, report.failed) == (3, 1)
     (error,) = manifest.loc[manifest["status"] == "failed", "error"]
-    assert "node 2 (ImageBlur)" in error
+    assert "Image Blur (node 2)" in error
     assert list(manifest.loc[manifest["status"] == "failed", "attempts"]) == [0]
 
 

@@ -73,7 +73,7 @@ def test_cli_validate_reports_node_and_input(tmp_path: Path) -> None:
     done = _cli("validate", source, "--object-info", OBJECT_INFO)
 
     assert done.returncode == 2
-    assert "node 5 (KSampler) input 'steps'" in done.stderr
+    assert "KSampler (node 5), input 'steps'" in done.stderr
 
 
 def test_cli_validate_accepts_a_good_workflow() -> None:

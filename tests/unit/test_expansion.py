@@ -156,7 +156,7 @@ def test_expand_batch_fixed_seed_with_many_images_is_a_problem() -> None:
     problems = problems_of(prompts=["a", "b"], images_per_item=3, base_seed=100, seed_policy=SeedPolicy.FIXED)
 
     assert problems == [
-        "field 'images_per_item': seed_policy 'fixed' gives all 3 images of an item the same seed, so they would "
+        "images_per_item: seed_policy 'fixed' gives all 3 images of an item the same seed, so they would "
         "be identical; use 'increment' or 'random', or 1 image per item"
     ]
 
@@ -194,7 +194,7 @@ def test_expand_batch_random_policy_with_set_seed_is_a_problem() -> None:
     problems = problems_of(prompts=["a"], defaults={"seed": 3}, seed_policy="random")
 
     assert problems == [
-        "field 'seed_policy': seeds are set, but seed_policy 'random' ignores them; use 'fixed' or 'increment'"
+        "seed_policy: seeds are set, but seed_policy 'random' ignores them; use 'fixed' or 'increment'"
     ]
 
 
@@ -241,7 +241,7 @@ def test_expand_batch_filename_prefix_is_reserved() -> None:
     problems = problems_of(prompts=["a"], defaults={"filename_prefix": "mine"})
 
     assert problems == [
-        "field 'defaults.filename_prefix': 'filename_prefix' is set by comfybatch on every job and cannot be set"
+        "defaults.filename_prefix: 'filename_prefix' is set by comfybatch on every job and cannot be set"
     ]
 
 
@@ -249,7 +249,7 @@ def test_expand_batch_missing_prompt_is_a_problem() -> None:
     """A workflow that takes a prompt needs something to set it."""
     problems = problems_of(defaults={"steps": 3})
 
-    assert problems == ["field 'prompts': no prompt: set a 'prompt' column, prompts, a sweep axis or a default"]
+    assert problems == ["prompts: no prompt: set a 'prompt' column, prompts, a sweep axis or a default"]
 
 
 def test_expand_batch_empty_prompt_cell_names_row() -> None:
@@ -291,14 +291,14 @@ def test_expand_batch_combo_value_not_in_options_with_object_info() -> None:
     problems = problems_of(prompts=["a"], defaults={"sampler": "eulerr"}, object_info=OBJECT_INFO)
 
     assert len(problems) == 1
-    assert problems[0].startswith("field 'defaults.sampler': 'eulerr' is not one of the 42 options: euler, ")
+    assert problems[0].startswith("defaults.sampler: 'eulerr' is not one of the 42 options: euler, ")
 
 
 def test_expand_batch_object_info_range_applies() -> None:
     """With the server's object_info, declared ranges apply (cfg at most 100)."""
     problems = problems_of(prompts=["a"], defaults={"cfg": 120}, object_info=OBJECT_INFO)
 
-    assert problems == ["field 'defaults.cfg': must be at most 100, got 120"]
+    assert problems == ["defaults.cfg: must be at most 100, got 120"]
 
 
 def test_expand_batch_zipped_length_mismatch_names_group() -> None:
@@ -306,7 +306,7 @@ def test_expand_batch_zipped_length_mismatch_names_group() -> None:
     problems = problems_of(prompts=["a"], sweep={"zipped": [{"width": [512, 768], "height": [512]}]})
 
     assert problems == [
-        "field 'sweep.zipped[0]': zipped lists advance together and must have equal lengths, got width: 2, height: 1"
+        "sweep.zipped group 1: zipped lists advance together and must have equal lengths, got width: 2, height: 1"
     ]
 
 
@@ -338,7 +338,7 @@ def test_expand_batch_too_many_jobs_states_count() -> None:
     """More than 100,000 jobs is refused before any is built."""
     problems = problems_of(prompts=[f"p{i}" for i in range(101)], images_per_item=1000)
 
-    assert problems == ["field 'prompts': the batch would have 101,000 jobs; at most 100,000 are allowed: split it"]
+    assert problems == ["prompts: the batch would have 101,000 jobs; at most 100,000 are allowed: split it"]
 
 
 def test_expand_batch_hostile_prompt_reaches_graph_unchanged() -> None:

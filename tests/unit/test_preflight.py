@@ -42,7 +42,7 @@ def test_check_workflow_unknown_class_is_missing_node_type(info: ObjectInfo) -> 
     nodes["1"]["class_type"] = "FancyImage"
 
     assert [str(p) for p in check_workflow(ApiWorkflow(nodes), info)] == [
-        "node 1 (FancyImage): node class 'FancyImage' is not installed on this server"
+        "Fancy Image (node 1): node class 'FancyImage' is not installed on this server"
     ]
 
 
@@ -195,7 +195,7 @@ def test_check_workflow_refuses_file_names_outside_the_folder(info: ObjectInfo, 
     assert (problem.node_id, problem.class_type, problem.input_name) == ("1", "LoadImage", "image")
     assert problem.kind == "file_outside_folder"
     assert why in str(caught.value)
-    assert "node 1 (LoadImage) input 'image'" in str(caught.value)
+    assert "Load Image (node 1), input 'image'" in str(caught.value)
 
 
 @pytest.mark.parametrize("path", ["photo.png", "sub/photo.png", "sub\\photo.png", "photo.png [output]", "a..b.png"])
@@ -208,7 +208,7 @@ def test_refuse_unsafe_uses_object_info_for_unknown_input_names(info: ObjectInfo
     """A combo input (here LoadLatent's `latent`) counts as a file name because /object_info says so."""
     nodes = {"1": {"class_type": "LoadLatent", "inputs": {"latent": "/etc/shadow"}}}
 
-    with pytest.raises(WorkflowRejected, match=r"node 1 \(LoadLatent\) input 'latent'"):
+    with pytest.raises(WorkflowRejected, match=r"Load Latent \(node 1\), input 'latent'"):
         refuse_unsafe(ApiWorkflow(nodes), info)
 
 

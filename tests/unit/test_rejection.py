@@ -38,7 +38,7 @@ def test_classify_bad_sampler_name_is_workflow_rejected() -> None:
     error = classify_rejection(body, server="gpu-a")
 
     assert isinstance(error, WorkflowRejected)
-    assert "node 3 (KSampler) input 'sampler_name'" in str(error)
+    assert "KSampler (node 3), input 'sampler_name'" in str(error)
 
 
 def test_classify_mixed_problems_is_workflow_rejected() -> None:

@@ -13,7 +13,7 @@ def test_read_sheet_missing_file_names_sheet(tmp_path: Path) -> None:
     path = tmp_path / "nope.csv"
 
     with pytest.raises(
-        BatchRequestError, match=r"sheet '.*nope\.csv' cannot be used\n  - field 'sheet': file not found"
+        BatchRequestError, match=r"sheet '.*nope\.csv' cannot be used\n  - sheet: file not found"
     ):
         read_sheet(str(path))
 
