@@ -81,3 +81,33 @@ def test_generate_batch_deployment_refuses_invalid_parameters_naming_the_field(
 
     assert refused.status_code == 409, refused.text
     assert f"'spec.{field}'" in refused.json()["detail"]
+
+
+def test_generate_batch_deployment_refuses_an_unknown_template_when_the_run_is_created(
+    rest_platform: RestPlatform,
+) -> None:
+    """A misspelt template is refused by Prefect itself (409 naming the workflow) and no flow run is created."""
+    spec = {"name": "rest-typo", "workflow": "txt2img-huge", "prompts": ["a cat"]}
+
+    refused = rest_platform.create_flow_run(spec)
+
+    assert refused.status_code == 409, refused.text
+    assert "'spec.workflow'" in refused.json()["detail"]
+    runs = api_json(api_call("POST", f"{rest_platform.api_url}/flow_runs/filter",
+                             json={"flow_runs": {"name": {"any_": ["rest-typo"]}}}))  # fmt: skip
+    assert runs == []
+
+
+def test_generate_batch_run_form_offers_templates_and_describes_every_field(rest_platform: RestPlatform) -> None:
+    """The deployment's parameter schema (Prefect's run form) lists the templates and describes each field in words,
+    with no optional field starting on a null value (the form's 'Property is type "None"')."""
+    deployment = api_json(api_call("GET", f"{rest_platform.api_url}/deployments/{rest_platform.deployment_id()}"))
+    schema = deployment["parameter_openapi_schema"]
+    form = schema["definitions"]["BatchSpec"]
+    fields = form["properties"]
+
+    assert {"txt2img-tiny", "picture-book-tiny"} <= set(fields["workflow"]["anyOf"][0]["enum"])
+    assert deployment["enforce_parameter_schema"] is True
+    assert [name for name, field in fields.items() if not field.get("description")] == []
+    assert [name for name, field in fields.items() if "default" in field and field["default"] is None] == []
+    assert "Prefect UI" not in form["description"]
