@@ -25,6 +25,7 @@ from prefect.client.schemas.filters import (
     TaskRunFilterStateType,
 )
 from prefect.client.schemas.objects import FlowRun, State, StateType
+from prefect.context import FlowRunContext
 from prefect.exceptions import TerminationSignal
 from prefect.states import Cancelled
 
@@ -160,26 +161,47 @@ async def _cancel_task_runs(run_id: str, reason: str) -> None:
             await client.set_task_run_state(task_run.id, Cancelled(message=reason), force=True)
 
 
-def _table_row(r: JobResult) -> dict[str, object]:
-    return {"job": r.job.job_key, "status": r.status, "seed": r.job.seed, "server": r.server or "",
-            "file": r.files[0].uri if r.files else "", "error": (r.error or "")[:200]}  # fmt: skip
+def _table_row(r: JobResult, batch_link: str | None) -> dict[str, object]:
+    """One image as the results table shows it: numbered from 1 as on the dashboard, its file by name, and a link
+    the dashboard serves (never a path on the worker)."""
+    prompt = r.job.values.get("prompt")
+    image = f"{batch_link}/items/{r.job.key}/image" if batch_link and r.files else ""
+    return {"#": r.job.index + 1, "status": r.status, "prompt": prompt[:80] if isinstance(prompt, str) else "",
+            "seed": r.job.seed, "server": r.server or "", "file": r.files[0].uri.rsplit("/", 1)[-1] if r.files else "",
+            "image": image, "error": (r.error or "")[:200]}  # fmt: skip
+
+
+def dashboard_batch_link(run_id: UUID | None) -> str | None:
+    """The batch's address on the dashboard (`/api/batches/<flow run id>`), from the dashboard's host and port."""
+    if run_id is None:
+        context = FlowRunContext.get()
+        run_id = context.flow_run.id if context is not None and context.flow_run is not None else None
+    if run_id is None:
+        return None
+    settings = get_settings()
+    # A wildcard listen address is no address to open: the same machine is.
+    host = "127.0.0.1" if settings.dashboard_host in ("0.0.0.0", "::", "") else settings.dashboard_host
+    return f"http://{host}:{settings.dashboard_port}/api/batches/{run_id}"
 
 
 async def _publish_results(spec: BatchSpec, results: list[JobResult], report: BatchReport, *,
                            preview: str | None, run_id: UUID | None = None) -> None:  # fmt: skip
-    rows = [_table_row(result) for result in results[:1000]]
+    link = dashboard_batch_link(run_id)
+    rows = [_table_row(result, link) for result in results[:1000]]
+    numbers = {result.job.job_key: result.job.index + 1 for result in results}
     lines = [
         f"# {spec.name}", "", *([f"Ended early: {report.ended}", ""] if report.ended else []),
         f"- done: {report.done}", f"- skipped (already stored): {report.skipped}",
         f"- failed: {report.failed}", f"- not rendered (the run ended first): {report.cancelled}",
         f"- GPU time (ComfyUI's execution of every image, earlier runs' included): {report.gpu_seconds:.1f} s",
-        f"- output: `{report.output}`",
-        *(f"- manifest: `{uri}`" for uri in report.manifest), *(f"- sheet: `{uri}`" for uri in report.contact_sheets),
+        *([f"- [Manifest (CSV)]({link}/manifest) · [all images and the manifest (zip)]({link}/archive.zip) · "
+           f"each image from the results table's links (dashboard API)"] if link else []),
     ]  # fmt: skip
     if preview is not None:
-        lines += ["", f"![contact sheet of {spec.name}]({preview})"]
+        lines += ["", "## Contact sheet", "", f"Every image of {spec.name}, numbered as on the dashboard.", "",
+                  f"![Contact sheet of {spec.name}]({preview})"]  # fmt: skip
     if report.failures:
-        lines += ["", "## Failures", *(f"- `{key}`: {error}" for key, error in report.failures[:20])]
+        lines += ["", "## Failures", *(f"- #{numbers.get(key, key)}: {error}" for key, error in report.failures[:20])]
     markdown = "\n".join(lines)
     # One write after the other: two at once on SQLite collide into "database is locked", which Prefect's client
     # answers with a 2 s sleep.

@@ -1,9 +1,20 @@
 """The batch flow end to end on real ComfyUI servers and a real Prefect server."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.logging.handlers import APILogHandler
 
 from comfybatch.flows.batch import generate_batch
 from comfybatch.models import BatchSpec
@@ -40,3 +51,35 @@ async def test_batch_from_csv_sheet_renders_every_row(batch_settings: Settings, 
     assert sorted(manifest["seed"]) == list(range(10, 16))
     assert set(manifest["status"]) == {"done"}
     assert all(_exists(uri) for uris in manifest["outputs"] for uri in uris)
+
+
+async def test_batch_task_runs_and_artifacts_read_in_the_users_terms(batch_settings: Settings,
+                                                                     comfy_fleet: SuiteFleet) -> None:  # fmt: skip
+    """Task runs are `<batch>-<n>-<slug>` (n from 1) with numeric retry delays and a log line naming prompt, seed,
+    server, prompt_id and file; the results table links each image on the dashboard and the summary shows no path
+    of the worker."""
+    spec = BatchSpec(name="words", workflow=str(graphs.TINY_TXT2IMG), prompts=["a red fox", "a blue jay"],
+                     defaults={"steps": 1, "seed": 7}, servers=server_names(comfy_fleet))  # fmt: skip
+
+    state = await generate_batch(spec, return_state=True)
+    await APILogHandler.aflush()
+
+    run_id = state.state_details.flow_run_id
+    assert run_id is not None
+    run_filter = FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+    async with get_client() as client:
+        task_runs = await client.read_task_runs(flow_run_filter=run_filter)
+        logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))  # fmt: skip
+    assert sorted(run.name for run in task_runs) == ["words-1-a-red-fox", "words-2-a-blue-jay"]
+    assert all(all(isinstance(d, int | float) for d in run.empirical_policy.retry_delay or [0]) for run in task_runs)
+    rendered = [log.message for log in logs if "rendered on" in log.message]
+    assert len(rendered) == 2
+    assert any("prompt 'a red fox', seed 7" in line and "prompt_id" in line and ".png" in line for line in rendered)
+    table = json.loads(next(a.data for a in artifacts if a.type == "table"))  # type: ignore[arg-type]
+    assert [row["#"] for row in table] == [1, 2]
+    assert all(f"/api/batches/{run_id}/items/" in row["image"] for row in table)
+    summary = next(str(a.data) for a in artifacts if a.type == "markdown" and "Contact sheet" in str(a.data))
+    assert batch_settings.output_root not in summary
+    assert f"/api/batches/{run_id}/manifest" in summary
