@@ -111,3 +111,29 @@ def test_generate_batch_run_form_offers_templates_and_describes_every_field(rest
     assert [name for name, field in fields.items() if not field.get("description")] == []
     assert [name for name, field in fields.items() if "default" in field and field["default"] is None] == []
     assert "Prefect UI" not in form["description"]
+
+
+def test_generate_batch_user_error_fails_with_a_sentence_and_no_traceback(rest_platform: RestPlatform) -> None:
+    """A request Prefect's schema lets through but the batch refuses (its sheet does not exist) ends Failed, and the
+    run's logs name the sheet in a sentence with no Python traceback."""
+    spec = {"name": "rest-no-sheet", "workflow": "txt2img-tiny", "sheet": str(rest_platform.out / "absent.csv")}
+    created = rest_platform.create_flow_run(spec)
+    assert created.is_success, created.text
+    run_id = created.json()["id"]
+
+    def finished() -> dict[str, Any] | None:
+        run: dict[str, Any] = api_json(api_call("GET", f"{rest_platform.api_url}/flow_runs/{run_id}"))
+        return run if run["state_type"] in TERMINAL else None
+
+    run = wait_until(finished, timeout_s=90, what="the refused run to end", context=rest_platform.serve.tail)
+
+    def stopped_log() -> list[str] | None:
+        logs = api_json(api_call("POST", f"{rest_platform.api_url}/logs/filter",
+                                 json={"logs": {"flow_run_id": {"any_": [run_id]}}}))  # fmt: skip
+        messages = [str(log["message"]) for log in logs]
+        return messages if any("the batch stopped" in message for message in messages) else None
+
+    messages = wait_until(stopped_log, timeout_s=30, what="the run's logs", context=rest_platform.serve.tail)
+    assert run["state_type"] == "FAILED"
+    assert any("absent.csv" in message for message in messages if "the batch stopped" in message)
+    assert not [message for message in messages if "Traceback" in message]
