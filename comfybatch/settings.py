@@ -45,9 +45,9 @@ class Settings(BaseSettings):
         1000, ge=1, le=100_000, description="A batch with more images than this to render runs as shards (child "
         "flow runs on the work pool, this many images each) when it runs from a deployment; one flow run otherwise.",
     )  # fmt: skip
-    shard_attempts: int = Field(
-        3, ge=1, le=10, description="Runs of one shard at most: a crashed shard (its worker died) runs again, resuming "
-        "from the journal, until this many runs crashed.",
+    run_attempts: int = Field(
+        3, ge=1, le=10, description="Executions of one batch run or shard at most: one that crashed (its worker or "
+        "machine died) runs again by itself, resuming from the journal, until this many have started.",
     )  # fmt: skip
     inbox: str = Field("inbox", description="Folder or fsspec URL where job sheets are dropped.")
     inbox_workflow: str | None = Field(None, description="Workflow for inbox sheets that name none.")

@@ -35,6 +35,7 @@ from comfybatch.flows.plan import (
     template_classes,
 )
 from comfybatch.flows.refusal import quiet_user_errors
+from comfybatch.flows.reruns import executions_of, refuse_after_crashes
 from comfybatch.flows.shards import give_back, plan_shards, render_in_shards
 from comfybatch.models import BatchReport, BatchSpec, JobResult, JobSpec
 from comfybatch.notify.webhooks import BatchWebhooks
@@ -72,6 +73,9 @@ async def generate_batch(spec: BatchSpec) -> BatchReport:
     store = OutputStore(spec.output or settings.output_root)
     run = FlowRunContext.get()
     run_id = str(run.flow_run.id) if run and run.flow_run else ""
+    if run is not None and run.flow_run is not None:  # rescheduled after a crash (deploy/rerun-crashed.yaml)?
+        await refuse_after_crashes(run.flow_run, executions=await executions_of(run_id),
+                                   attempts=settings.run_attempts)  # fmt: skip
     # Identity first: a request that another one already holds this name for is refused before any probe.
     identity = await asyncio.to_thread(request_identity, spec)
     folder = await find_folder(store, spec, identity)
@@ -165,7 +169,7 @@ async def _render(
         if shards:  # child flow runs on the work pool render; this run follows them and writes the one ending
             await give_back(first_leases)
             await beside(
-                render_in_shards(spec, shards, expansion.jobs, journal, results, attempts=settings.shard_attempts),
+                render_in_shards(spec, shards, expansion.jobs, journal, results, attempts=settings.run_attempts),
                 _publish_plan(spec, plan, len(expansion.jobs), expansion.duplicates, required=False),
             )  # fmt: skip
         else:

@@ -16,14 +16,15 @@ from uuid import UUID
 import httpx
 from prefect import get_run_logger
 from prefect.client.orchestration import PrefectClient, get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterTags
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.context import FlowRunContext
 from prefect.deployments import arun_deployment
 from prefect.exceptions import ObjectNotFound
-from prefect.states import Cancelling
+from prefect.states import Cancelled, Cancelling
 from pydantic import BaseModel, ConfigDict, Field
 
+from comfybatch.flows.reruns import executions_of
 from comfybatch.models import BatchSpec, JobResult, JobSpec
 from comfybatch.records import JobJournal
 from comfybatch.settings import Settings
@@ -33,6 +34,7 @@ from comfybatch.tasks.first_leases import FirstLeases
 SHARD_DEPLOYMENT = "render-shard/render-shard"
 SHARD_TAG = "comfybatch-shard"
 _FOLLOW_S = 2.0
+_STOP_WAIT_S = 60.0  # longer than a worker's grace between SIGTERM and SIGKILL (30 s)
 _FINAL = (StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED)
 
 
@@ -48,6 +50,8 @@ class ShardSpec(BaseModel):
     batch_dir: str = Field(description="The batch folder its parent claimed, relative to the output store.")
     parent_run: str = Field(description="The flow run of the batch: the folder's owner, which the shard works for.")
     attempt: int = Field(1, ge=1, description="1 for the first run; a crashed shard runs again with the next.")
+    parent_execution: int = Field(1, ge=1, description="Which execution of the parent run started it (a parent that "
+                                  "crashed runs again, and starts its shards anew).")  # fmt: skip
 
     @property
     def label(self) -> str:
@@ -58,7 +62,8 @@ class ShardSpec(BaseModel):
         return f"{batch}-shard-{self.number}-of-{self.count}{suffix}"
 
 
-def split(positions: Sequence[int], size: int, *, batch_dir: str, parent_run: str) -> list[ShardSpec]:
+def split(positions: Sequence[int], size: int, *, batch_dir: str, parent_run: str,
+          parent_execution: int = 1) -> list[ShardSpec]:  # fmt: skip
     """Shards of at most `size` jobs over the plan positions still to render (ascending), as even as can be."""
     if not positions:
         return []
@@ -66,7 +71,8 @@ def split(positions: Sequence[int], size: int, *, batch_dir: str, parent_run: st
     bounds = [round(index * len(positions) / count) for index in range(count + 1)]
     return [
         ShardSpec(number=number + 1, count=count, start=positions[bounds[number]],
-                  stop=positions[bounds[number + 1] - 1] + 1, batch_dir=batch_dir, parent_run=parent_run)
+                  stop=positions[bounds[number + 1] - 1] + 1, batch_dir=batch_dir, parent_run=parent_run,
+                  parent_execution=parent_execution)
         for number in range(count)
     ]  # fmt: skip
 
@@ -89,7 +95,8 @@ async def plan_shards(
                                  SHARD_DEPLOYMENT, len(runnable))  # fmt: skip
         return []
     position = {job.key: index for index, job in enumerate(jobs)}
-    return split(sorted(position[job.key] for job in runnable), size, batch_dir=batch_dir, parent_run=run_id)
+    return split(sorted(position[job.key] for job in runnable), size, batch_dir=batch_dir, parent_run=run_id,
+                 parent_execution=await executions_of(run_id))  # fmt: skip
 
 
 async def give_back(first_leases: FirstLeases) -> None:
@@ -119,6 +126,8 @@ async def render_in_shards(
     ended: dict[int, FlowRun] = {}
     async with get_client() as client:
         try:
+            if shards[0].parent_execution > 1:  # the parent crashed and runs again: its earlier shards stop first
+                await _stop_earlier(client, shards[0].parent_run)
             for shard in shards:
                 running[shard.number] = await _start(client, spec, shard)
             while running:
@@ -134,7 +143,7 @@ async def render_in_shards(
                     else:
                         ended[entry.shard.number] = run
         except BaseException:
-            await asyncio.shield(_cancel_all(client, list(running.values())))
+            await asyncio.shield(_cancel_all(client, [entry.flow_run_id for entry in running.values()]))
             raise
     await _collect(shards, ended, jobs, journal, results)
 
@@ -153,12 +162,36 @@ async def _restart(client: PrefectClient, spec: BatchSpec, shard: ShardSpec, cra
 
 async def _start(client: PrefectClient, spec: BatchSpec, shard: ShardSpec) -> _Running:
     run = await arun_deployment(
-        SHARD_DEPLOYMENT, client=client, timeout=0, flow_run_name=shard.run_name(spec.name), tags=[SHARD_TAG],
+        SHARD_DEPLOYMENT, client=client, timeout=0, flow_run_name=shard.run_name(spec.name),
+        tags=[SHARD_TAG, _parent_tag(shard.parent_run)],
         parameters={"spec": spec.model_dump(mode="json"), "shard": shard.model_dump(mode="json")},
         # A parent process retrying the request never starts one shard twice.
-        idempotency_key=f"{shard.parent_run}-shard-{shard.number}-attempt-{shard.attempt}",
+        idempotency_key=f"{shard.parent_run}-{shard.parent_execution}-shard-{shard.number}-attempt-{shard.attempt}",
     )  # fmt: skip
     return _Running(shard, run.id, time.monotonic())
+
+
+def _parent_tag(parent_run: str) -> str:
+    return f"comfybatch-parent:{parent_run}"
+
+
+async def _stop_earlier(client: PrefectClient, parent_run: str) -> None:
+    """Cancel the shards an earlier execution of the parent started and that still go, and wait for them to end: two
+    runs of one shard at once would render its jobs twice. A shard whose worker died with the parent never ends by
+    itself; it is set Cancelled after `_STOP_WAIT_S`."""
+    ids = [run.id for run in await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+        tags=FlowRunFilterTags(all_=[_parent_tag(parent_run)])))
+        if run.state is not None and run.state.type not in _FINAL]  # fmt: skip
+    if not ids:
+        return
+    get_run_logger().warning("%d shard run(s) of an earlier execution still going; cancelling them first", len(ids))
+    await _cancel_all(client, ids)
+    deadline = time.monotonic() + _STOP_WAIT_S
+    while ids and time.monotonic() < deadline:
+        await asyncio.sleep(_FOLLOW_S)
+        ids = [run.id for run in await _read_runs(client, ids) if run.state is None or run.state.type not in _FINAL]
+    for flow_run_id in ids:
+        await client.set_flow_run_state(flow_run_id, Cancelled(message="its batch's run started it anew"), force=True)
 
 
 async def _read_runs(client: PrefectClient, ids: list[UUID]) -> list[FlowRun]:
@@ -169,11 +202,11 @@ async def _read_runs(client: PrefectClient, ids: list[UUID]) -> list[FlowRun]:
         return []
 
 
-async def _cancel_all(client: PrefectClient, running: Sequence[_Running]) -> None:
+async def _cancel_all(client: PrefectClient, flow_run_ids: Sequence[UUID]) -> None:
     """Ask the workers to stop the shards still going (their runs' states say Cancelling)."""
-    for entry in running:
+    for flow_run_id in flow_run_ids:
         with contextlib.suppress(Exception):  # best effort: Prefect's cancellation cleanup cancels subflows too
-            await client.set_flow_run_state(entry.flow_run_id, Cancelling(message="the batch's run ended"), force=True)
+            await client.set_flow_run_state(flow_run_id, Cancelling(message="the batch's run ended"), force=True)
 
 
 async def _collect(

@@ -1,6 +1,7 @@
 """The multi-machine setup of `deploy/` as local processes: the `comfybatch` process work pool with its
-deployments and zombie automation registered from `prefect.yaml` and `deploy/crash-zombies.yaml`, and
-`prefect worker start` processes, each killable the way a machine dies (the worker and its flow runs at once)."""
+deployments registered from `prefect.yaml` and its automations, and
+`prefect worker start` processes, each killable the way a machine dies (the worker and its flow runs at once).
+The automations come from `deploy/crash-zombies.yaml` and `deploy/rerun-crashed.yaml`."""
 
 import os
 import shutil
@@ -15,7 +16,7 @@ from comfybatch.testing.fleet import die_with_parent, log_tail
 
 REPO = Path(__file__).resolve().parents[2]
 POOL = "comfybatch"
-ZOMBIE_AUTOMATION = REPO / "deploy" / "crash-zombies.yaml"
+AUTOMATIONS = (REPO / "deploy" / "crash-zombies.yaml", REPO / "deploy" / "rerun-crashed.yaml")
 WORKER_ENV = {
     # Flow runs send heartbeats (none by default; 30 s is Prefect's minimum) for the zombie automation.
     "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
@@ -30,7 +31,8 @@ def _prefect() -> str:
 def register(env: dict[str, str], *, folder: Path, deployments: tuple[str, ...] = ("generate-batch", "render-shard"),
              zombies: bool = True) -> None:  # fmt: skip
     """What `deploy/`'s `register` service runs: the work pool, the deployments of `prefect.yaml` (module
-    entrypoints: nothing is pulled), and the zombie automation. `folder` gets a copy of `prefect.yaml`.
+    entrypoints: nothing is pulled), and the automations that crash zombie runs and run crashed batches again.
+    `folder` gets a copy of `prefect.yaml`.
 
     Raises:
         subprocess.CalledProcessError with the command's output.
@@ -41,7 +43,7 @@ def register(env: dict[str, str], *, folder: Path, deployments: tuple[str, ...] 
     commands = [[_prefect(), "work-pool", "create", POOL, "--type", "process", "--overwrite"],
                 [_prefect(), "--no-prompt", "deploy", *names]]  # fmt: skip
     if zombies:
-        commands.append([_prefect(), "automation", "create", "--from-file", str(ZOMBIE_AUTOMATION)])
+        commands += [[_prefect(), "automation", "create", "--from-file", str(path)] for path in AUTOMATIONS]
     for command in commands:
         subprocess.run(command, env=env, cwd=folder, check=True, capture_output=True, timeout=180)
 

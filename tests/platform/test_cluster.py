@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from comfybatch.models import BatchSpec
 from comfybatch.outputs.manifest import read_manifest
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.testing.cluster import POOL, LocalWorker, register
@@ -67,26 +68,72 @@ def sampling(servers: list[LocalComfyServer]) -> Iterator[QueueSampler]:
         thread.join(10)
 
 
-@pytest.fixture
-def cluster_root(tmp_path: Path) -> Iterator[tuple[Path, LocalFleet, LocalPrefectServer]]:
-    """Four ComfyUI servers and PostgreSQL starting side by side, then Prefect on PostgreSQL."""
+@dataclass
+class Cluster:
+    """PostgreSQL, Prefect on it with the pool, deployments and automations registered, four ComfyUI servers."""
+
+    root: Path
+    fleet: LocalFleet
+    prefect: LocalPrefectServer
+    env: dict[str, str]
+
+    def workers(self, test: str) -> list[LocalWorker]:
+        return [LocalWorker(f"{test}-{name}", self.root / test / name, self.env) for name in ("a", "b")]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Four ComfyUI servers and PostgreSQL starting side by side, then Prefect on PostgreSQL, then `register`."""
     if find_postgres() is None:
         pytest.fail(MISSING, pytrace=False)
-    fleet = LocalFleet(tmp_path / "comfy", count=4, checkpoint=False)
+    root = tmp_path_factory.mktemp("cluster")
+    fleet = LocalFleet(root / "comfy", count=4, checkpoint=False)
     for server in fleet.servers:
         server.start()  # spawned now, waited for below: they start while PostgreSQL and Prefect do
     try:
-        with LocalPostgres(tmp_path / "postgres") as postgres:
-            prefect = LocalPrefectServer(tmp_path / "prefect", database_url=postgres.url)
+        with LocalPostgres(root / "postgres") as postgres:
+            prefect = LocalPrefectServer(root / "prefect", database_url=postgres.url)
             prefect.start()
             try:
                 for server in fleet.servers:
                     server.wait_ready()
-                yield tmp_path, fleet, prefect
+                env = clean_env(
+                    PREFECT_API_URL=prefect.api_url, COMFYUI_URLS=",".join(server.url for server in fleet.servers),
+                    COMFYBATCH_CONFIG_FILE=os.devnull, COMFYBATCH_OUTPUT_ROOT=str(root / "out"),
+                    COMFYBATCH_DEFAULT_SLOTS=str(SLOTS), COMFYBATCH_RETRY_BACKOFF_S="0.2",
+                )  # fmt: skip
+                register({**env, "PREFECT_HOME": str(root / "register")}, folder=root / "register")
+                yield Cluster(root, fleet, prefect, env)
             finally:
                 prefect.stop()
     finally:
         fleet.stop()
+
+
+@contextlib.contextmanager
+def running(workers: list[LocalWorker], api: str) -> Iterator[Any]:
+    """The workers started and online until the block ends; yields their log tails for failure messages."""
+
+    def context() -> str:
+        return "\n".join(worker.tail() for worker in workers)
+
+    try:
+        for worker in workers:
+            worker.start()
+        wait_until(lambda: {w["name"] for w in api_json(api_call("POST", f"{api}/work_pools/{POOL}/workers/filter",
+                                                                  json={}))} >= {w.name for w in workers},
+                   timeout_s=90, what="the workers online", context=context)  # fmt: skip
+        yield context
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def _start_batch(api: str, spec: BatchSpec) -> dict[str, Any]:
+    deployment = api_json(api_call("GET", f"{api}/deployments/name/generate-batch/generate-batch"))
+    run: dict[str, Any] = api_json(api_call("POST", f"{api}/deployments/{deployment['id']}/create_flow_run",
+                                            json={"parameters": {"spec": spec.model_dump(mode="json")}}))  # fmt: skip
+    return run
 
 
 def _runs(api_url: str, name_like: str) -> list[dict[str, Any]]:
@@ -105,47 +152,28 @@ def _iso_to_epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
-def test_cluster_batch_survives_a_worker_killed_mid_batch(
-    cluster_root: tuple[Path, LocalFleet, LocalPrefectServer],
-) -> None:
+def test_cluster_batch_survives_a_worker_killed_mid_batch(cluster: Cluster) -> None:
     """400 images in four shards on two workers; one worker's machine is SIGKILLed mid-batch: its shards are marked
     Crashed by the zombie automation and run again on the other worker by the batch itself, so all 400 images
     land, none executed twice, no server ever holds more than its slots, and the batch completes untouched."""
-    root, fleet, prefect = cluster_root
-    api = prefect.api_url
-    env = clean_env(
-        PREFECT_API_URL=api, COMFYUI_URLS=",".join(server.url for server in fleet.servers),
-        COMFYBATCH_CONFIG_FILE=os.devnull, COMFYBATCH_OUTPUT_ROOT=str(root / "out"),
-        COMFYBATCH_DEFAULT_SLOTS=str(SLOTS), COMFYBATCH_RETRY_BACKOFF_S="0.2",
-    )  # fmt: skip
-    register({**env, "PREFECT_HOME": str(root / "register")}, folder=root / "register")
-    workers = [LocalWorker(name, root / name, env) for name in ("worker-a", "worker-b")]
-    spec = delay_spec("cluster", seconds=0.2, count=IMAGES, servers=[], shard_size=SHARD_SIZE)
-    try:
-        for worker in workers:
-            worker.start()
-        context = lambda: "\n".join(worker.tail() for worker in workers)  # noqa: E731
-        wait_until(lambda: len(api_json(api_call("POST", f"{api}/work_pools/{POOL}/workers/filter", json={})))
-                   >= 2, timeout_s=90, what="both workers online", context=context)  # fmt: skip
-        deployment = api_json(api_call("GET", f"{api}/deployments/name/generate-batch/generate-batch"))
+    api, fleet = cluster.prefect.api_url, cluster.fleet
+    spec = delay_spec("sharded", seconds=0.2, count=IMAGES, servers=[], shard_size=SHARD_SIZE)
+    workers = cluster.workers("sharded")
+    with running(workers, api) as context, sampling(fleet.servers) as sampler:
         started = time.time()
-        parent = api_json(api_call("POST", f"{api}/deployments/{deployment['id']}/create_flow_run",
-                                   json={"parameters": {"spec": spec.model_dump(mode="json")}}))  # fmt: skip
-        with sampling(fleet.servers) as sampler:
-            victim, killed_at = _kill_a_shard_worker(api, workers, parent["id"], root / "out" / "cluster", context)
-            ended = wait_until(lambda: _terminal(api, parent["id"]), timeout_s=600, what="the batch's end",
-                               context=context)  # fmt: skip
-    finally:
-        for worker in workers:
-            worker.stop()
+        parent = _start_batch(api, spec)
+        victim, killed_at = _kill_a_shard_worker(api, workers, parent["id"], cluster.root / "out" / spec.name,
+                                                 context)  # fmt: skip
+        ended = wait_until(lambda: _terminal(api, parent["id"]), timeout_s=600, what="the batch's end",
+                           context=context)  # fmt: skip
 
-    shard_runs = _runs(api, "cluster-shard-%")
+    shard_runs = _runs(api, f"{spec.name}-shard-%")
     crashed = [run for run in shard_runs if run["state_type"] == "CRASHED"]
     restarts = [run for run in shard_runs if "-attempt-" in run["name"]]
-    manifest = read_manifest(OutputStore(str(root / "out")), "cluster")
+    manifest = read_manifest(OutputStore(str(cluster.root / "out")), spec.name)
     runs_per_nonce = executions(*fleet.servers)
     finished_at = _iso_to_epoch(ended["end_time"])
-    print(f"\ncluster: {IMAGES} images, {len(shard_runs)} shard runs, killed {victim.name} at "
+    print(f"\ncluster, sharded: {IMAGES} images, {len(shard_runs)} shard runs, killed {victim.name} at "
           f"{killed_at - started:.1f} s; crashed detected after "
           + ", ".join(f"{_iso_to_epoch(run['state']['timestamp']) - killed_at:.1f} s" for run in crashed)
           + "; restarts started after "
@@ -155,13 +183,49 @@ def test_cluster_batch_survives_a_worker_killed_mid_batch(
     assert ended["state_type"] == "COMPLETED", ended["state"]
     assert manifest is not None
     assert (manifest["status"] == "done").sum() == IMAGES
-    assert sorted(runs_per_nonce) == sorted(spec_nonces(spec))
-    assert max(runs_per_nonce.values()) == 1, {n: c for n, c in runs_per_nonce.items() if c > 1}
+    nonces = spec_nonces(spec)
+    assert sorted(n for n in runs_per_nonce if n in nonces) == sorted(nonces)
+    assert max(runs_per_nonce[n] for n in nonces) == 1, {n: c for n, c in runs_per_nonce.items() if c > 1}
     assert crashed, "no shard run was marked crashed"
     assert {run["state_type"] for run in restarts} == {"COMPLETED"}
     assert len(restarts) >= len(crashed)
     assert sampler.samples > 0
     assert max(sampler.peak.values()) <= SLOTS
+
+
+def test_cluster_crashed_batch_runs_again_by_itself(cluster: Cluster) -> None:
+    """An unsharded batch whose worker's machine dies mid-batch is marked Crashed, scheduled again by the rerun
+    automation, taken by the other worker, and completes: every image once, two executions in the run's history."""
+    api, fleet = cluster.prefect.api_url, cluster.fleet
+    spec = delay_spec("whole", seconds=0.5, count=48, servers=[])
+    workers = cluster.workers("whole")
+    with running(workers, api) as context:
+        batch = _start_batch(api, spec)
+
+        def holder() -> LocalWorker | None:
+            if finished_records(cluster.root / "out" / spec.name) < 8:
+                return None
+            pid = _pid(api_json(api_call("GET", f"{api}/flow_runs/{batch['id']}")))
+            return next((worker for worker in workers if pid in worker.flow_run_pids()), None)
+
+        victim = wait_until(holder, timeout_s=300, what="the batch under way", context=context, interval_s=0.2)
+        killed_at = time.time()
+        victim.kill_machine()
+        ended = wait_until(lambda: _terminal(api, batch["id"]), timeout_s=400, what="the batch's end",
+                           context=context)  # fmt: skip
+
+    history = api_json(api_call("GET", f"{api}/flow_run_states/", params={"flow_run_id": batch["id"]}))
+    runs_per_nonce = executions(*fleet.servers)
+    manifest = read_manifest(OutputStore(str(cluster.root / "out")), spec.name)
+    print(f"\ncluster, whole batch: killed {victim.name}; batch finished "
+          f"{_iso_to_epoch(ended['end_time']) - killed_at:.1f} s after the kill; states "
+          f"{[state['name'] for state in history]}")  # fmt: skip
+    assert ended["state_type"] == "COMPLETED", ended["state"]
+    assert [state["type"] for state in history].count("RUNNING") == 2
+    assert "CRASHED" in [state["type"] for state in history]
+    assert manifest is not None
+    assert (manifest["status"] == "done").sum() == len(spec_nonces(spec))
+    assert all(runs_per_nonce.get(nonce) == 1 for nonce in spec_nonces(spec)), runs_per_nonce
 
 
 def _terminal(api: str, flow_run_id: str) -> dict[str, Any] | None:
@@ -178,7 +242,7 @@ def _kill_a_shard_worker(
         if finished_records(batch_dir) < IMAGES // 4:
             return None
         parent = api_json(api_call("GET", f"{api}/flow_runs/{parent_id}"))
-        running = [run for run in _runs(api, "cluster-shard-%") if run["state_type"] == "RUNNING"]
+        running = [run for run in _runs(api, f"{batch_dir.name}-shard-%") if run["state_type"] == "RUNNING"]
         for worker in workers:
             pids = set(worker.flow_run_pids())
             if _pid(parent) not in pids and any(_pid(run) in pids for run in running):
