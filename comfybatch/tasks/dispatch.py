@@ -3,8 +3,9 @@
 The truth across batches and processes is each server's Prefect global concurrency limit
 `comfy:<name>`: no prompt is in flight on a server without a lease on it. Every lease is a write
 on the Prefect server (SQLite by default), so the broker keeps the leases it holds between its own
-jobs and hands them over locally at once; it gives one back when no job of this batch waits for
-that server, or a higher-priority batch does. Other processes' releases are seen by a short poll.
+jobs and hands a freed one straight to the job that has waited longest for that server (first come,
+first served); it gives one back when no job of this batch waits for that server, or a higher-priority
+batch does. Other processes' releases are seen by a short poll.
 
 Leases are taken through the lease API directly rather than `concurrency()`: their ids go into
 the job journal, so a rerun after a crash adopts the slot its predecessor held instead of waiting
