@@ -33,7 +33,7 @@
 
 from dataclasses import dataclass
 
-from comfybatch.problems import node_problem, request_problem
+from comfybatch.problems import node_place, node_problem, request_problem
 
 
 class ComfyBatchError(Exception):
@@ -192,7 +192,7 @@ class JobFailed(ComfyBatchError):
         self, message: str, *, server: str, prompt_id: str, node_id: str | None = None,
         node_type: str | None = None, exception_type: str | None = None,
     ) -> None:  # fmt: skip
-        where = f" in node {node_id} ({node_type})" if node_id else ""
+        where = f" in {node_place(node_id, node_type)}" if node_id else ""
         super().__init__(f"[{server}] prompt {prompt_id} failed{where}: {exception_type}: {message}")
         self.server = server
         self.prompt_id = prompt_id

@@ -33,7 +33,7 @@ def test_cli_validate_against_server_names_missing_checkpoint(comfy_server: Flee
     done = _cli("validate", source, "--server", comfy_server.url)
 
     assert done.returncode == 2
-    assert "Checkpoint Loader Simple (node 1), input 'ckpt_name'" in done.stderr
+    assert "Load Checkpoint (node 1), input 'ckpt_name'" in done.stderr
 
 
 def test_cli_convert_against_server(comfy_server: FleetServer) -> None:
