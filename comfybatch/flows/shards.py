@@ -34,6 +34,7 @@ from comfybatch.tasks.first_leases import FirstLeases
 SHARD_DEPLOYMENT = "render-shard/render-shard"
 SHARD_TAG = "comfybatch-shard"
 _FOLLOW_S = 2.0
+_WAITING_WARN_S = 300.0
 _STOP_WAIT_S = 60.0  # longer than a worker's grace between SIGTERM and SIGKILL (30 s)
 _FINAL = (StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED)
 
@@ -111,6 +112,7 @@ class _Running:
     shard: ShardSpec
     flow_run_id: UUID
     started_at: float
+    warned: bool = False
 
 
 async def render_in_shards(
@@ -135,6 +137,7 @@ async def render_in_shards(
                 for run in await _read_runs(client, [entry.flow_run_id for entry in running.values()]):
                     entry = next(e for e in running.values() if e.flow_run_id == run.id)
                     if run.state is None or run.state.type not in _FINAL:
+                        _warn_if_waiting(spec, entry, run)
                         continue
                     del running[entry.shard.number]
                     if run.state.type == StateType.CRASHED and entry.shard.attempt < attempts:
@@ -146,6 +149,18 @@ async def render_in_shards(
             await asyncio.shield(_cancel_all(client, [entry.flow_run_id for entry in running.values()]))
             raise
     await _collect(shards, ended, jobs, journal, results)
+
+
+def _warn_if_waiting(spec: BatchSpec, entry: _Running, run: FlowRun) -> None:
+    """Say once when a shard waits long for a worker: batch runs may hold every worker slot (each takes one while its
+    shards wait for theirs), so `--limit` must exceed the number of batches run at once."""
+    waited = time.monotonic() - entry.started_at
+    if entry.warned or waited < _WAITING_WARN_S or run.state is None or run.state.type != StateType.SCHEDULED:
+        return
+    entry.warned = True
+    get_run_logger().warning("%s of %s has waited %.0f s for a worker: are all worker slots taken by batch runs? "
+                             "Raise the workers' --limit or start another worker", entry.shard.label, spec.name,
+                             waited)  # fmt: skip
 
 
 async def _restart(client: PrefectClient, spec: BatchSpec, shard: ShardSpec, crashed: FlowRun, *,
