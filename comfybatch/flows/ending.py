@@ -65,9 +65,10 @@ class Ending:
         report = await self._write(self.results)
         if report.failures:
             first_key, first_error = report.failures[0]
+            number = next((f"#{r.job.index + 1}" for r in self.results if r.job.job_key == first_key), first_key)
             raise BatchIncomplete(
                 f"{self.spec.name}: {report.failed} of {report.total} job(s) failed; rerun to retry them (finished "
-                f"images are kept). First: {first_key}: {first_error}",
+                f"images are kept). First: {number}: {first_error}",
                 report=report,
             )
         return report

@@ -17,6 +17,7 @@ from comfybatch.inputs import InputPolicy
 from comfybatch.models import JobResult, JobSpec
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.pipeline import execute_job
+from comfybatch.problems import why_unreachable
 from comfybatch.records import JobJournal, JobRecord
 from comfybatch.settings import get_settings
 from comfybatch.tasks.dispatch import NoServerAvailable, Slot, SlotBroker
@@ -87,7 +88,9 @@ async def render(job: JobSpec, context: JobContext, attempt: int) -> JobResult:
                     tried[slot.server.name] = exc
                     if isinstance(exc, _DOWN_ERRORS):
                         context.broker.mark_down(slot.server.name)
-                    get_run_logger().warning("%s failed on %s, failing over: %s", job.job_key, slot.server.name, exc)
+                    why = why_unreachable(exc) if isinstance(exc, _DOWN_ERRORS) else str(exc)  # words, not a repr
+                    get_run_logger().warning("#%d failed on %s (%s); trying another server", job.index + 1,
+                                             slot.server.name, why)  # fmt: skip
         except NoServerAvailable:
             raise FleetExhausted(job.job_key, list(tried.values())) from None
 
