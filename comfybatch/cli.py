@@ -16,7 +16,7 @@ from comfybatch.comfy.preflight import check_workflow
 from comfybatch.comfy.workflow import ApiWorkflow, decode_workflow, detect_format, load_workflow
 from comfybatch.deployments import commands as platform_commands
 from comfybatch.errors import ComfyBatchError, ConfigError, WorkflowRejected
-from comfybatch.models import BatchSpec
+from comfybatch.models import TEMPLATES_DIR, BatchSpec, template_names
 from comfybatch.problems import validation_text
 
 app = App(name="comfybatch", help="Turn ComfyUI servers into a batch image factory.")
@@ -149,7 +149,6 @@ def _check_request(spec: BatchSpec) -> None:
         ConfigError, WorkflowFormatError, BatchRequestError: naming the file, field, row or column.
     """
     from comfybatch.expansion import expand_batch
-    from comfybatch.flows.plan import TEMPLATES_DIR
 
     source: Path | dict[str, Any]
     if isinstance(spec.workflow, dict):
@@ -159,7 +158,7 @@ def _check_request(spec: BatchSpec) -> None:
     elif spec.workflow.endswith(".json") and Path(spec.workflow).is_file():
         source = Path(spec.workflow)
     else:
-        offered = ", ".join(sorted(path.stem for path in TEMPLATES_DIR.glob("*.json")))
+        offered = ", ".join(template_names())
         raise ConfigError(f"workflow {spec.workflow!r} is neither a template ({offered}) nor a .json file")
     data = decode_workflow(source)
     if detect_format(data) == "api":
