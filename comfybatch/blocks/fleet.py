@@ -64,7 +64,7 @@ def _from_entry(entry: Any, index: int, settings: Settings, *, path: str) -> Ser
         return ServerConfig(
             name=entry.get("name") or name_from_url(entry["url"]), url=str(entry["url"]).rstrip("/"),
             slots=entry.get("slots", settings.default_slots), labels=tuple(entry.get("labels", ())),
-            api_token=SecretStr(token) if token else None, source="toml",
+            api_token=SecretStr(token) if token else None, source="toml", display_name=entry.get("display_name"),
         )  # fmt: skip
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
@@ -83,7 +83,8 @@ async def _save_blocks(servers: Sequence[ServerConfig], *, saved: Sequence[Serve
     for server in servers:
         if current.get(server.name) != server:
             block = ComfyUIServer(url=server.url, api_token=server.api_token, slots=server.slots,
-                                  labels=list(server.labels), source=server.source)  # fmt: skip
+                                  labels=list(server.labels), source=server.source,
+                                  display_name=server.display_name)  # fmt: skip
             await block.asave(server.name, overwrite=True)
 
 

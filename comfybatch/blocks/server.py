@@ -40,6 +40,7 @@ class ServerConfig(BaseModel):
     api_token: SecretStr | None = None
     enabled: bool = True
     source: ServerSource = "ui"
+    display_name: str | None = Field(None, max_length=60)  # what people read; `name` stays the key and limit
 
     @property
     def limit_name(self) -> str:
@@ -78,7 +79,11 @@ class ComfyUIServer(Block):
         "(comfybatch.toml), demo (comfybatch up --demo): deleted once that configuration no longer names it; "
         "cli (comfybatch run --server): only for that run.",
     )  # fmt: skip
+    display_name: str | None = Field(
+        None, max_length=60, description="The name people read on the dashboard (e.g. 'GPU A'); empty: the block's."
+    )
 
     def config(self, name: str) -> ServerConfig:
         return ServerConfig(name=name, url=self.url.rstrip("/"), slots=self.slots, labels=tuple(self.labels),
-                            api_token=self.api_token, enabled=self.enabled, source=self.source)  # fmt: skip
+                            api_token=self.api_token, enabled=self.enabled, source=self.source,
+                            display_name=self.display_name or None)  # fmt: skip

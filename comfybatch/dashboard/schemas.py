@@ -95,6 +95,9 @@ class ItemStatus(BaseModel):
     files: int = 0
     image: str | None = Field(None, description="URL of the item's image, when it has one.")
     file: str | None = Field(None, description="The image's file name in the batch's folder.")
+    media: str | None = Field(
+        None, description="The media type `image` serves (image/webp, video/webm, audio/flac…), from its extension."
+    )
     values: dict[str, JsonValue] | None = Field(None, description="Its bound parameters besides the prompt.")
 
 
@@ -121,6 +124,7 @@ class ServerStatus(BaseModel):
     """One fleet server: its config (never its token), health and load."""
 
     name: str
+    display_name: str = Field(description="What people read: its configured display name, else its name.")
     url: str
     slots: int = Field(description="Its limit: prompts in flight at once.")
     health: str = Field(description="ok or unreachable.")

@@ -34,6 +34,7 @@ from comfybatch.dashboard.usage import check_daily_quota
 from comfybatch.errors import BatchConflict, BatchNotFound, ComfyBatchError
 from comfybatch.models import BatchSpec, JobSpec
 from comfybatch.notify.webhooks import check_webhook
+from comfybatch.outputs.manifest import media_type_of
 from comfybatch.records import JobRecord
 
 logger = logging.getLogger(__name__)
@@ -335,6 +336,7 @@ async def list_items(
             error=result.error if result else None,
             files=len(files), image=f"/api/batches/{batch_id}/items/{key}/image" if files else None,
             file=files[0].uri.rpartition("/")[2] if files else None,
+            media=media_type_of(files[0].uri) if files else None,
             values={k: v for k, v in source.values.items() if k != "prompt"} if source else None,
         ))  # fmt: skip
     return ItemList(items=items, total=len(planned), limit=limit, offset=offset, planned=jobs is not None)

@@ -83,6 +83,7 @@ async def _server_statuses(settings: Settings, launcher: Launcher) -> list[Serve
     return [
         ServerStatus(
             name=server.name,
+            display_name=server.display_name or server.name,
             url=server.url,
             slots=server.slots,
             health="unreachable" if probe.reason else "ok",
