@@ -56,6 +56,9 @@ def _workflow_schema() -> dict[str, Any]:
     ]}  # fmt: skip
 
 
+_CHOICE_TITLES = {"string": "Text", "array": "List", "integer": "Number", "number": "Number", "object": "JSON"}
+
+
 def _form_schema(schema: dict[str, Any]) -> None:
     """Optional fields start on their value, not on "None": Prefect's form shows `Property is type "None"` for an
     `anyOf` whose default is null, and leaves a field without a default out of the run when it is left empty."""
@@ -64,6 +67,8 @@ def _form_schema(schema: dict[str, Any]) -> None:
             del field["default"]
             field["anyOf"] = [branch for branch in field["anyOf"] if branch.get("type") != "null"] + [
                 {"type": "null", "title": "Not set"}]  # fmt: skip
+        for branch in field.get("anyOf", []):  # the form names each choice by its title, else by "str", "int"…
+            branch.setdefault("title", _CHOICE_TITLES.get(branch.get("type", ""), branch.get("type", "")))
 
 
 class BatchSpec(BaseModel):
@@ -119,7 +124,7 @@ class BatchSpec(BaseModel):
     new_version: bool = Field(
         False,
         description="When a batch of this name exists with a different request, render this one as a new version "
-        "in a folder of its own (<name>.v2, …) instead of refusing it.",
+        "in a folder of its own (the name plus .v2, .v3, …) instead of refusing it.",
     )
     webhook: str | None = Field(
         None, description="An http(s) address told when the batch starts and finishes (signed POSTs, Standard "
