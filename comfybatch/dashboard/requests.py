@@ -4,7 +4,7 @@ ComfyUI server outside its folders, and nothing larger than Prefect stores as a 
 import json
 from typing import Any
 
-from comfybatch.comfy.preflight import escaping_path, is_file_input, refuse_unsafe
+from comfybatch.comfy.preflight import escaping_path, is_file_input, refuse_unsafe, title_of
 from comfybatch.comfy.workflow import ApiWorkflow, detect_format
 from comfybatch.errors import (
     BatchRequestError,
@@ -18,6 +18,7 @@ from comfybatch.flows.plan import read_template
 from comfybatch.inputs import UPLOADS_FOLDER, InputPolicy
 from comfybatch.models import BatchSpec, template_names
 from comfybatch.outputs.storage import OutputStore
+from comfybatch.problems import field_words
 from comfybatch.settings import Settings
 
 UPLOADS = UPLOADS_FOLDER
@@ -105,9 +106,9 @@ def check_files(spec: BatchSpec) -> None:
         return  # refused with its own message where the flow loads it
     refuse_unsafe(workflow)
     problems = [
-        NodeProblem(path.node_id, f"{field} = {value!r} {why}; name a file inside ComfyUI's folders",
+        NodeProblem(path.node_id, f"{field_words(field)} = {value!r} {why}; name a file inside ComfyUI's folders",
                     class_type=workflow.class_type(path.node_id), input_name=path.input_name,
-                    kind="file_outside_folder")
+                    kind="file_outside_folder", title=title_of(workflow.nodes[path.node_id]))
         for field, name, value in _set_values(spec) for path in offered.get(name, ())
         if isinstance(value, str) and is_file_input(workflow.class_type(path.node_id), path.input_name)
         and (why := escaping_path(value))
