@@ -48,6 +48,23 @@ function itemNumber(item) {
   return Number.isInteger(item.index) ? `#${item.index + 1}` : String(item.key || "").slice(0, 8);
 }
 
+// The media types of what ComfyUI's save nodes write (outputs/manifest.py); the items API says it, an event's file
+// name has only its extension.
+const MEDIA_TYPES = { png: "image/png", jpg: "image/jpeg", jpeg: "image/jpeg", webp: "image/webp", gif: "image/gif",
+  webm: "video/webm", mp4: "video/mp4", mov: "video/quicktime", flac: "audio/flac", mp3: "audio/mpeg",
+  opus: "audio/ogg", ogg: "audio/ogg", wav: "audio/wav" };
+
+function mediaOfFile(name) {
+  const ext = String(name || "").match(/\.([A-Za-z0-9]+)$/)?.[1]?.toLowerCase();
+  return MEDIA_TYPES[ext] || null;
+}
+
+/** "video", "audio" or "image" (animated WebP/PNG and GIF included: an <img> plays them). */
+function mediaKind(item) {
+  const media = String(item.media || mediaOfFile(item.file) || "image/png");
+  return media.startsWith("video/") ? "video" : media.startsWith("audio/") ? "audio" : "image";
+}
+
 function safeHttpUrl(value) {
   try {
     const url = new URL(value, location.href);
@@ -177,6 +194,7 @@ class HomeView {
     this.more = $(root, "more");
     this.offset = 0;
     this.uploaded = null; // {file, uri}: a sheet is uploaded once for Check and Submit
+    this.uploadedImages = new Map(); // File -> its stored image URIs (a zip: several), uploaded once
     this.busy = false;
     this.form.elements.name.placeholder = defaultName();
     $(root, "check").addEventListener("click", () => this.check());
@@ -184,6 +202,9 @@ class HomeView {
       event.preventDefault();
       this.submit();
     });
+    // Editing a field marked wrong takes its mark away: the next Check says whether it is right now.
+    this.form.addEventListener("input", (event) => clearFieldProblem(event.target));
+    this.form.addEventListener("change", (event) => clearFieldProblem(event.target));
     this.filters.addEventListener("submit", (event) => {
       event.preventDefault();
       this.loadList(true);
@@ -230,30 +251,70 @@ class HomeView {
     if (Object.keys(defaults).length) spec.defaults = defaults;
     const file = this.form.elements.sheet.files[0];
     if (file) spec.sheet = await this.upload(file);
+    const images = [...this.form.elements.images.files];
+    if (images.length) spec.images = await this.uploadImages(images);
     return spec;
+  }
+
+  /** Each chosen image (or zip of images) stored once, in the order chosen; a zip's images in name order. */
+  async uploadImages(files) {
+    const uris = [];
+    for (const [at, file] of files.entries()) {
+      if (!this.uploadedImages.has(file)) {
+        this.report.replaceChildren(h("p", { class: "muted" }, `Uploading image ${at + 1} of ${files.length}…`));
+        const stored = await this.uploadImage(file);
+        this.uploadedImages.set(file, stored.images ?? [stored.image]);
+      }
+      uris.push(...this.uploadedImages.get(file));
+    }
+    return uris;
+  }
+
+  async uploadImage(file) {
+    const ext = (file.name.match(/\.([A-Za-z0-9]+)$/)?.[1] || "").toLowerCase();
+    const stem = file.name.replace(/\.[^.]*$/, "").replace(/[^A-Za-z0-9._ -]/g, "_").replace(/^[^A-Za-z0-9]+/, "")
+      .slice(0, 90) || "image";
+    const type = { png: "image/png", jpg: "image/jpeg", jpeg: "image/jpeg", webp: "image/webp", zip: "application/zip" }[ext];
+    const refused = (message) => new ApiError(400, { problems: [{ field: "images", message: `${file.name}: ${message}`,
+      reason: `${file.name}: ${message}` }] }, message);
+    if (!type) throw refused("not a PNG, JPEG, WebP or zip file");
+    try {
+      return await api("PUT", `/api/uploads/${encodeURIComponent(`${stem}.${ext}`)}`, {
+        body: file, headers: { "Content-Type": type },
+      });
+    } catch (error) {
+      throw blamed(error, "images", file.name);
+    }
   }
 
   async upload(file) {
     if (this.uploaded?.file === file) return this.uploaded.uri;
     const name = file.name.replace(/[^A-Za-z0-9._ -]/g, "_").replace(/^[^A-Za-z0-9]+/, "sheet");
     const type = /\.csv$/i.test(name) ? "text/csv" : "application/octet-stream";
-    const stored = await api("PUT", `/api/uploads/${encodeURIComponent(name)}`, {
-      body: file,
-      headers: { "Content-Type": type },
-    });
+    let stored;
+    try {
+      stored = await api("PUT", `/api/uploads/${encodeURIComponent(name)}`, {
+        body: file,
+        headers: { "Content-Type": type },
+      });
+    } catch (error) {
+      throw blamed(error, "sheet", file.name);
+    }
     this.uploaded = { file, uri: stored.sheet };
     return stored.sheet;
   }
 
-  async run(label, action) {
+  /** `after` is "check" or "submit": only a refused submit says "Not submitted". */
+  async run(label, after, action) {
     if (this.busy) return;
     this.busy = true;
     this.form.setAttribute("aria-busy", "true");
     this.report.replaceChildren(h("p", { class: "muted" }, label));
+    clearFieldProblems(this.form);
     try {
       await action();
     } catch (error) {
-      this.showProblems(error instanceof ApiError ? error.problems : [{ message: String(error) }]);
+      this.showProblems(error instanceof ApiError ? error.problems : [{ message: String(error) }], after);
     } finally {
       this.busy = false;
       this.form.removeAttribute("aria-busy");
@@ -261,7 +322,7 @@ class HomeView {
   }
 
   check() {
-    return this.run("Checking against the fleet…", async () => {
+    return this.run("Checking against the fleet…", "check", async () => {
       const report = await api("POST", "/api/validate", { json: await this.spec() });
       this.showReport(report);
     });
@@ -275,7 +336,7 @@ class HomeView {
   }
 
   submit() {
-    return this.run("Submitting…", async () => {
+    return this.run("Submitting…", "submit", async () => {
       const spec = await this.spec();
       const key = this.submissionKey(spec);
       const started = await retrying(
@@ -288,16 +349,21 @@ class HomeView {
     });
   }
 
-  showProblems(problems) {
+  /** The API's problems: each sentence in the list, and beside the form field it points at (when it points at one). */
+  showProblems(problems, after = "check") {
     const list = h("ul", { class: "problems" }, problems.map((p) => {
-      const where = [p.field, p.row != null && `row ${p.row}`, p.column && `column ${p.column}`].filter(Boolean);
-      return h("li", { testid: "problem" }, where.length ? h("strong", {}, `${where.join(", ")}: `) : null, p.message);
+      const control = controlFor(this.form, p);
+      if (control) markField(control, p);
+      // Sentences carry their place ("prompt 2: …"); an old-style problem without one gets its field in front.
+      const where = p.reason === undefined && p.field ? h("strong", {}, `${p.field}: `) : null;
+      return h("li", { testid: "problem", "data-field": control?.name ?? null }, where, p.message);
     }));
-    this.report.replaceChildren(h("p", { class: "bad", role: "alert" }, "Not submitted — fix these first:"), list);
+    const heading = after === "submit" ? "Not submitted — fix these first:" : "Check found problems — fix these before submitting:";
+    this.report.replaceChildren(h("p", { class: "bad", role: "alert", testid: "problems-title" }, heading), list);
   }
 
   showReport(report) {
-    const servers = Object.entries(report.per_server).map(([name, n]) => `${name}: ${n}`).join(", ") || "none";
+    const servers = Object.entries(report.per_server).map(([name, n]) => `${serverName(name)}: ${n}`).join(", ") || "none";
     const parts = [
       h("p", { class: report.ok ? "good" : "bad", testid: "validation-summary" },
         report.ok ? "✓ Ready: " : "✗ Not runnable: ",
@@ -308,7 +374,14 @@ class HomeView {
       parts.push(h("ul", { class: "problems" }, report.invalid.map((item) =>
         h("li", { testid: "problem" }, h("strong", {}, `item ${itemNumber(item)}: `), item.error))));
     }
-    if (report.plan.length) parts.push(h("pre", { class: "plan" }, report.plan.join("\n")));
+    if (report.plan.length) {
+      // One line per reachable server, and one line for every server that did not answer (the plan words it so).
+      parts.push(h("ul", { class: "plan", testid: "plan" }, report.plan.map((line) => {
+        const text = line.replace(/^- ([a-z0-9-]+): /, (_, name) => `- ${serverName(name)}: `).replace(/^- /, "");
+        const down = /\bnot answer\b/.test(text);
+        return h("li", { testid: down ? "unreachable" : "plan-line", class: down ? "bad-text" : null }, text);
+      })));
+    }
     this.report.replaceChildren(...parts);
   }
 
@@ -343,13 +416,14 @@ class HomeView {
   async loadFleet() {
     try {
       const { servers } = await api("GET", "/api/servers");
+      rememberServerNames(servers);
       this.fleetBody.replaceChildren(...servers.map((server) => {
         const up = server.health === "ok";
         const lastError = server.last_error
           ? `${server.last_error}${server.last_error_at ? ` (${new Date(server.last_error_at).toLocaleTimeString()})` : ""}`
           : "—";
         return h("tr", { testid: "fleet-server", "data-server": server.name },
-          h("th", { scope: "row", title: server.url }, server.name),
+          h("th", { scope: "row", title: `${server.name} · ${server.url}`, testid: "fleet-name" }, serverLabel(server)),
           h("td", {}, h("span", { class: `badge ${up ? "state-completed" : "state-failed"}`, testid: "fleet-health" },
             up ? "ok" : server.reason || server.health)),
           h("td", { testid: "fleet-queue" }, server.queue_depth == null ? "—" : String(server.queue_depth)),
@@ -361,6 +435,80 @@ class HomeView {
       this.fleetMessage.textContent = `Could not read the fleet: ${error.message}`;
     }
   }
+}
+
+// ---- Server display names (from configuration; the name stays the key) ----
+
+const serverNames = new Map(); // name -> display name, from the last /api/servers read
+
+function serverLabel(server) {
+  return server.display_name || server.name;
+}
+
+function rememberServerNames(servers) {
+  for (const server of servers) serverNames.set(server.name, serverLabel(server));
+}
+
+/** The name a person reads for server `name`: its display name once the fleet has been read. */
+function serverName(name) {
+  return (name && serverNames.get(name)) || name;
+}
+
+// ---- Problems beside the fields they point at ----
+
+const DEFAULT_FIELDS = new Set(["width", "height", "steps"]);
+// A workflow node's input that a form field sets; any other node problem points at the template.
+const INPUT_FIELDS = { width: "width", height: "height", steps: "steps", seed: "base_seed", text: "prompts",
+  image: "images", batch_size: "images_per_item" };
+
+/** The form control a problem points at (its request field, sheet row/column, or the node input the form sets). */
+function controlFor(form, problem) {
+  const control = (name) => (name && form.elements[name] instanceof Element ? form.elements[name] : null);
+  const field = String(problem.field || "");
+  const [root, next] = field.split(/[.[\]]+/);
+  if (root === "defaults" && DEFAULT_FIELDS.has(next)) return control(next);
+  if (root && root !== "body" && control(root)) return control(root);
+  if (problem.row != null || problem.column) return control("sheet");
+  if (problem.node) return control(INPUT_FIELDS[problem.input]) || control("workflow");
+  return null;
+}
+
+/** An upload's refusal as problems of the form field that chose the file (the route itself names its body). */
+function blamed(error, field, fileName) {
+  if (!(error instanceof ApiError) || error.status === 0 || error.status === 401) return error;
+  return new ApiError(error.status, { problems: error.problems.map((p) => {
+    const message = `${fileName}: ${p.reason || p.message}`;
+    return { ...p, field, message, reason: message };
+  }) }, error.message);
+}
+
+/** Mark `control` wrong: aria-invalid, a visible mark on its label, and the sentence under it (read with it). */
+function markField(control, problem) {
+  const label = control.closest("label");
+  control.setAttribute("aria-invalid", "true");
+  if (!label) return;
+  label.classList.add("invalid");
+  let note = label.querySelector(".field-error");
+  if (!note) {
+    note = h("span", { class: "field-error", id: `${control.name}-error`, testid: "field-error" });
+    label.append(note);
+    control.setAttribute("aria-describedby", note.id);
+  }
+  const sentence = problem.reason || problem.message;
+  note.textContent = note.textContent ? `${note.textContent}; ${sentence}` : sentence;
+}
+
+function clearFieldProblem(control) {
+  if (!(control instanceof Element) || !control.hasAttribute("aria-invalid")) return;
+  control.removeAttribute("aria-invalid");
+  control.removeAttribute("aria-describedby");
+  const label = control.closest("label");
+  label?.classList.remove("invalid");
+  label?.querySelector(".field-error")?.remove();
+}
+
+function clearFieldProblems(form) {
+  for (const control of form.querySelectorAll("[aria-invalid]")) clearFieldProblem(control);
 }
 
 /** A list row's progress: a bar and "done of total" with failures, from the batch's stored counts. */
@@ -512,11 +660,24 @@ class BatchView {
       return;
     }
     this.connect(); // replayed events only move items forward (see applyItem)
+    this.loadServerNames();
     this.pollStatus();
     this.loadRest();
   }
 
   // -- server state --
+
+  /** The fleet's display names for lanes and cards; without them the page shows server names. */
+  async loadServerNames() {
+    try {
+      rememberServerNames((await api("GET", "/api/servers")).servers);
+    } catch {
+      return;
+    }
+    if (this.disposed) return;
+    for (const item of this.mounted.keys()) this.touch(item);
+    this.queueSummary();
+  }
 
   async refreshStatus() {
     this.status = await api("GET", `/api/batches/${this.id}`);
@@ -627,7 +788,7 @@ class BatchView {
       return;
     }
     if (item.position !== position) this.place(item, position);
-    for (const name of ["index", "prompt", "seed", "values", "file"]) {
+    for (const name of ["index", "prompt", "seed", "values", "file", "media"]) {
       if (item[name] == null && snapshot[name] != null) item[name] = snapshot[name];
     }
     if (!TERMINAL_ITEM.has(item.state)
@@ -802,6 +963,7 @@ class BatchView {
       item.state = state;
       item.files = Array.isArray(message.files) ? message.files.length : 0;
       if (item.files && !item.file) item.file = String(message.files[0]).split("/").pop();
+      if (item.file && !item.media) item.media = mediaOfFile(item.file);
       item.image = item.files ? `/api/batches/${this.id}/items/${encodeURIComponent(item.key)}/image` : null;
     } else {
       item.state = state; // failed or cancelled
@@ -903,7 +1065,8 @@ class BatchView {
     const parts = [
       this.media(item, halted),
       h("p", { class: "prompt", testid: "item-prompt", title: item.prompt || "" }, item.prompt || "(no prompt)"),
-      h("p", { class: "meta" }, [number, item.seed != null && `seed ${item.seed}`, item.server].filter(Boolean).join(" · ")),
+      h("p", { class: "meta" }, [number, item.seed != null && `seed ${item.seed}`, serverName(item.server)].filter(Boolean)
+        .join(" · ")),
     ];
     if (item.state === "failed" || item.state === "cancelled") {
       parts.push(h("p", { class: "error", testid: "item-error", title: item.error || "" }, item.error || item.state));
@@ -928,6 +1091,12 @@ class BatchView {
       return h("div", { class: "media cancelled" }, h("span", { class: "note" }, "not rendered: the batch ended first"));
     }
     if (!item.image) return h("div", { class: "media" }, h("span", { class: "note" }, `${item.state}, no output file`));
+    const kind = mediaKind(item);
+    if (kind !== "image") { // no thumbnail of a video or a sound: the viewer plays it
+      return h("div", { class: "media" }, h("button", { type: "button", class: "thumb-button play", testid: "open-viewer",
+        "data-media": kind, "aria-label": `Play ${itemNumber(item)} (${kind})`, onclick: () => viewer.open(this, item) },
+      h("span", { class: "play-icon", "aria-hidden": "true" }, "▶"), h("span", { class: "note" }, `${kind} · play`)));
+    }
     if (item.thumb) {
       return h("div", { class: "media" }, h("button", { type: "button", class: "thumb-button", testid: "open-viewer",
         "aria-label": `Open ${itemNumber(item)} full size`, onclick: () => viewer.open(this, item) },
@@ -1058,12 +1227,12 @@ class BatchView {
     this.renderEta();
     const shown = lanes.map(([name, lane]) => [name, lane.done, lane.failed, ended ? 0 : lane.busy])
       .sort(([a], [b]) => a.localeCompare(b));
-    const key = JSON.stringify(shown);
+    const key = JSON.stringify([shown, serverNames.size]);
     if (key === this.summaryKey) return;
     this.summaryKey = key;
     const rows = shown.map(([name, laneDone, laneFailed, busy]) =>
       h("li", { testid: "lane", "data-server": name },
-        h("span", { class: "lane-name" }, name),
+        h("span", { class: "lane-name", title: name }, serverName(name)),
         h("span", { class: "lane-bar", "aria-hidden": "true" },
           ...Array.from({ length: Math.min(laneDone, 200) }, () => h("i", { class: "d" })),
           ...Array.from({ length: Math.min(laneFailed, 200) }, () => h("i", { class: "f" })),
@@ -1212,6 +1381,8 @@ class Viewer {
   constructor() {
     this.dialog = document.getElementById("viewer");
     this.image = $(this.dialog, "viewer-image");
+    // One element per kind of output: an <img> plays animated WebP/PNG, the others get their controls.
+    this.players = { image: this.image, video: $(this.dialog, "viewer-video"), audio: $(this.dialog, "viewer-audio") };
     this.status = $(this.dialog, "viewer-message");
     this.params = $(this.dialog, "viewer-params");
     this.view = null;
@@ -1250,7 +1421,7 @@ class Viewer {
     this.token += 1;
     if (this.url) URL.revokeObjectURL(this.url);
     this.url = null;
-    this.image.removeAttribute("src");
+    this.stopPlayers();
     this.view = null; // the dialog gives focus back to the thumbnail that opened it
     this.item = null;
   }
@@ -1268,26 +1439,41 @@ class Viewer {
     $(this.dialog, "viewer-prev").disabled = !this.view.neighbour(item, -1);
     $(this.dialog, "viewer-next").disabled = !this.view.neighbour(item, 1);
     this.renderParams(item);
-    this.image.alt = item.prompt || `image ${itemNumber(item)}`;
-    this.image.hidden = true;
-    this.status.textContent = "Loading the full-size image…";
+    const kind = mediaKind(item);
+    const player = this.players[kind];
+    this.stopPlayers();
+    if (kind === "image") this.image.alt = item.prompt || `image ${itemNumber(item)}`;
+    else player.setAttribute("aria-label", item.prompt || `${kind} ${itemNumber(item)}`);
+    this.status.textContent = kind === "image" ? "Loading the full-size image…" : `Loading the ${kind}…`;
     try {
       const response = await api("GET", item.image, { raw: true });
       const blob = await response.blob();
       if (token !== this.token) return;
       if (this.url) URL.revokeObjectURL(this.url);
       this.url = URL.createObjectURL(blob);
-      this.image.src = this.url;
-      this.image.hidden = false;
+      player.src = this.url;
+      player.dataset.media = blob.type;
+      player.hidden = false;
       this.status.textContent = "";
     } catch (error) {
-      if (token === this.token) this.status.textContent = `Could not load the image: ${error.message}`;
+      if (token === this.token) this.status.textContent = `Could not load the ${kind}: ${error.message}`;
+    }
+  }
+
+  /** Hide every player, stop what plays and let go of its source. */
+  stopPlayers() {
+    for (const player of Object.values(this.players)) {
+      player.hidden = true;
+      if (player.pause) player.pause();
+      player.removeAttribute("src");
+      delete player.dataset.media;
+      if (player.load) player.load();
     }
   }
 
   renderParams(item) {
     const rows = [["Item", itemNumber(item)], ["Prompt", item.prompt || "(no prompt)"], ["Seed", item.seed],
-      ["Server", item.server], ["State", item.state], ["File", item.file]];
+      ["Server", serverName(item.server)], ["State", item.state], ["File", item.file], ["Media", item.media]];
     for (const [name, value] of Object.entries(item.values || {})) {
       if (name !== "seed") rows.push([name, typeof value === "string" ? value : JSON.stringify(value)]);
     }
@@ -1302,7 +1488,7 @@ function stateLabel(item, halted) {
   if (halted) return "not run: the batch has ended";
   switch (item.state) {
     case "queued": return "queued";
-    case "submitted": return item.server ? `submitted to ${item.server}` : "submitted";
+    case "submitted": return item.server ? `submitted to ${serverName(item.server)}` : "submitted";
     case "retrying": return item.attempt ? `retrying (attempt ${item.attempt})` : "retrying";
     case "running":
       return item.progress && item.progress.max > 0 ? `running ${item.progress.value}/${item.progress.max}` : "running";
