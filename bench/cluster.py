@@ -51,7 +51,7 @@ def _wait(check: Any, *, timeout_s: float, what: str) -> Any:
 
 
 def _phase(api: str, env: dict[str, str], root: Path, servers: list[Any], prefect_pid: int, *, workers: int,
-           args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+           args: argparse.Namespace, database_pid: int | None) -> dict[str, Any]:  # fmt: skip
     """Run one batch with `workers` workers; CPU is counted from each process's own /proc figures."""
     pool = [LocalWorker(f"w{workers}-{index}", root / f"w{workers}-{index}", env) for index in range(workers)]
     for worker in pool:
@@ -59,7 +59,7 @@ def _phase(api: str, env: dict[str, str], root: Path, servers: list[Any], prefec
     try:
         _wait(lambda: len(httpx.post(f"{api}/work_pools/{POOL}/workers/filter", json={}).json()) >= workers,
               timeout_s=90, what="workers online")  # fmt: skip
-        before = {"prefect": cpu_seconds(prefect_pid), "comfyui": sum(cpu_seconds(pid) for pid in servers)}
+        before = _server_cpu(prefect_pid, database_pid, servers)
         spec = _spec(f"bench-w{workers}", args.images, args.delay, args.shard_size)
         deployment = httpx.get(f"{api}/deployments/name/generate-batch/generate-batch").json()
         run = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run",
@@ -77,7 +77,7 @@ def _phase(api: str, env: dict[str, str], root: Path, servers: list[Any], prefec
         # The workers' own polling counts too: it is orchestration CPU on the worker machine.
         polling = sum(cpu_seconds(worker.process.pid, descendants=False) for worker in pool if worker.process)
         orchestrator = sum(seen.values()) + polling
-        after = {"prefect": cpu_seconds(prefect_pid), "comfyui": sum(cpu_seconds(pid) for pid in servers)}
+        after = _server_cpu(prefect_pid, database_pid, servers)
     finally:
         for worker in pool:
             worker.stop()
@@ -87,8 +87,15 @@ def _phase(api: str, env: dict[str, str], root: Path, servers: list[Any], prefec
         "images_per_s": round(args.images / wall, 2) if wall else None,
         "orchestrator_ms_per_image": round(1000 * orchestrator / args.images, 1),
         "prefect_ms_per_image": round(1000 * (after["prefect"] - before["prefect"]) / args.images, 1),
+        "postgres_ms_per_image": round(1000 * (after["postgres"] - before["postgres"]) / args.images, 1),
         "comfyui_ms_per_image": round(1000 * (after["comfyui"] - before["comfyui"]) / args.images, 1),
     }  # fmt: skip
+
+
+def _server_cpu(prefect_pid: int, database_pid: int | None, servers: list[int]) -> dict[str, float]:
+    """CPU seconds so far of the Prefect server, PostgreSQL (its backends are its children) and ComfyUI."""
+    return {"prefect": cpu_seconds(prefect_pid), "postgres": cpu_seconds(database_pid) if database_pid else 0.0,
+            "comfyui": sum(cpu_seconds(pid) for pid in servers)}  # fmt: skip
 
 
 def main() -> None:
@@ -115,8 +122,9 @@ def main() -> None:
                        COMFYBATCH_CONFIG_FILE=os.devnull, COMFYBATCH_OUTPUT_ROOT=str(root / "out"))  # fmt: skip
             register({**env, "PREFECT_HOME": str(root / "register")}, folder=root / "register", zombies=False)
             servers = [s.process.pid for s in fleet.servers if s.process is not None]
-            results = [_phase(prefect.api_url, env, root, servers, prefect.process.pid, workers=count, args=args)
-                       for count in (1, 2)]  # fmt: skip
+            database_pid = postgres.process.pid if postgres is not None and postgres.process is not None else None
+            results = [_phase(prefect.api_url, env, root, servers, prefect.process.pid, workers=count, args=args,
+                              database_pid=database_pid) for count in (1, 2)]  # fmt: skip
         finally:
             prefect.stop()
             if postgres is not None:
@@ -124,10 +132,12 @@ def main() -> None:
     ideal = args.images * args.delay / args.servers
     print(f"\n{args.images} images, Delay {args.delay} s, {args.servers} servers (ideal {ideal:.1f} s), shards of "
           f"{args.shard_size}, Prefect on {args.database}, {os.cpu_count()} cores")  # fmt: skip
-    print(f"{'workers':>8} {'run s':>7} {'img/s':>7} {'orch ms/img':>12} {'prefect ms/img':>15} {'comfy ms/img':>13}")
+    print(f"{'workers':>8} {'run s':>7} {'img/s':>7} {'orch ms/img':>12} {'prefect ms/img':>15} {'pg ms/img':>10} "
+          f"{'comfy ms/img':>13}")  # fmt: skip
     for r in results:
         print(f"{r['workers']:>8} {r['run_s']:>7} {r['images_per_s']:>7} {r['orchestrator_ms_per_image']:>12} "
-              f"{r['prefect_ms_per_image']:>15} {r['comfyui_ms_per_image']:>13}")  # fmt: skip
+              f"{r['prefect_ms_per_image']:>15} {r['postgres_ms_per_image']:>10} "
+              f"{r['comfyui_ms_per_image']:>13}")  # fmt: skip
     print(json.dumps({"bench": "cluster", "database": args.database, "ideal_s": round(ideal, 1), "phases": results}))
 
 
