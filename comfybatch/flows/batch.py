@@ -6,6 +6,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable
+from datetime import UTC, datetime
 from typing import cast
 
 import httpx
@@ -44,7 +45,7 @@ from comfybatch.outputs.storage import OutputStore
 from comfybatch.records import JobJournal, JobRecord, write_plan
 from comfybatch.settings import Settings, get_settings
 from comfybatch.tasks.dispatch import SlotBroker
-from comfybatch.tasks.events import emit_batch_event, emit_item_event, emit_run_state
+from comfybatch.tasks.events import continue_numbering, emit_batch_event, emit_item_event, emit_run_state
 from comfybatch.tasks.first_leases import FirstLeases
 from comfybatch.tasks.group import Granularity, group_name, render_images
 from comfybatch.tasks.job import JobContext, retry_delays, run_job
@@ -74,8 +75,10 @@ async def generate_batch(spec: BatchSpec) -> BatchReport:
     run = FlowRunContext.get()
     run_id = str(run.flow_run.id) if run and run.flow_run else ""
     if run is not None and run.flow_run is not None:  # rescheduled after a crash (deploy/rerun-crashed.yaml)?
-        await refuse_after_crashes(run.flow_run, executions=await executions_of(run_id),
-                                   attempts=settings.run_attempts)  # fmt: skip
+        executions = await executions_of(run_id)
+        await refuse_after_crashes(run.flow_run, executions=executions, attempts=settings.run_attempts)
+        if executions > 1:  # the earlier execution's events are stored: the stream numbers on after them
+            await continue_numbering(run.flow_run.id, run.flow_run.created or datetime.now(UTC))
     # Identity first: a request that another one already holds this name for is refused before any probe.
     identity = await asyncio.to_thread(request_identity, spec)
     folder = await find_folder(store, spec, identity)

@@ -9,11 +9,20 @@ last numbered event of a run; `run.cancelling` tells the stream the engine saw i
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.events import emit_event
+from prefect.events.filters import (
+    EventAnyResourceFilter,
+    EventFilter,
+    EventNameFilter,
+    EventOccurredFilter,
+    EventOrder,
+)
 
 from comfybatch.models import JobSpec
 
@@ -49,8 +58,28 @@ class EventNumbers:
         """The run's stream is complete: later events of it are not numbered (nor streamed)."""
         self._last[run_id] = -(2**62)
 
+    def continue_after(self, run_id: UUID, seq: int) -> None:
+        with self.lock:
+            self._last[run_id] = max(self._last.get(run_id, 0), seq)
+
 
 _numbers = EventNumbers()
+_STORED_LOOKBACK = 50  # the newest stored events (one page, Prefect's most) read for the highest number
+
+
+async def continue_numbering(run_id: UUID, since: datetime) -> None:
+    """A run executed again (its process died; Prefect or an automation ran it anew) numbers on after the highest
+    `seq` its earlier execution stored, so its stream repeats no number."""
+    event_filter = EventFilter(
+        occurred=EventOccurredFilter(since=since - timedelta(minutes=1), until=since + timedelta(days=7)),
+        event=EventNameFilter(prefix=["comfybatch."]),
+        any_resource=EventAnyResourceFilter(id=[f"prefect.flow-run.{run_id}"]),
+        order=EventOrder.DESC,
+    )  # fmt: skip
+    async with get_client() as client:
+        page = await client.read_events(event_filter, limit=_STORED_LOOKBACK)
+    numbers = [seq for event in page.events if isinstance(seq := event.payload.get("seq"), int)]
+    _numbers.continue_after(run_id, max(numbers, default=0))
 
 
 def _current_run_id() -> UUID | None:
