@@ -94,7 +94,7 @@ def test_a_five_megabyte_prompt_is_a_short_422(live: tuple[str, RecordingLaunche
         answer = http.post("/api/batches", content=body, headers=JSON)
 
     assert answer.status_code == 422, answer.text[:500]
-    assert "prompts[0]: is 5,100,000 characters long; at most 10,000 are allowed" in answer.text
+    assert "prompt 1: is 5,100,000 characters long; at most 10,000 are allowed" in answer.text
     assert len(answer.content) < 5_000
     assert live[1].started == []
 
