@@ -32,7 +32,18 @@ _UNAVAILABLE = 503
 _ECHO_CHARS = 200  # of an invalid value echoed in a 422: a 5 MB prompt is not sent back
 _ECHO_ITEMS = 20
 # What any /api route may answer besides its success (documented in the OpenAPI schema; one handler sends them).
-_REFUSAL = {"application/json": {"schema": {"type": "object", "properties": {"detail": {}}, "required": ["detail"]}}}
+# `problems` (400 and 422): each problem's sentence and where it points (comfybatch/problems.py `Problem`).
+_PROBLEM = {"type": "object", "properties": {
+    "message": {"type": "string", "description": "The sentence a person reads, its place included."},
+    "reason": {"type": "string", "description": "The sentence without the field, row or column it starts with."},
+    "field": {"type": ["string", "null"], "description": "Request field as sent, e.g. defaults.width, prompts[1]."},
+    "item": {"type": ["integer", "null"], "description": "1-based position in the list the field indexes."},
+    "row": {"type": ["integer", "null"], "description": "Sheet row as a spreadsheet shows it (header = 1)."},
+    "column": {"type": ["string", "null"]}, "node": {"type": ["string", "null"], "description": "Node id."},
+    "node_title": {"type": ["string", "null"]}, "input": {"type": ["string", "null"], "description": "Node input."},
+}}  # fmt: skip
+_REFUSAL = {"application/json": {"schema": {"type": "object", "required": ["detail"], "properties": {
+    "detail": {}, "problems": {"type": "array", "items": _PROBLEM}}}}}  # fmt: skip
 API_REFUSALS: dict[int | str, dict[str, Any]] = {
     status: {"description": description, "content": _REFUSAL}
     for status, description in (
