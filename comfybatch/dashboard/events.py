@@ -117,7 +117,10 @@ class BatchLog:
     def add(self, event: Event) -> bool:
         """Take one event; True if it was new to the log."""
         if (state := state_of(event)) is not None:
-            if state not in TERMINAL_STATES or self.terminal is not None:
+            if state not in TERMINAL_STATES:
+                crashed = self.ended and self.terminal is not None and state_of(self.terminal) == "CRASHED"
+                return self._reopen() if crashed else False
+            if self.terminal is not None:
                 return False
             self.terminal = event
         elif (seq := seq_of(event)) is None or seq <= self.last_seq or seq in self.pending:
@@ -142,6 +145,12 @@ class BatchLog:
         if released:
             self.changed.set()
             self.changed = asyncio.Event()  # waiters hold the set one; later waiters get a fresh one
+
+    def _reopen(self) -> bool:
+        """A crashed run runs again (an automation rescheduled it): its engine numbers on after the `run.crashed`
+        message (`tasks/events.continue_numbering` keeps that number free), and the log waits for its new end."""
+        self.terminal, self.finished, self.ended = None, False, False
+        return True
 
     def _close(self) -> None:
         assert self.terminal is not None

@@ -69,7 +69,7 @@ _STORED_LOOKBACK = 50  # the newest stored events (one page, Prefect's most) rea
 
 async def continue_numbering(run_id: UUID, since: datetime) -> None:
     """A run executed again (its process died; Prefect or an automation ran it anew) numbers on after the highest
-    `seq` its earlier execution stored, so its stream repeats no number."""
+    `seq` its earlier execution stored and the `run.crashed` that closed it, so its stream repeats no number."""
     event_filter = EventFilter(
         occurred=EventOccurredFilter(since=since - timedelta(minutes=1), until=since + timedelta(days=7)),
         event=EventNameFilter(prefix=["comfybatch."]),
@@ -79,7 +79,8 @@ async def continue_numbering(run_id: UUID, since: datetime) -> None:
     async with get_client() as client:
         page = await client.read_events(event_filter, limit=_STORED_LOOKBACK)
     numbers = [seq for event in page.events if isinstance(seq := event.payload.get("seq"), int)]
-    _numbers.continue_after(run_id, max(numbers, default=0))
+    # One number more: a dashboard closed the crashed execution's stream with `run.crashed` under it.
+    _numbers.continue_after(run_id, max(numbers, default=0) + 1)
 
 
 def _current_run_id() -> UUID | None:

@@ -30,7 +30,8 @@ async def _emit_three() -> UUID:
 async def test_a_run_executed_again_numbers_on_after_its_stored_events(
     prefect_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Three events stored as 1..3; a fresh process's numbering (as after a crash) continues at 4."""
+    """Three events stored as 1..3, the stream closed with `run.crashed` as 4: a fresh process's numbering (as
+    after a crash) continues at 5."""
     run_id = await _emit_three()
     stored = EventFilter(event=EventNameFilter(prefix=["comfybatch.batch.step-"]),
                          any_resource=EventAnyResourceFilter(id=[f"prefect.flow-run.{run_id}"]))  # fmt: skip
@@ -46,4 +47,4 @@ async def test_a_run_executed_again_numbers_on_after_its_stored_events(
 
     await continue_numbering(run_id, created)
 
-    assert fresh.take(run_id) == 4
+    assert fresh.take(run_id) == 5

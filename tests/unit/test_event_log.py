@@ -163,3 +163,21 @@ async def test_waiting_stream_wakes_for_a_live_event() -> None:
     hub.ingest(item_event(2))
 
     assert (await asyncio.wait_for(waiting, 5))["type"] == "item.done"
+
+
+def test_a_crashed_run_that_runs_again_reopens_its_log() -> None:
+    """Closed by `run.crashed` (3), the log takes the re-executed engine's events from 4 and closes at its end."""
+    log = BatchLog()
+    log.add(item_event(1))
+    log.add(run_event("CRASHED"))
+    log.settle([item_event(1), item_event(2)], complete=True)
+    assert log.ended
+
+    log.add(run_event("RUNNING"))
+    log.add(item_event(4))
+    log.add(finished_event(5))
+    log.add(run_event("COMPLETED"))
+
+    assert numbered(log) == [(1, "item.done"), (2, "item.done"), (3, "run.crashed"), (4, "item.done"),
+                             (5, "batch.finished"), (6, "run.completed")]  # fmt: skip
+    assert log.ended
