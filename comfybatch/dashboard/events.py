@@ -106,6 +106,7 @@ class BatchLog:
     pending: dict[int, Event] = field(default_factory=dict)  # numbered, not released: an earlier number is missing
     last_seq: int = 0
     terminal: Event | None = None  # Prefect's state change that ended the run
+    state_at: datetime | None = None  # when the newest state change seen happened
     finished: bool = False  # the engine's last numbered event was released
     ended: bool = False  # the closing `run.<state>` message is in `messages`
     sealed: bool = False
@@ -117,18 +118,32 @@ class BatchLog:
     def add(self, event: Event) -> bool:
         """Take one event; True if it was new to the log."""
         if (state := state_of(event)) is not None:
-            if state not in TERMINAL_STATES:
-                crashed = self.ended and self.terminal is not None and state_of(self.terminal) == "CRASHED"
-                return self._reopen() if crashed else False
-            if self.terminal is not None:
+            if not self._state(event, state):
                 return False
-            self.terminal = event
         elif (seq := seq_of(event)) is None or seq <= self.last_seq or seq in self.pending:
             return False  # unnumbered (another process's audit event) or already here
         else:
             self.pending[seq] = event
         self._release()
         return True
+
+    def _state(self, event: Event, state: str) -> bool:
+        """Follow the run's newest state: it ends the log when terminal, and a crashed run that runs again (an
+        automation rescheduled it) goes on."""
+        if self.state_at is not None and event.occurred < self.state_at:
+            return False  # older than a state already seen (history read after live events)
+        self.state_at = event.occurred
+        if state in TERMINAL_STATES:
+            if self.terminal is not None:
+                return False
+            self.terminal = event
+            return True
+        if self.terminal is None:
+            return False
+        if not self.ended:  # not closed yet: the run went on
+            self.terminal = None
+            return True
+        return state_of(self.terminal) == "CRASHED" and self._reopen()
 
     def _release(self) -> None:
         released = False

@@ -181,3 +181,14 @@ def test_a_crashed_run_that_runs_again_reopens_its_log() -> None:
     assert numbered(log) == [(1, "item.done"), (2, "item.done"), (3, "run.crashed"), (4, "item.done"),
                              (5, "batch.finished"), (6, "run.completed")]  # fmt: skip
     assert log.ended
+
+
+def test_a_replica_reading_a_rerun_from_history_does_not_close_it_at_the_crash() -> None:
+    """Crashed then Running again in the stored history: the log waits for the rerun's end instead of closing."""
+    log = BatchLog()
+    rerun = run_event("RUNNING").model_copy(update={"occurred": run_event("CRASHED").occurred + timedelta(seconds=5)})
+
+    log.settle([item_event(1), run_event("CRASHED"), rerun, item_event(3)], complete=True)
+
+    assert not log.ended
+    assert [m["seq"] for m in log.messages] == [1, 3]
