@@ -186,6 +186,7 @@ def test_cluster_batch_survives_a_worker_killed_mid_batch(cluster: Cluster) -> N
     nonces = spec_nonces(spec)
     assert sorted(n for n in runs_per_nonce if n in nonces) == sorted(nonces)
     assert max(runs_per_nonce[n] for n in nonces) == 1, {n: c for n, c in runs_per_nonce.items() if c > 1}
+    assert all(run["parent_task_run_id"] for run in shard_runs), "a shard run is not a child of the batch's run"
     assert crashed, "no shard run was marked crashed"
     assert {run["state_type"] for run in restarts} == {"COMPLETED"}
     assert len(restarts) >= len(crashed)
