@@ -17,7 +17,7 @@ from prefect.client.schemas.filters import (
 from prefect.logging.handlers import APILogHandler
 
 from comfybatch.flows.batch import generate_batch
-from comfybatch.models import BatchSpec
+from comfybatch.models import BatchSpec, Sweep
 from comfybatch.outputs.manifest import read_manifest
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.settings import Settings
@@ -83,3 +83,26 @@ async def test_batch_task_runs_and_artifacts_read_in_the_users_terms(batch_setti
     summary = next(str(a.data) for a in artifacts if a.type == "markdown" and "Contact sheet" in str(a.data))
     assert batch_settings.output_root not in summary
     assert f"/api/batches/{run_id}/manifest" in summary
+
+
+async def test_failed_image_logs_a_sentence_and_no_traceback(batch_settings: Settings, comfy_fleet: SuiteFleet) -> None:
+    """An image ComfyUI cannot render (a 31 px blur of an 8x8 image) fails naming the node in words, the batch logs
+    'the batch stopped: …'; no log line of the run carries a Python traceback."""
+    graph = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 255}},
+        "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 31, "sigma": 1.0}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}},
+    }
+    spec = BatchSpec(name="blurred", workflow=graph, bindings={"sigma": "2.inputs.sigma"},
+                     sweep=Sweep(axes={"sigma": [1.5]}), servers=server_names(comfy_fleet))  # fmt: skip
+
+    state = await generate_batch(spec, return_state=True)
+    await APILogHandler.aflush()
+
+    async with get_client() as client:
+        logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    messages = [log.message for log in logs]
+    assert state.is_failed()
+    assert any("Failed(" in m and "failed in Image Blur (node 2)" in m for m in messages), messages
+    assert any(m.startswith("the batch stopped: blurred: 1 of 1 job(s) failed") for m in messages), messages
+    assert [m for m in messages if "Traceback" in m] == []
