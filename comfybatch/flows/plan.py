@@ -88,11 +88,12 @@ async def probe_fleet(
     servers: Sequence[ServerConfig], *, classes: Collection[str] | None = None
 ) -> tuple[list[ServerProbe], dict[str, ObjectInfo]]:
     """Ask every server for its version and `/object_info` (only `classes`, when given), in parallel; unreachable
-    ones are noted."""
+    ones are noted. A batch's probe (`classes` given) goes through each server's session, whose connections then
+    serve the batch's jobs."""
 
     async def probe(server: ServerConfig) -> tuple[ServerProbe, ObjectInfo | None]:
         try:
-            async with server.client() as comfy:
+            async with server.client() if classes is None else server.session() as comfy:
                 stats, info = await asyncio.gather(
                     comfy.get_system_stats(),
                     comfy.get_object_info(refresh=True) if classes is None else comfy.get_node_classes(classes),

@@ -12,7 +12,6 @@ import httpx
 
 from comfybatch.blocks.fleet import configured_servers
 from comfybatch.blocks.server import ServerConfig
-from comfybatch.errors import ComfyBatchError
 from comfybatch.settings import Settings
 from comfybatch.tasks.leases import LeaseApi
 
@@ -22,7 +21,7 @@ _WAIT_S = 5.0  # for the leases still being taken when the broker starts; past t
 class FirstLeases:
     """One lease on each configured server, taken while the fleet is probed and the batch planned, so that the
     first prompts need not wait for a lease (nor the lease client for its connection) afterwards. Each server's
-    session is opened meanwhile too (its event socket and a pooled connection), which it keeps for the jobs.
+    session (its event socket) is opened meanwhile too, and kept for the jobs.
 
     Use `async with`; a `SlotBroker` given it adopts the leases, and those left over go back at its exit.
     """
@@ -32,7 +31,6 @@ class FirstLeases:
         self.api = LeaseApi()
         self._granted: dict[str, UUID] = {}
         self._taking: asyncio.Task[None] | None = None
-        self._opening: asyncio.Task[None] | None = None
 
     @classmethod
     def configured(cls, settings: Settings, *, only: Sequence[str] = ()) -> Self:
@@ -41,15 +39,16 @@ class FirstLeases:
 
     async def __aenter__(self) -> Self:
         self._taking = asyncio.create_task(self._take())
-        self._opening = asyncio.create_task(self._open_sessions())
+        # Borrowing a session starts its event socket's connection; the session stays open for a while after its
+        # last borrower, and the probe and the jobs come within that time (the probe opens its HTTP connections).
+        for server in self.servers:
+            async with server.session():
+                pass
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._opening is not None:  # best effort, and read-only: stopped, not waited for
-            self._opening.cancel()
-            await asyncio.gather(self._opening, return_exceptions=True)
         with contextlib.suppress(TimeoutError):
             await self._finish_taking()
         for lease_id in self._granted.values():
@@ -89,13 +88,3 @@ class FirstLeases:
                 return
             if granted is not None:
                 self._granted[server.name] = granted.lease_id
-
-    async def _open_sessions(self) -> None:
-        async def open_one(server: ServerConfig) -> None:
-            # A borrowed session stays open for a while after its last borrower (the jobs come within that time);
-            # a small read opens its pooled connection. An unreachable server is the probe's to report.
-            with contextlib.suppress(ComfyBatchError, TimeoutError):
-                async with asyncio.timeout(_WAIT_S), server.session() as comfy:
-                    await comfy.get_queue()
-
-        await asyncio.gather(*(open_one(server) for server in self.servers))
