@@ -3,7 +3,9 @@ output media shown with its own element (an animated WebP in an <img>, a WebM in
 fault marked in the form, unreachable servers in one line, server display names from configuration."""
 
 import io
+import os
 import re
+import shutil
 import time
 import uuid
 import zipfile
@@ -30,6 +32,7 @@ from tests.dashboard.conftest import AUTH, DashboardPlatform
 pytestmark = pytest.mark.timeout(300)
 
 BATCH_URL = re.compile(r"#/batches/([0-9a-f-]{36})$")
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 SIZE = 64  # the tiny checkpoint's VAE works on multiples of 8
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60)}
 DONE_CARDS_JS = """() => [...document.querySelectorAll('[data-testid="item"]')].filter((card) =>
@@ -110,6 +113,14 @@ def test_page_submits_input_images_and_a_zip_and_shows_each_output(
     for item, stem in zip(items, ["red", "blue", "green"], strict=True):
         assert stem in item["file"], item["file"]
         assert item["media"] == "image/png"
+    for card, stem in zip(page.get_by_test_id("item").all(), ["red", "blue", "green"], strict=True):
+        expect(card.locator(".meta")).to_contain_text(f"{stem}.png")  # each card names its input
+    shot = tmp_path / "image-in.png"
+    page.get_by_test_id("batch-view").screenshot(path=shot)
+    assert shot.stat().st_size > 5_000
+    if os.environ.get("COMFYBATCH_SAVE_SCREENSHOT") == "1":  # the README's picture of an image-in batch
+        DOCS.mkdir(exist_ok=True)
+        shutil.copyfile(shot, DOCS / "dashboard-image-in.png")
     page.locator('[data-testid="item"]').first.get_by_test_id("open-viewer").click()
     expect(page.get_by_test_id("viewer-image")).to_have_attribute("data-media", "image/png")
     page.wait_for_function("() => document.querySelector('[data-testid=viewer-image]').naturalWidth > 0")

@@ -65,6 +65,13 @@ function mediaKind(item) {
   return media.startsWith("video/") ? "video" : media.startsWith("audio/") ? "audio" : "image";
 }
 
+/** An image-in item's input as its file was named (an upload's stored name starts with 16 hex digits of its hash). */
+function inputName(item) {
+  const image = item.values?.image;
+  if (typeof image !== "string") return null;
+  return image.split(/[\\/]/).pop().replace(/^[0-9a-f]{16}-/, "") || null;
+}
+
 function safeHttpUrl(value) {
   try {
     const url = new URL(value, location.href);
@@ -1065,8 +1072,8 @@ class BatchView {
     const parts = [
       this.media(item, halted),
       h("p", { class: "prompt", testid: "item-prompt", title: item.prompt || "" }, item.prompt || "(no prompt)"),
-      h("p", { class: "meta" }, [number, item.seed != null && `seed ${item.seed}`, serverName(item.server)].filter(Boolean)
-        .join(" · ")),
+      h("p", { class: "meta" }, [number, inputName(item), item.seed != null && `seed ${item.seed}`,
+        serverName(item.server)].filter(Boolean).join(" · ")),
     ];
     if (item.state === "failed" || item.state === "cancelled") {
       parts.push(h("p", { class: "error", testid: "item-error", title: item.error || "" }, item.error || item.state));
