@@ -170,10 +170,11 @@ def test_animated_output_plays_in_an_image_and_a_video_in_a_video_element(
 
 
 def test_check_and_submit_mark_the_field_at_fault_and_only_a_submit_says_not_submitted(
-    open_tab: Callable[..., Tab], live_dashboard: str
+    open_tab: Callable[..., Tab], live_dashboard: str, tmp_path: Path
 ) -> None:
     """A width of 66 is marked on the Width field (aria-invalid, the sentence under it) after Check, which does not
-    say "Not submitted"; a submit says it; editing the field takes the mark away; a bad name marks the name."""
+    say "Not submitted"; a submit says it; editing the field takes the mark away; a bad name marks the name; a file
+    that is not an image marks Input images, naming the file."""
     tab = open_tab()
     page = tab.page
     page.goto("/")
@@ -204,6 +205,17 @@ def test_check_and_submit_mark_the_field_at_fault_and_only_a_submit_says_not_sub
     expect(page.locator("label", has=page.get_by_test_id("batch-name")).get_by_test_id("field-error")).to_contain_text(
         "lowercase letters"
     )
+    page.get_by_test_id("batch-name").fill(_name("fields"))
+    fake = tmp_path / "holiday.png"
+    fake.write_text("not a picture at all", encoding="utf-8")
+    page.get_by_test_id("images").set_input_files(str(fake))
+    page.get_by_test_id("check").click()
+    images = page.get_by_test_id("images")
+    expect(images).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("label", has=images).get_by_test_id("field-error")).to_have_text(
+        re.compile(r"^holiday\.png: not an image")
+    )
+    expect(page.get_by_test_id("batch-name")).not_to_have_attribute("aria-invalid", "true")
     assert not BATCH_URL.search(page.url)
     assert tab.errors == []
 
@@ -242,6 +254,8 @@ def test_check_names_unreachable_servers_in_one_line_and_the_plan_fits_a_narrow_
                 expect(line).to_contain_text(name_from_url(url))
             expect(line).to_contain_text("2 of 4 servers do not answer")
             assert "ConnectError" not in page.get_by_test_id("validation").inner_text()
+            dead_row = page.locator(f'[data-testid="fleet-server"][data-server="{name_from_url(dead[0])}"]')
+            expect(dead_row.get_by_test_id("fleet-health")).to_have_text("unreachable: connection refused")
             overflow = page.evaluate("""() => { const plan = document.querySelector('[data-testid="plan"]');
               return [plan.scrollWidth - plan.clientWidth, document.documentElement.scrollWidth - innerWidth]; }""")
             assert max(overflow) <= 0, overflow  # the plan box and the page: no horizontal scrolling

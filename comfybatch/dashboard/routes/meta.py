@@ -16,12 +16,14 @@ from comfybatch.dashboard.launcher import Launcher
 from comfybatch.dashboard.metrics import CONTENT_TYPE, gauge
 from comfybatch.dashboard.schemas import Health, ServerList, ServerStatus, WorkflowList
 from comfybatch.errors import ComfyBatchError
+from comfybatch.problems import why_unreachable
 from comfybatch.settings import Settings
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["meta"])
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
 _HEALTH_TIMEOUT_S = 3.0
+_KNOWN_WHY = frozenset({"timed out", "connection refused", "connection dropped"})
 
 
 @router.get("/api/workflows")
@@ -52,7 +54,10 @@ async def _probe(server: ServerConfig) -> _Probe:
     except TimeoutError:
         return _Probe("unreachable: timed out")
     except ComfyBatchError as exc:
-        return _Probe(f"unreachable: {type(exc).__name__}")  # no message: it may name a proxy URL with a secret
+        # In words when the cause is known; never the message otherwise: it may name a proxy URL with a secret.
+        why = why_unreachable(exc)
+        known = why in _KNOWN_WHY or why.startswith("answered HTTP")
+        return _Probe(f"unreachable: {why if known else type(exc).__name__}")
     return _Probe(None, len(queue.running) + len(queue.pending))
 
 

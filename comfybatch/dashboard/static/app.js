@@ -282,15 +282,16 @@ class HomeView {
     const stem = file.name.replace(/\.[^.]*$/, "").replace(/[^A-Za-z0-9._ -]/g, "_").replace(/^[^A-Za-z0-9]+/, "")
       .slice(0, 90) || "image";
     const type = { png: "image/png", jpg: "image/jpeg", jpeg: "image/jpeg", webp: "image/webp", zip: "application/zip" }[ext];
+    const sent = `${stem}.${ext}`;
     const refused = (message) => new ApiError(400, { problems: [{ field: "images", message: `${file.name}: ${message}`,
       reason: `${file.name}: ${message}` }] }, message);
     if (!type) throw refused("not a PNG, JPEG, WebP or zip file");
     try {
-      return await api("PUT", `/api/uploads/${encodeURIComponent(`${stem}.${ext}`)}`, {
+      return await api("PUT", `/api/uploads/${encodeURIComponent(sent)}`, {
         body: file, headers: { "Content-Type": type },
       });
     } catch (error) {
-      throw blamed(error, "images", file.name);
+      throw blamed(error, "images", file.name, sent);
     }
   }
 
@@ -305,7 +306,7 @@ class HomeView {
         headers: { "Content-Type": type },
       });
     } catch (error) {
-      throw blamed(error, "sheet", file.name);
+      throw blamed(error, "sheet", file.name, name);
     }
     this.uploaded = { file, uri: stored.sheet };
     return stored.sheet;
@@ -480,11 +481,14 @@ function controlFor(form, problem) {
   return null;
 }
 
-/** An upload's refusal as problems of the form field that chose the file (the route itself names its body). */
-function blamed(error, field, fileName) {
+/** An upload's refusal as problems of the form field that chose the file (the route itself names its body), each
+ * naming the file as the user's computer does (`sentName` is the name it was uploaded under). */
+function blamed(error, field, fileName, sentName) {
   if (!(error instanceof ApiError) || error.status === 0 || error.status === 401) return error;
   return new ApiError(error.status, { problems: error.problems.map((p) => {
-    const message = `${fileName}: ${p.reason || p.message}`;
+    const text = String(p.reason || p.message);
+    const message = text.includes(sentName) ? text.replaceAll(sentName, fileName)
+      : text.includes(fileName) ? text : `${fileName}: ${text}`;
     return { ...p, field, message, reason: message };
   }) }, error.message);
 }
