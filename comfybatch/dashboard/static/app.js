@@ -467,7 +467,7 @@ function serverName(name) {
 const DEFAULT_FIELDS = new Set(["width", "height", "steps"]);
 // A workflow node's input that a form field sets; any other node problem points at the template.
 const INPUT_FIELDS = { width: "width", height: "height", steps: "steps", seed: "base_seed", text: "prompts",
-  image: "images", batch_size: "images_per_item" };
+  image: "images" };
 
 /** The form control a problem points at (its request field, sheet row/column, or the node input the form sets). */
 function controlFor(form, problem) {
