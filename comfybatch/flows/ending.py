@@ -82,7 +82,7 @@ class Ending:
             reason = await _ending_reason(exc, run_id)
             await self.stopped(reason)
             if run_id:
-                await _cancel_task_runs(run_id, reason)
+                await cancel_task_runs(run_id, reason)
         except Exception as error:  # the record is best effort here; the run's own ending decides its state
             get_run_logger().warning("%s: record not fully written at its early end: %r", self.spec.name, error)
 
@@ -149,7 +149,7 @@ async def _ending_reason(exc: BaseException, run_id: str) -> str:
     return reason
 
 
-async def _cancel_task_runs(run_id: str, reason: str) -> None:
+async def cancel_task_runs(run_id: str, reason: str) -> None:
     """Task runs stopped by the batch's end are Cancelled, not Crashed (Prefect's task engine calls any
     cancellation a crash)."""
     task_filter = TaskRunFilter(state=TaskRunFilterState(type=TaskRunFilterStateType(
@@ -246,7 +246,7 @@ async def record_ending(flow: Any, flow_run: FlowRun, state: State) -> None:
                 history = await client.read_flow_run_states(flow_run.id)
             reason = next((s.message for s in reversed(history) if s.message and s.type == StateType.CANCELLING),
                           reason)  # fmt: skip
-    await _cancel_task_runs(str(flow_run.id), reason)  # a killed process left them Running
+    await cancel_task_runs(str(flow_run.id), reason)  # a killed process left them Running
     async with BatchWebhooks.for_run(spec, get_settings(), run_id=str(flow_run.id), tags=flow_run.tags,
                                      output=store.uri(batch_dir), strict=False):  # fmt: skip
         await ending.stopped(reason)

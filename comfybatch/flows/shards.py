@@ -24,6 +24,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Cancelling
 from pydantic import BaseModel, ConfigDict, Field
 
+from comfybatch.flows.ending import cancel_task_runs
 from comfybatch.flows.reruns import executions_of
 from comfybatch.models import BatchSpec, JobResult, JobSpec
 from comfybatch.records import JobJournal
@@ -172,6 +173,8 @@ async def _restart(client: PrefectClient, spec: BatchSpec, shard: ShardSpec, cra
                              message, again.attempt, attempts)  # fmt: skip
     emit_batch_event(spec.name, "shard-restarted", shard=shard.number, attempt=again.attempt,
                      crashed_run=str(crashed.id))  # fmt: skip
+    with contextlib.suppress(Exception):  # cosmetic: its dead process left its task runs Running in the UI
+        await cancel_task_runs(str(crashed.id), f"{shard.label} crashed; its jobs run again in attempt {again.attempt}")
     return await _start(client, spec, again)
 
 
