@@ -83,3 +83,27 @@ def test_cancelled_sharded_batch_stops_its_shards_and_resumes_when_run_again(
     assert manifest is not None
     assert (manifest["status"] == "done").sum() == 36
     assert len(_shard_runs(api, spec.name)) > 3  # the rerun's own shards
+
+
+def test_batch_run_that_crashed_too_often_refuses_to_start_again(
+    platform_prefect: LocalPrefectServer, served: tuple[ServeProcess, Path, list[str]]
+) -> None:
+    """A generate-batch run whose history already holds COMFYBATCH_RUN_ATTEMPTS (3) executions that crashed fails at
+    its fourth start, saying why, instead of rendering: the crash reruns are bounded."""
+    api, (serve, out, servers) = platform_prefect.api_url, served
+    spec = delay_spec("crashed-thrice", seconds=0.1, count=2, servers=servers)
+    deployment = api_json(api_call("GET", f"{api}/deployments/name/{GENERATE_BATCH}"))
+    later = {"type": "SCHEDULED", "state_details": {"scheduled_time": "2099-01-01T00:00:00Z"}}
+    run = api_json(api_call("POST", f"{api}/deployments/{deployment['id']}/create_flow_run",
+                            json={"parameters": {"spec": spec.model_dump(mode="json")}, "state": later}))  # fmt: skip
+    for state in ("RUNNING", "CRASHED") * 3:  # three executions whose machines died
+        api_json(api_call("POST", f"{api}/flow_runs/{run['id']}/set_state",
+                          json={"state": {"type": state}, "force": True}))  # fmt: skip
+    api_json(api_call("POST", f"{api}/flow_runs/{run['id']}/set_state",
+                      json={"state": {"type": "SCHEDULED", "name": "AwaitingRetry"}, "force": True}))  # fmt: skip
+
+    ended = wait_until(lambda: _ended(api, run["id"]), timeout_s=120, what="the fourth start", context=serve.tail)
+
+    assert ended["state_type"] == "FAILED"
+    assert "crashed 3 times" in (ended["state"]["message"] or ""), ended["state"]
+    assert not (out / spec.name / ".jobs").exists()
