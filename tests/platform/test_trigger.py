@@ -97,7 +97,7 @@ def test_triggered_batch_is_its_own_flow_run_forked_warm_with_its_task_runs(serv
     body = {"flow_runs": {"id": {"any_": [run["id"]]}}}
     tasks = api_json(api_call("POST", f"{served.api_url}/task_runs/filter", json=body))
     assert sorted((task["name"], task["state_type"]) for task in tasks) == [
-        (f"triggered-{index:05d}", "COMPLETED") for index in range(3)
+        (f"triggered-{number}-item", "COMPLETED") for number in range(1, 4)  # <batch>-<n from 1>-<slug>
     ]
 
 
