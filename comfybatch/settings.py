@@ -41,6 +41,10 @@ class Settings(BaseSettings):
         20.0, ge=0, description="Task runs a second the Prefect server is trusted to record: while the fleet renders "
         "faster, each task run takes several images (`render-images`, each image still on its own); 0 = always one.",
     )  # fmt: skip
+    warm_routing: bool = Field(
+        True, description="Send a job to a free server that has its checkpoint, LoRA, VAE… loaded already, rather "
+        "than the least-loaded one (false: least-loaded only, as for a benchmark against it).",
+    )  # fmt: skip
     shard_size: int = Field(
         1000, ge=1, le=100_000, description="A batch with more images than this to render runs as shards (child "
         "flow runs on the work pool, this many images each) when it runs from a deployment; one flow run otherwise.",

@@ -217,7 +217,7 @@ async def _drain(
             await pacer.open.wait()
             if not queue:
                 return
-            jobs = [queue.popleft() for _ in range(min(granularity.size(), len(queue)))]
+            jobs = [context.next_job(queue) for _ in range(min(granularity.size(), len(queue)))]
             if not queue:
                 context.broker.last_jobs()
             pacer.started += 1

@@ -37,6 +37,9 @@ _RENEW_EVERY_S = 20.0
 _BOARD_EVERY_S = 0.5
 _LINGER_S = 1.0  # an idle lease outlives the gap between two jobs, then goes back if nobody here waits
 _COOLDOWN_S = (5.0, 300.0)  # circuit breaker: first and longest exclusion of a failing server
+# Warm-model routing passes over the job first in line at most this often for later jobs whose models the freed
+# server has loaded: a swap costs seconds, but the job first in line must not wait for ever.
+_MAX_PASSED_OVER = 4
 logger = logging.getLogger(__name__)
 
 
@@ -59,6 +62,8 @@ class _Waiter:
     names: frozenset[str]
     handed: "asyncio.Future[Slot | None]"
     trying: bool = False  # taking a slot itself right now (a Prefect request out): hand nothing to it meanwhile
+    models: frozenset[str] = frozenset()  # the model files its graph loads (warm-model routing)
+    passed_over: int = 0  # times a later job got a slot it could have used, for a warm model
 
 
 class SlotBroker:
@@ -86,6 +91,9 @@ class SlotBroker:
         self._leases_api: LeaseApi | None = None
         self._first_leases = first_leases
         self._renewer: asyncio.Task[None] | None = None
+        # Per server, the model files the last job sent there loads: ComfyUI keeps them (its cache is per node),
+        # so a job naming the same files skips seconds of loading there.
+        self._warm: dict[str, frozenset[str]] = {name: frozenset() for name in self.servers}
 
     async def __aenter__(self) -> Self:
         if self._first_leases is not None:  # its client is connected already; it closes it
@@ -126,6 +134,26 @@ class SlotBroker:
     def _held(self, name: str) -> int:
         return self._busy[name] + len(self._idle[name]) + self._reserving[name]
 
+    def warm_models(self, name: str) -> frozenset[str]:
+        """The model files the last job sent to `name` loads (empty before any, or without routing)."""
+        return self._warm[name]
+
+    def _warmth(self, name: str, models: frozenset[str]) -> int:
+        return len(models & self._warm[name])
+
+    def _granted(self, name: str, models: frozenset[str]) -> None:
+        if models:  # a job naming no model file leaves the server's loaded models as they were
+            self._warm[name] = models
+
+    def models_short(self) -> frozenset[str]:
+        """The models loaded on a usable server for which no job waits in line (the fewest first), or none: the
+        next job to start should be one of those, so that server has a warm job to take when it frees up."""
+        waiting = [waiter.models for waiter in self._line if not waiter.handed.done()]
+        counts = [(sum(bool(models & warm) for models in waiting), warm) for name, warm in self._warm.items()
+                  if warm and not self.is_down(name)]  # fmt: skip
+        fewest = min(counts, key=lambda count: count[0], default=(1, frozenset[str]()))
+        return fewest[1] if fewest[0] == 0 else frozenset()
+
     def is_down(self, name: str) -> bool:
         return time.monotonic() < self._down_until[name]
 
@@ -145,9 +173,11 @@ class SlotBroker:
 
     @contextlib.asynccontextmanager
     async def slot(
-        self, eligible: Collection[str], *, exclude: Collection[str] = (), deadline_s: float | None = None
-    ) -> AsyncIterator[Slot]:
-        """Hold one slot on the least-loaded eligible server until the block exits.
+        self, eligible: Collection[str], *, exclude: Collection[str] = (), deadline_s: float | None = None,
+        models: frozenset[str] = frozenset(),
+    ) -> AsyncIterator[Slot]:  # fmt: skip
+        """Hold one slot on an eligible server until the block exits: of those with room, one that has `models`
+        loaded (the job's model files), else the least-loaded; a server with room never stays idle for that.
 
         Raises:
             NoServerAvailable when every eligible server is excluded, or none frees up before `deadline_s`.
@@ -159,7 +189,7 @@ class SlotBroker:
         for name in names:
             self._waiting[name] += 1
         try:
-            slot = await self._acquire(names, give_up_at)
+            slot = await self._acquire(names, give_up_at, models)
         finally:
             for name in names:
                 self._waiting[name] -= 1
@@ -184,17 +214,17 @@ class SlotBroker:
         finally:
             await self._park(slot)
 
-    async def _acquire(self, names: list[str], give_up_at: float | None) -> Slot:
+    async def _acquire(self, names: list[str], give_up_at: float | None, models: frozenset[str]) -> Slot:
         """First come, first served: a job waits in line, and a slot a job gives back goes straight to the
         longest-waiting job that may use it (`_park`), never to one that asks later."""
-        waiter = _Waiter(frozenset(names), asyncio.get_running_loop().create_future())
+        waiter = _Waiter(frozenset(names), asyncio.get_running_loop().create_future(), models=models)
         self._line.append(waiter)
         try:
             while True:
                 if open_now := self._not_awaited_earlier(waiter):  # servers no earlier job waits for: try them now
                     waiter.trying = True  # not handed anything meanwhile: a job holds at most one slot
                     try:
-                        slot = await self._take(open_now)
+                        slot = await self._take(open_now, models)
                     finally:
                         waiter.trying = False
                     if slot is not None:
@@ -229,34 +259,67 @@ class SlotBroker:
                 awaited |= other.names
         return [name for name in self.servers if name in waiter.names and name not in awaited]
 
-    async def _take(self, names: list[str]) -> Slot | None:
-        """A slot on the least-loaded usable server now, or None: a lease this batch already holds (free), else a
-        new one (a write on the Prefect server)."""
-        now = time.monotonic()
+    async def _take(self, names: list[str], models: frozenset[str] = frozenset()) -> Slot | None:
+        """A slot on a usable server now, or None: warmest for `models` first, then least-loaded; within those,
+        a lease this batch already holds (free) before a new one (a write on the Prefect server)."""
         usable = [name for name in names if not self.is_down(name) and not self._outranked(name)]
         random.shuffle(usable)  # ties go to a random server
-        usable.sort(key=self.load)
-        for name in usable:
-            if self._idle[name]:
-                lease_id = self._idle[name].pop()[0]
-                self._busy[name] += 1
-                return Slot(self.servers[name], str(lease_id))
-        for name in usable:
-            room = self._held(name) < self.servers[name].slots and self._busy_elsewhere_until[name] <= now
-            if room and (slot := await self._try_limit(name)) is not None:
+        # A lease still being asked for counts as load: jobs trying at once at a batch's start spread out.
+        usable.sort(key=lambda name: (self._busy[name] + self._reserving[name]) / self.servers[name].slots)
+        for warmth in sorted({self._warmth(name, models) for name in usable}, reverse=True):
+            group = [name for name in usable if self._warmth(name, models) == warmth]
+            if (slot := await self._take_among(group, models)) is not None:
                 return slot
         return None
 
+    async def _take_among(self, names: list[str], models: frozenset[str]) -> Slot | None:
+        now = time.monotonic()
+        for name in names:
+            if self._idle[name]:
+                lease_id = self._idle[name].pop()[0]
+                self._busy[name] += 1
+                self._granted(name, models)
+                return Slot(self.servers[name], str(lease_id))
+        for name in names:
+            room = self._held(name) < self.servers[name].slots and self._busy_elsewhere_until[name] <= now
+            if not room:
+                continue
+            # Claimed before the Prefect request: a job trying meanwhile already sees which models go there.
+            before = self._warm[name]
+            self._granted(name, models)
+            if (slot := await self._try_limit(name)) is not None:
+                return slot
+            if self._warm[name] == models:
+                self._warm[name] = before
+        return None
+
     def _hand_over(self, name: str, lease_id: UUID) -> bool:
-        """Give a held lease to the longest-waiting job that may use `name`; else keep it idle. True if handed."""
+        """Give a held lease to the longest-waiting job that may use `name` (or a later one whose models `name`
+        has loaded, within `_MAX_PASSED_OVER`); else keep it idle. True if handed."""
         if not self.is_down(name) and not self._outranked(name):
-            for waiter in self._line:
-                if name in waiter.names and not waiter.trying and not waiter.handed.done():
-                    self._busy[name] += 1
-                    waiter.handed.set_result(Slot(self.servers[name], str(lease_id)))
-                    return True
+            candidates = [waiter for waiter in self._line
+                          if name in waiter.names and not waiter.trying and not waiter.handed.done()]  # fmt: skip
+            if candidates:
+                waiter = self._warmest(name, candidates)
+                self._busy[name] += 1
+                self._granted(name, waiter.models)
+                waiter.handed.set_result(Slot(self.servers[name], str(lease_id)))
+                return True
         self._idle[name].append((lease_id, time.monotonic()))
         return False
+
+    def _warmest(self, name: str, candidates: list[_Waiter]) -> _Waiter:
+        """The first of `candidates` (oldest first) with the most of its models loaded on `name`; the first
+        in line once it has been passed over `_MAX_PASSED_OVER` times."""
+        first = candidates[0]
+        if first.passed_over >= _MAX_PASSED_OVER:
+            return first
+        best = max(candidates, key=lambda waiter: self._warmth(name, waiter.models))  # max keeps the first of ties
+        if self._warmth(name, best.models) == self._warmth(name, first.models):
+            return first
+        for waiter in candidates[: candidates.index(best)]:
+            waiter.passed_over += 1
+        return best
 
     def _wake(self) -> None:
         """Room was made here (a lease given back, a server up again): waiting jobs look again now."""

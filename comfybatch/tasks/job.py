@@ -1,7 +1,9 @@
 """`render-image`: one Prefect task run per image job, failing over between servers."""
 
 import contextlib
+import itertools
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -12,6 +14,7 @@ from prefect.tasks import TaskRunNameCallbackWithParameters
 
 from comfybatch.comfy.events import ComfyEvent
 from comfybatch.comfy.follow import EventHandler, Timeouts
+from comfybatch.comfy.loaders import loaded_models
 from comfybatch.errors import ComfyBatchError, FleetExhausted, JobInterrupted, JobLost, JobTimeout, ServerUnavailable
 from comfybatch.inputs import InputPolicy
 from comfybatch.models import JobResult, JobSpec
@@ -25,6 +28,7 @@ from comfybatch.tasks.events import ProgressThrottle, emit_item_event
 from comfybatch.tasks.retry import retry_if_retryable
 
 _DOWN_ERRORS = (ServerUnavailable, JobTimeout, JobLost)  # the server itself looks unhealthy
+_LOOKAHEAD = 64  # how far down the queue `next_job` looks for a job whose models a server has loaded
 
 
 def retry_delays(retries: int, base_s: float) -> list[float]:
@@ -56,6 +60,26 @@ class JobContext:
         self.recoverable = recoverable
         self.versions = versions
         self.input_policy = input_policy or InputPolicy.from_settings(get_settings())  # built in the flow's process
+        self.warm_routing = get_settings().warm_routing
+        self._models: dict[str, frozenset[str]] = {}
+
+    def models_of(self, job: JobSpec) -> frozenset[str]:
+        """The model files `job`'s graph loads (none without warm routing); remembered per job."""
+        if not self.warm_routing:
+            return frozenset()
+        if (models := self._models.get(job.job_key)) is None:
+            models = self._models[job.job_key] = loaded_models(job.workflow)
+        return models
+
+    def next_job(self, queue: deque[JobSpec]) -> JobSpec:
+        """The queue's next job, or (warm routing) one of the first `_LOOKAHEAD` whose models a server has loaded
+        while no job for them waits in line: that server then takes a warm job rather than loading another model."""
+        if self.warm_routing and (short := self.broker.models_short()):
+            for position, job in enumerate(itertools.islice(queue, _LOOKAHEAD)):
+                if self.models_of(job) & short:
+                    del queue[position]
+                    return job
+        return queue.popleft()
 
 
 @task(
@@ -76,9 +100,10 @@ async def render(job: JobSpec, context: JobContext, attempt: int) -> JobResult:
     if (recovered := await _recover(job, context.recoverable.pop(job.key, None), context, attempt)) is not None:
         return recovered
     tried: dict[str, ComfyBatchError] = {}
+    models = context.models_of(job)
     while True:
         try:
-            async with context.broker.slot(context.eligible[job.key], exclude=tried.keys(),
+            async with context.broker.slot(context.eligible[job.key], exclude=tried.keys(), models=models,
                                            deadline_s=context.timeouts.start_timeout_s) as slot:  # fmt: skip
                 try:
                     return await _run_on(job, slot, context, attempt)
