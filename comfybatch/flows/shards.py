@@ -25,6 +25,7 @@ from prefect.states import Cancelled, Cancelling
 from pydantic import BaseModel, ConfigDict, Field
 
 from comfybatch.flows.ending import cancel_task_runs
+from comfybatch.flows.relay import JournalRelay
 from comfybatch.flows.reruns import executions_of
 from comfybatch.models import BatchSpec, JobResult, JobSpec
 from comfybatch.records import JobJournal
@@ -127,6 +128,8 @@ async def render_in_shards(
     """
     running: dict[int, _Running] = {}
     ended: dict[int, FlowRun] = {}
+    relay = JournalRelay(journal, jobs)  # the shards' images in this run's own stream
+    await relay.start()
     async with get_client() as client:
         try:
             if shards[0].parent_execution > 1:  # the parent crashed and runs again: its earlier shards stop first
@@ -135,6 +138,7 @@ async def render_in_shards(
                 running[shard.number] = await _start(client, spec, shard)
             while running:
                 await asyncio.sleep(_FOLLOW_S)
+                await relay.relay()
                 for run in await _read_runs(client, [entry.flow_run_id for entry in running.values()]):
                     entry = next(e for e in running.values() if e.flow_run_id == run.id)
                     if run.state is None or run.state.type not in _FINAL:
@@ -149,6 +153,7 @@ async def render_in_shards(
         except BaseException:
             await asyncio.shield(_cancel_all(client, [entry.flow_run_id for entry in running.values()]))
             raise
+    await relay.relay()  # the last images, before the batch's end is told
     await _collect(shards, ended, jobs, journal, results)
 
 
