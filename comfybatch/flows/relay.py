@@ -5,11 +5,14 @@ The batch's run follows them and reads the journal they share; each job the jour
 run's `item.running` / `item.done` / `item.failed` event, numbered by the batch's run like any of its own.
 """
 
+import logging
 from collections.abc import Sequence
 
 from comfybatch.models import JobSpec
 from comfybatch.records import JobJournal, JobRecord
 from comfybatch.tasks.events import emit_item_event
+
+logger = logging.getLogger(__name__)
 
 
 class JournalRelay:
@@ -24,8 +27,13 @@ class JournalRelay:
         self.known = await self.journal.load()
 
     async def relay(self) -> int:
-        """Emit an event per record that changed since the last call; returns how many."""
-        records = await self.journal.load(self.known)  # finished records are taken as known: one file read each
+        """Emit an event per record that changed since the last call; returns how many. Never fails the batch: a
+        journal it cannot read now is read at the next call."""
+        try:
+            records = await self.journal.load(self.known)  # finished records are taken as known: one read each
+        except Exception as exc:
+            logger.warning("the batch's stream misses the shards' latest images for now: %s", exc)
+            return 0
         told = 0
         for key, record in records.items():
             if (job := self.jobs.get(key)) is None or self.known.get(key) == record:
