@@ -245,6 +245,38 @@ def dashboard() -> int:
     return 0
 
 
+fleet = App(name="fleet", help="Change the fleet while batches run.")
+app.command(fleet)
+
+
+@fleet.command
+async def drain(name: str) -> int:
+    """Send no new prompts to server NAME (its prompts in flight finish); running batches follow within 5 s.
+
+    Args:
+        name: The server's name, as `/api/servers` lists it.
+    """
+    from comfybatch.blocks.drain import set_draining
+
+    draining = await set_draining(name, True)
+    print(f"draining {name}; servers draining now: {', '.join(sorted(draining))}")
+    return 0
+
+
+@fleet.command
+async def undrain(name: str) -> int:
+    """Send prompts to server NAME again.
+
+    Args:
+        name: The server's name, as `/api/servers` lists it.
+    """
+    from comfybatch.blocks.drain import set_draining
+
+    draining = await set_draining(name, False)
+    print(f"{name} takes prompts again; servers draining now: {', '.join(sorted(draining)) or 'none'}")
+    return 0
+
+
 for _command in (platform_commands.up, platform_commands.stop, platform_commands.status, platform_commands.logs,
                  platform_commands.restart, platform_commands.serve):  # fmt: skip
     app.command(_command)

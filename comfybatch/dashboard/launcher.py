@@ -39,6 +39,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelled, Cancelling
 from pydantic import ValidationError
 
+from comfybatch.blocks.drain import draining_servers
 from comfybatch.blocks.fleet import saved_servers
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.dashboard.events import history_filter
@@ -503,6 +504,11 @@ class Launcher:
         async with self._client() as client:
             limits = await client.read_global_concurrency_limits(limit=200)
         return {limit.name: limit.active_slots for limit in limits}
+
+    async def draining_servers(self) -> frozenset[str]:
+        """The servers `comfybatch fleet drain` took out of rotation (one Prefect call)."""
+        async with self._client() as client:
+            return await draining_servers(client)
 
     async def batch_counts(self) -> dict[str, int]:
         """Flow runs of `generate-batch` by state type (one Prefect call; the newest 200 runs)."""

@@ -131,6 +131,7 @@ class ServerStatus(BaseModel):
     reason: str | None = Field(None, description="Why it is unreachable.")
     queue_depth: int | None = Field(None, description="Running plus pending prompts in its ComfyUI queue.")
     in_flight: int = Field(0, description="Active slots of its `comfy:<name>` concurrency limit.")
+    draining: bool = Field(False, description="Being drained (`comfybatch fleet drain`): no new prompts go to it.")
     last_error: str | None = Field(None, description="The last probe failure this dashboard saw, even if healthy now.")
     last_error_at: str | None = Field(None, description="When that was (ISO 8601, UTC).")
 

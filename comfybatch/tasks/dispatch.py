@@ -26,6 +26,7 @@ from uuid import UUID
 import httpx
 from prefect.exceptions import ObjectAlreadyExists
 
+from comfybatch.blocks.drain import DRAIN_POLL_S, draining_servers
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.errors import ConfigError
 from comfybatch.tasks.first_leases import FirstLeases
@@ -94,6 +95,7 @@ class SlotBroker:
         # Per server, the model files the last job sent there loads: ComfyUI keeps them (its cache is per node),
         # so a job naming the same files skips seconds of loading there.
         self._warm: dict[str, frozenset[str]] = {name: frozenset() for name in self.servers}
+        self._draining: frozenset[str] = frozenset()  # `comfybatch fleet drain`: no new prompts there
 
     async def __aenter__(self) -> Self:
         if self._first_leases is not None:  # its client is connected already; it closes it
@@ -106,6 +108,7 @@ class SlotBroker:
                     await self._give_back(name, lease_id)
         else:
             self._leases_api = await LeaseApi().__aenter__()
+        await self._read_draining()
         if self._run_id:
             self._board = DemandBoard(self._leases_api, batch=self._batch, priority=self._priority, run_id=self._run_id)
         self._renewer = asyncio.create_task(self._housekeeping())
@@ -155,7 +158,20 @@ class SlotBroker:
         return fewest[1] if fewest[0] == 0 else frozenset()
 
     def is_down(self, name: str) -> bool:
-        return time.monotonic() < self._down_until[name]
+        """Excluded for now: its circuit is open, or it is being drained."""
+        return name in self._draining or time.monotonic() < self._down_until[name]
+
+    async def _read_draining(self) -> None:
+        try:
+            draining = await draining_servers()
+        except httpx.HTTPError as exc:  # Prefect briefly away: keep the last view
+            logger.warning("draining servers not read: %s", exc)
+            return
+        if draining - self._draining:
+            logger.info("draining %s: no new prompts go there", ", ".join(sorted(draining - self._draining)))
+        if self._draining - draining:
+            self._wake()  # a server is back: waiting jobs look again
+        self._draining = draining
 
     def mark_down(self, name: str) -> None:
         """Open the circuit: exclude the server for a cool-down that doubles per failure."""
@@ -400,9 +416,12 @@ class SlotBroker:
 
     async def _housekeeping(self) -> None:
         """Give back leases nobody here needs, renew the rest, keep the priority board current."""
-        last_renewal = time.monotonic()
+        last_renewal = last_drain_read = time.monotonic()
         while True:
             await asyncio.sleep(_BOARD_EVERY_S)
+            if time.monotonic() - last_drain_read >= DRAIN_POLL_S:
+                last_drain_read = time.monotonic()
+                await self._read_draining()
             if self._board is not None:
                 try:
                     await self._board.sync(self._waiting)

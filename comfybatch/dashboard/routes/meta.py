@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
@@ -78,9 +79,18 @@ async def health(settings: SettingsDep, launcher: LauncherDep) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
 
+async def _draining(launcher: Launcher) -> frozenset[str]:
+    """The servers being drained; none shown while Prefect cannot say (the lanes still show health and load)."""
+    try:
+        return await launcher.draining_servers()
+    except (httpx.HTTPError, ComfyBatchError) as exc:
+        logger.warning("draining servers not read: %s", exc)
+        return frozenset()
+
+
 async def _server_statuses(settings: Settings, launcher: Launcher) -> list[ServerStatus]:
     servers = await fleet_servers(settings, launcher)
-    probes, active = await asyncio.gather(_probe_all(servers), launcher.active_slots())
+    probes, active, draining = await asyncio.gather(_probe_all(servers), launcher.active_slots(), _draining(launcher))
     failures = launcher.probe_failures
     for server, probe in zip(servers, probes, strict=True):
         if probe.reason:
@@ -95,6 +105,7 @@ async def _server_statuses(settings: Settings, launcher: Launcher) -> list[Serve
             reason=probe.reason,
             queue_depth=probe.queue_depth,
             in_flight=active.get(server.limit_name, 0),
+            draining=server.name in draining,
             last_error=failures[server.name][1] if server.name in failures else None,
             last_error_at=failures[server.name][0].isoformat() if server.name in failures else None,
         )
