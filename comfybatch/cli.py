@@ -256,11 +256,7 @@ async def drain(name: str) -> int:
     Args:
         name: The server's name, as `/api/servers` lists it.
     """
-    from comfybatch.blocks.drain import set_draining
-
-    draining = await set_draining(name, True)
-    print(f"draining {name}; servers draining now: {', '.join(sorted(draining))}")
-    return 0
+    return await _drain(name, draining=True)
 
 
 @fleet.command
@@ -270,10 +266,14 @@ async def undrain(name: str) -> int:
     Args:
         name: The server's name, as `/api/servers` lists it.
     """
+    return await _drain(name, draining=False)
+
+
+async def _drain(name: str, *, draining: bool) -> int:
     from comfybatch.blocks.drain import set_draining
 
-    draining = await set_draining(name, False)
-    print(f"{name} takes prompts again; servers draining now: {', '.join(sorted(draining)) or 'none'}")
+    now = sorted(await set_draining(name, draining))
+    print(f"{'draining' if draining else 'undrained'} {name}; servers draining now: {', '.join(now) or 'none'}")
     return 0
 
 

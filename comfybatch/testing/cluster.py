@@ -77,7 +77,7 @@ class LocalWorker:
         """The pids of every process under the worker (its flow runs and theirs)."""
         if self.process is None:
             return []
-        children = _children_map()
+        children = child_map()
         found, todo = [], list(children.get(self.process.pid, []))
         while todo:
             pid = todo.pop()
@@ -125,7 +125,8 @@ class LocalWorker:
         return f"--- worker {self.name} ---\n{log_tail(self.log_path, lines)}"
 
 
-def _children_map() -> dict[int, list[int]]:
+def child_map() -> dict[int, list[int]]:
+    """Every process's children, by parent pid (from /proc)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from comfybatch.testing.cluster import child_map
 from comfybatch.testing.fleet import die_with_parent, log_tail
 from comfybatch.testing.prefect_server import LocalPrefectServer
 from tests.conftest import SuiteFleet
@@ -72,27 +73,14 @@ def running(pid: int) -> bool:
     return _process_start(pid) is not None
 
 
-def _child_map() -> dict[int, list[int]]:
-    """Every process's children, by parent pid (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    return children
-
-
 def children(pid: int) -> list[int]:
     """The direct children of `pid`."""
-    return _child_map().get(pid, [])
+    return child_map().get(pid, [])
 
 
 def _descendants(pid: int) -> list[tuple[int, str]]:
     """(pid, start time) of every live descendant of `pid`."""
-    children = _child_map()
+    children = child_map()
     found, todo = [], list(children.get(pid, []))
     while todo:
         child = todo.pop()
