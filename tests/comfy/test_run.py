@@ -11,6 +11,7 @@ from comfybatch.comfy.workflow import load_workflow
 from comfybatch.errors import JobLost
 from tests.conftest import FleetServer
 from tests.support import graphs
+from tests.support.comfy import resumed_elsewhere
 
 pytestmark = pytest.mark.anyio
 
@@ -51,13 +52,9 @@ async def test_run_outputs_inverted_pixels(comfy_server: FleetServer, tmp_path) 
 
 async def test_resume_follows_a_prompt_queued_by_another_client(comfy_server: FleetServer) -> None:
     """A prompt queued earlier is followed to its end by id alone, without resubmitting it."""
-    workflow = load_workflow(graphs.delay(0.5, graphs.unique("resume")))
-    prompt_id = new_prompt_id()
-    async with ComfyClient(comfy_server.url) as first:
-        await first.queue_prompt(workflow, prompt_id=prompt_id, client_id="gone-away")
-
-    async with ComfyClient(comfy_server.url) as second:
-        result = await second.resume(prompt_id)
+    prompt_id, result = await resumed_elsewhere(
+        comfy_server.url, load_workflow(graphs.delay(0.5, graphs.unique("resume")))
+    )
 
     assert result.prompt_id == prompt_id
     assert len(result.outputs) == 1
