@@ -2,14 +2,17 @@
 
 import json
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Dialog, Page, sync_playwright
 
-from tests.dashboard.conftest import API_KEY, dashboard_platform, live_dashboard, platform_prefect
+from tests.dashboard.conftest import API_KEY, AUTH, dashboard_platform, live_dashboard, platform_prefect
 
 __all__ = ["dashboard_platform", "live_dashboard", "platform_prefect"]
 
@@ -73,3 +76,15 @@ def open_tab(browser: Browser, live_dashboard: str) -> Iterator[Callable[..., Ta
     yield open_
     for context in contexts:
         context.close()
+
+
+def batch_name(prefix: str, label: str) -> str:
+    """A fresh batch name for one test (`<prefix>-<label>-<6 hex>`)."""
+    return f"{prefix}-{label}-{uuid.uuid4().hex[:6]}"
+
+
+def create_batch(base_url: str, spec: dict[str, Any]) -> str:
+    """Start a batch over the API (as a client other than the page would); its id."""
+    response = httpx.post(f"{base_url}/api/batches", json=spec, headers=AUTH, timeout=30)
+    assert response.status_code == 202, response.text
+    return str(response.json()["batch_id"])

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import time
-import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ from comfybatch.flows.plan import read_template
 from comfybatch.settings import Settings
 from comfybatch.testing.fleet import free_port
 from comfybatch.testing.live_app import serve_in_thread
-from tests.browser.conftest import Tab, new_tab
+from tests.browser.conftest import Tab, batch_name, new_tab
 from tests.dashboard.conftest import AUTH, DashboardPlatform
 
 pytestmark = pytest.mark.timeout(300)
@@ -40,7 +39,7 @@ DONE_CARDS_JS = """() => [...document.querySelectorAll('[data-testid="item"]')].
 
 
 def _name(label: str) -> str:
-    return f"inputs-{label}-{uuid.uuid4().hex[:6]}"
+    return batch_name("inputs", label)
 
 
 def _photo(path: Path, colour: tuple[int, int, int]) -> Path:

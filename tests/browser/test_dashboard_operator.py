@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import time
-import uuid
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ from comfybatch.dashboard.app import create_app
 from comfybatch.dashboard.launcher import Launcher
 from comfybatch.testing.fleet import free_port
 from comfybatch.testing.live_app import serve_in_thread
-from tests.browser.conftest import Tab, new_tab
+from tests.browser.conftest import Tab, batch_name, create_batch, new_tab
 from tests.dashboard.conftest import AUTH, DashboardPlatform
 from tests.support import graphs
 
@@ -37,13 +36,7 @@ DONE_CARDS_JS = """() => [...document.querySelectorAll('[data-testid="item"]')].
 
 
 def _name(label: str) -> str:
-    return f"operator-{label}-{uuid.uuid4().hex[:6]}"
-
-
-def _create(base_url: str, spec: dict[str, Any]) -> str:
-    response = httpx.post(f"{base_url}/api/batches", json=spec, headers=AUTH, timeout=30)
-    assert response.status_code == 202, response.text
-    return str(response.json()["batch_id"])
+    return batch_name("operator", label)
 
 
 def _status(base_url: str, batch_id: str) -> dict[str, Any]:
@@ -96,7 +89,7 @@ def test_viewer_shows_the_full_size_image_with_its_parameters_and_steps_with_the
     """Clicking a thumbnail opens the stored image at full size beside its number, prompt, seed, server and file;
     → and ← step through the batch, Esc closes; Download zip saves every stored image and the manifest."""
     prompts = ["a lighthouse in a storm", "a tram in the snow", "a fox under a lantern"]
-    batch_id = _create(live_dashboard, {"name": _name("viewer"), "workflow": "txt2img-tiny", "prompts": prompts,
+    batch_id = create_batch(live_dashboard, {"name": _name("viewer"), "workflow": "txt2img-tiny", "prompts": prompts,
                                         "defaults": {"steps": 1, "width": 320, "height": 288}})  # fmt: skip
     tab = open_tab()
     page = tab.page
@@ -184,7 +177,7 @@ def test_failed_batch_shows_why_and_retry_failed_renders_the_failed_item(
     """A batch with a failing item ends FAILED and says why, the item shows its error; "Retry failed" opens the same
     batch's new run, which renders only that item and links back to the first run."""
     name = _name("retry")
-    first_id = _create(live_dashboard, _flaky_spec(name, dashboard_platform, tmp_path))
+    first_id = create_batch(live_dashboard, _flaky_spec(name, dashboard_platform, tmp_path))
     tab = open_tab()
     page = tab.page
 
@@ -211,7 +204,7 @@ def test_failed_batch_shows_why_and_retry_failed_renders_the_failed_item(
 
 def test_render_the_rest_after_a_cancel_finishes_the_batch(open_tab: Callable[..., Tab], live_dashboard: str) -> None:
     """A batch cancelled part way offers "Render the rest"; its new run renders every item the cancel left."""
-    batch_id = _create(live_dashboard, _quick_spec(_name("rest"), 6, seconds=2.0))
+    batch_id = create_batch(live_dashboard, _quick_spec(_name("rest"), 6, seconds=2.0))
     tab = open_tab()
     page = tab.page
     page.goto(f"/#/batches/{batch_id}")
@@ -232,7 +225,7 @@ def test_render_the_rest_after_a_cancel_finishes_the_batch(open_tab: Callable[..
 
 def test_narrow_batch_view_keeps_sixteen_items_on_a_short_page(browser: Browser, live_dashboard: str) -> None:
     """At 400 px a finished 16-item batch is a short page: several cards to a row, each lane one short block."""
-    batch_id = _create(live_dashboard, _quick_spec(_name("narrow"), 16))
+    batch_id = create_batch(live_dashboard, _quick_spec(_name("narrow"), 16))
     context = browser.new_context(base_url=live_dashboard, viewport={"width": 400, "height": 800})
     context.add_init_script(f"localStorage.setItem('comfybatch.apiKey', {AUTH['Authorization'][7:]!r});")
     try:
@@ -262,7 +255,7 @@ def test_batch_view_says_it_is_loading_until_the_status_arrives(
 ) -> None:
     """While the batch's status is on its way the view says so (title, badge, items) instead of blank fields."""
     name = _name("loading")
-    batch_id = _create(live_dashboard, _quick_spec(name, 2))
+    batch_id = create_batch(live_dashboard, _quick_spec(name, 2))
     tab = open_tab()
     page = tab.page
     held: list[Route] = []

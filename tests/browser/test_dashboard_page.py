@@ -14,7 +14,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Route, WebSocketRoute, expect
 
-from tests.browser.conftest import Tab, new_tab
+from tests.browser.conftest import Tab, batch_name, create_batch, new_tab
 from tests.dashboard.conftest import API_KEY, AUTH
 from tests.support import graphs
 
@@ -39,13 +39,7 @@ Card = dict[str, Any]
 
 
 def _name(label: str) -> str:
-    return f"browser-{label}-{uuid.uuid4().hex[:6]}"
-
-
-def _create(base_url: str, spec: dict[str, Any]) -> str:
-    response = httpx.post(f"{base_url}/api/batches", json=spec, headers=AUTH, timeout=30)
-    assert response.status_code == 202, response.text
-    return str(response.json()["batch_id"])
+    return batch_name("browser", label)
 
 
 def _slow_spec(name: str, *, count: int, seconds: float) -> dict[str, Any]:
@@ -225,7 +219,7 @@ def test_pending_items_spin_until_done_and_never_show_no_image(
     open_tab: Callable[..., Tab], live_dashboard: str
 ) -> None:
     """Slow items: every sample shows queued/submitted/running items with a spinner, done ones with an image."""
-    batch_id = _create(live_dashboard, _slow_spec(_name("spin"), count=6, seconds=1.5))
+    batch_id = create_batch(live_dashboard, _slow_spec(_name("spin"), count=6, seconds=1.5))
     tab = open_tab()
     page = tab.page
 
@@ -244,7 +238,7 @@ def test_reload_and_dropped_stream_resume_without_losing_events(
     open_tab: Callable[..., Tab], live_dashboard: str
 ) -> None:
     """Reloading mid-batch keeps the items, no state goes back, and a dropped stream resumes after its last seq."""
-    batch_id = _create(live_dashboard, _slow_spec(_name("reload"), count=6, seconds=1.5))
+    batch_id = create_batch(live_dashboard, _slow_spec(_name("reload"), count=6, seconds=1.5))
     tab = open_tab()
     page = tab.page
     connections: list[tuple[int, list[int]]] = []  # (after, seqs delivered) per WebSocket the page opened
@@ -293,7 +287,7 @@ def test_finished_batch_view_lanes_links_manifest_and_screenshot(
     """A finished six-image batch shows counts, per-server lanes, its Prefect link and a downloadable manifest."""
     prompts = ["a fox reading under a tree", "an owl with a lantern", "a hedgehog baking bread",
                "a rabbit painting the moon", "a bear fishing at dawn", "a mouse sailing a leaf boat"]  # fmt: skip
-    batch_id = _create(live_dashboard, {"name": "picture-book-demo", "workflow": "picture-book-tiny",
+    batch_id = create_batch(live_dashboard, {"name": "picture-book-demo", "workflow": "picture-book-tiny",
                                         "prompts": prompts, "defaults": {"steps": 1}})  # fmt: skip
     tab = open_tab()
     page = tab.page
