@@ -133,7 +133,7 @@ def test_url_that_does_not_answer_is_named(tmp_path: Path) -> None:
     policy = InputPolicy(allow_private_urls=True, allow_http_urls=True, fetch_timeout_s=2.0)
     spec = BatchSpec(name="u", workflow="upscale", images=[f"http://127.0.0.1:{free_port()}/cat.png"])
 
-    with pytest.raises(BatchRequestError, match=r"images\[0\].*cat.png: does not answer"):
+    with pytest.raises(BatchRequestError, match=r"image 1: .*cat.png: does not answer"):
         expand_batch(spec, resolve_workflow("upscale", {}), input_policy=policy)
 
 
