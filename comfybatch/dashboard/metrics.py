@@ -7,6 +7,7 @@ of counters); each app has its own registry, so two apps in one process never sh
 """
 
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from uuid import UUID
@@ -23,6 +24,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PROMPT_BUCKETS_S = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 BATCH_BUCKETS_S = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
 API_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_RECENT_PROMPTS = 200
 _RUNNING_KEPT = 10_000  # runs seen start and not seen end: bounded, a dashboard lives for months
 _KEY_TAG = "prefect.tag.submitted-by:"  # Prefect relates every event of a run to the run's tags
 
@@ -52,12 +54,15 @@ class EventMetrics:
             ["method", "route"], buckets=API_BUCKETS_S, registry=self.registry,
         )  # fmt: skip
         self._running_since: dict[UUID, datetime] = {}
+        # The fleet's latest prompt times (any batch): a dry run of a new request is estimated from them.
+        self.recent_prompt_s: deque[float] = deque(maxlen=_RECENT_PROMPTS)
 
     def observe(self, event: Event, run_id: UUID | None) -> None:
         if event.event.startswith("comfybatch.item."):
             self.items.labels(state=event.event.removeprefix("comfybatch.item.")).inc()
             seconds, server = event.payload.get("seconds"), event.payload.get("server")
             if isinstance(seconds, int | float) and isinstance(server, str):
+                self.recent_prompt_s.append(float(seconds))
                 self.prompt_seconds.labels(server=server).observe(float(seconds))
             gpu_seconds = event.payload.get("gpu_seconds")
             if event.event.endswith(".done") and isinstance(gpu_seconds, int | float) and isinstance(server, str):

@@ -176,10 +176,14 @@ def _verdict(problems: list[NodeProblem], server: str) -> str | None:
 
 def _estimate(count: int, history: Sequence[JobResult], slots: dict[str, int]) -> float | None:
     durations = [r.finished_at - r.started_at for r in history if r.finished_at and r.started_at]
-    if not durations or not slots:
+    return estimate_run_s(count, durations, servers=len(slots))
+
+
+def estimate_run_s(count: int, prompt_seconds: Sequence[float], *, servers: int) -> float | None:
+    """How long `count` prompts take on `servers` servers at the median of `prompt_seconds` (None without any)."""
+    if not prompt_seconds or servers < 1 or count < 1:
         return None
-    running_at_once = max(1, len(slots))  # one prompt executes per server at a time
-    return statistics.median(durations) * count / running_at_once
+    return statistics.median(prompt_seconds) * count / servers  # one prompt executes per server at a time
 
 
 async def load_and_probe(

@@ -77,7 +77,7 @@ def write_contact_sheets(
 ) -> list[str]:
     """Write `<batch_dir>/contact_sheet.png` and, for exactly two `sweep_axes`, `xy_grid.png`; return URIs.
 
-    The sheet shows every job by index (failed ones as placeholders), labelled with index, seed
+    The sheet shows every job by index (failed ones as placeholders), labelled with its number (from 1), seed
     and label, capped at `MAX_TILES`. The grid shows, per pair of axis values, the first image.
 
     Raises:
@@ -209,7 +209,7 @@ def _batch_xy_grid(
 def _job_tile(store: OutputStore, result: JobResult) -> Tile:
     job = result.job
     seed = "no seed" if job.seed is None else f"seed {job.seed}"
-    label = f"#{job.index}  {seed}\n{job.label or 'item'}"
+    label = f"#{job.index + 1}  {seed}\n{job.label or 'item'}"  # numbered from 1, as the page and task runs
     uri = _first_image(result)
     if uri is None:
         return Tile(_draw.given(None), label, placeholder="no image" if result.status == "done" else result.status)

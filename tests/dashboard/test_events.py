@@ -158,3 +158,16 @@ async def test_metrics_count_what_the_event_stream_saw(
     assert _samples(text, "comfybatch_item_events_total")['{state="done"}'] >= 2
     assert sum(_samples(text, "comfybatch_prompt_seconds_count").values()) >= 2
     assert _samples(text, "comfybatch_batch_seconds_count")['{state="completed"}'] >= 1
+
+
+async def test_a_dry_run_is_estimated_from_the_fleets_latest_prompts(
+    live_dashboard: str, streamed: tuple[str, list[dict[str, Any]]]
+) -> None:
+    """After a batch has rendered, Check of a new request (nothing stored for it) estimates its run time from the
+    prompt times the dashboard saw, instead of showing none."""
+    async with httpx.AsyncClient(base_url=live_dashboard, timeout=60) as http:
+        checked = await http.post("/api/validate", json=tiny_spec("dash-estimate", "a heron", "a crane"),
+                                  headers=AUTH)  # fmt: skip
+
+    assert checked.status_code == 200, checked.text
+    assert checked.json()["estimate_s"] > 0

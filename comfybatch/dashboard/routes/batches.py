@@ -32,6 +32,7 @@ from comfybatch.dashboard.schemas import (
 )
 from comfybatch.dashboard.usage import check_daily_quota
 from comfybatch.errors import BatchConflict, BatchNotFound, ComfyBatchError
+from comfybatch.flows.plan import estimate_run_s
 from comfybatch.models import BatchSpec, JobSpec
 from comfybatch.notify.webhooks import check_webhook
 from comfybatch.outputs.manifest import media_type_of
@@ -122,7 +123,7 @@ async def _check_quota(launcher: Launcher, quota: int, key_name: str, adds: int,
 
 @router.post("/validate")
 async def validate_batch(
-    spec: BatchSpec, launcher: LauncherDep, settings: SettingsDep, _key: KeyName
+    spec: BatchSpec, launcher: LauncherDep, hub: HubDep, settings: SettingsDep, _key: KeyName
 ) -> ValidationReport:
     """The fleet dry run of a request: expand it and check every job on every server; renders nothing."""
     check_api_request(spec, settings)
@@ -135,7 +136,8 @@ async def validate_batch(
     return ValidationReport(
         ok=not invalid and plan.runnable > 0, total=len(preview.expansion.jobs),
         duplicates=preview.expansion.duplicates, per_server=plan.per_server, invalid=invalid[:_INVALID_SHOWN],
-        plan=plan.summary_lines(), estimate_s=plan.estimate_s,
+        plan=plan.summary_lines(), estimate_s=plan.estimate_s if plan.estimate_s is not None else estimate_run_s(
+            plan.runnable, hub.metrics.recent_prompt_s, servers=len(plan.per_server)),  # the fleet's latest prompts
     )  # fmt: skip
 
 
