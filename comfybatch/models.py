@@ -258,8 +258,9 @@ class JobSpec(BaseModel):
 
     @property
     def file_stem(self) -> str:
-        """`<index>_<slug>_<seed>`; the output extension is added per file."""
-        parts = [f"{self.index:05d}", self.label or "item", str(self.seed) if self.seed is not None else "noseed"]
+        """`<number>_<slug>_<seed>`; the output extension is added per file."""
+        # Numbered from 1, as the page, the task runs and the contact sheet number images.
+        parts = [f"{self.index + 1:05d}", self.label or "item", str(self.seed) if self.seed is not None else "noseed"]
         return "_".join(parts)
 
 

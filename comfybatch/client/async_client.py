@@ -318,7 +318,7 @@ class AsyncComfyBatchClient:
                 response = await self._send("GET", item.image or "")
             media = response.headers.get("content-type", "").split(";")[0]
             suffix = ".png" if media == "image/png" else mimetypes.guess_extension(media) or ".bin"
-            path = folder / f"{item.index if item.index is not None else 0:05d}_{item.key}{suffix}"
+            path = folder / f"{(item.index or 0) + 1:05d}_{item.key}{suffix}"  # numbered from 1, as the page
             await asyncio.to_thread(path.write_bytes, response.content)
             return path
 

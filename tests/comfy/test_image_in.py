@@ -125,7 +125,7 @@ def test_image_cell_relative_to_the_sheet_binds_a_content_addressed_name(tmp_pat
     assert job.values["image"] == str(path)
     assert job.values["image_sha256"] == digest
     assert job.workflow.get_input("4", "image") == f"comfybatch/{digest[:16]}.png"
-    assert job.file_stem.startswith("00000_cup_")
+    assert job.file_stem.startswith("00001_cup_")
 
 
 def test_url_that_does_not_answer_is_named(tmp_path: Path) -> None:

@@ -95,7 +95,7 @@ async def test_image_folder_each_output_is_its_own_inputs_inverse(
         assert row["param.image"] == str(tmp_path / "photos" / f"swatch-{number}.png")
         assert len(row["param.image_sha256"]) == 64
         output = _outputs(batch_settings, "invert")[number]
-        assert output.name == f"{number:05d}_swatch-{number}_noseed.png"
+        assert output.name == f"{number + 1:05d}_swatch-{number}_noseed.png"
         inverse = [255 - channel for channel in colours[number]]
         assert all(abs(a - b) <= 1 for a, b in zip(_pixel(str(output)), inverse, strict=True))  # float rounding
 
@@ -112,7 +112,7 @@ async def test_img2img_tiny_template_renders_each_input(
 
     names = [path.name for path in _outputs(batch_settings, "img2img")]
     assert (report.done, report.failed) == (2, 0)
-    assert [name.rsplit("_", 1)[0] for name in names] == ["00000_swatch-0", "00001_swatch-1"]
+    assert [name.rsplit("_", 1)[0] for name in names] == ["00001_swatch-0", "00002_swatch-1"]
 
 
 async def test_each_input_is_uploaded_once_per_server_and_never_again(

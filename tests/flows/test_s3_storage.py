@@ -93,7 +93,7 @@ async def test_sheet_inputs_and_outputs_all_on_s3(
         assert row["param.image"] == f"s3://{bucket}/in/photos/item-{number}.png"
         relpath = store.relpath_of(str(row["outputs"][0]))
         assert relpath is not None
-        assert relpath.startswith(f"on-s3/{number:05d}_item-{number}_")
+        assert relpath.startswith(f"on-s3/{number + 1:05d}_item-{number}_")
         inverse = [255 - channel for channel in colours[number]]
         assert all(abs(a - b) <= 1 for a, b in zip(_pixel(store.read_bytes(relpath)), inverse, strict=True))
 
@@ -114,7 +114,7 @@ async def test_image_prefix_on_s3_is_one_item_per_file_and_a_rerun_renders_nothi
     store = OutputStore(f"s3://{bucket}/out")
     stored = [path for path in store.list("prefix") if re.fullmatch(r"prefix/\d{5}_.+\.png", path)]
     assert (first.done, second.done, second.skipped) == (3, 0, 3)
-    assert [path.rsplit("_", 1)[0] for path in stored] == [f"prefix/{n:05d}_photo-{n}" for n in range(3)]
+    assert [path.rsplit("_", 1)[0] for path in stored] == [f"prefix/{n + 1:05d}_photo-{n}" for n in range(3)]
 
 
 async def test_an_upload_cut_halfway_leaves_no_object(s3_endpoint: str, bucket: str) -> None:

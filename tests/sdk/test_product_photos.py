@@ -30,7 +30,7 @@ def test_product_photos_keeps_each_product_and_repaints_its_background(live_dash
     assert (batch_dir / "manifest.csv").is_file()
     for output in outputs:
         # Items are image-major: two scenes per photo, photos in name order.
-        cutout = cutouts[int(output.name[:5]) // 2]
+        cutout = cutouts[(int(output.name[:5]) - 1) // 2]  # files are numbered from 1
         with Image.open(cutout) as source, Image.open(output) as result:
             alpha, colour, pixels = source.getchannel("A"), source.convert("RGB"), result.convert("RGB")
             opaque = [(x, y) for x in range(64) for y in range(64) if alpha.getpixel((x, y)) == 255]
