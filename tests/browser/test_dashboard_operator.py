@@ -1,6 +1,7 @@
 """Issue 13 §3 in real headless chromium: the full-size viewer, the fleet panel, a failed batch's reason, "Retry
 failed" and "Render the rest" (the same batch resumed), and the batch view at 400 px."""
 
+import asyncio
 import io
 import os
 import re
@@ -8,6 +9,7 @@ import shutil
 import time
 import zipfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,9 @@ import httpx
 import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, Route, expect
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from comfybatch.blocks.drain import set_draining
 from comfybatch.blocks.server import name_from_url
 from comfybatch.dashboard.app import create_app
 from comfybatch.dashboard.launcher import Launcher
@@ -280,3 +284,38 @@ def test_batch_view_says_it_is_loading_until_the_status_arrives(
     expect(page.get_by_test_id("batch-name-title")).to_have_text(name)
     expect(page.get_by_test_id("batch-state")).not_to_have_text("loading")
     assert tab.errors == []
+
+
+def test_fleet_panel_marks_a_draining_server(browser: Browser, dashboard_platform: DashboardPlatform) -> None:
+    """A server taken out of rotation with `comfybatch fleet drain` says so in the fleet panel; the other does not."""
+    drained, other = (name_from_url(server.url) for server in dashboard_platform.fleet.servers[:2])
+    settings = dashboard_platform.settings()
+    app = create_app(settings, Launcher(settings, api_url=dashboard_platform.api_url))
+    _set_draining(dashboard_platform.api_url, drained, True)
+    try:
+        with serve_in_thread(app) as url:
+            context, tab = new_tab(browser, url)
+            try:
+                tab.page.goto("/")
+                row = tab.page.locator(f'[data-testid="fleet-server"][data-server="{drained}"]')
+                expect(row.get_by_test_id("fleet-draining")).to_have_text("draining", timeout=30_000)
+                other_row = tab.page.locator(f'[data-testid="fleet-server"][data-server="{other}"]')
+                expect(other_row.get_by_test_id("fleet-health")).to_have_text("ok")
+                expect(other_row.get_by_test_id("fleet-draining")).to_have_count(0)
+                assert tab.errors == []
+            finally:
+                context.close()
+    finally:
+        _set_draining(dashboard_platform.api_url, drained, False)
+
+
+def _set_draining(api_url: str, name: str, draining: bool) -> None:
+    """`comfybatch fleet drain/undrain` against the platform's Prefect, from a thread of its own (Playwright's
+    sync API holds this thread's event loop)."""
+
+    def run() -> None:
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            asyncio.run(set_draining(name, draining))
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(run).result()

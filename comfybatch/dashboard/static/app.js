@@ -433,7 +433,10 @@ class HomeView {
         return h("tr", { testid: "fleet-server", "data-server": server.name },
           h("th", { scope: "row", title: `${server.name} · ${server.url}`, testid: "fleet-name" }, serverLabel(server)),
           h("td", {}, h("span", { class: `badge ${up ? "state-completed" : "state-failed"}`, testid: "fleet-health" },
-            up ? "ok" : server.reason || server.health)),
+            up ? "ok" : server.reason || server.health),
+            // `comfybatch fleet drain`: no new prompts go there; its prompts in flight finish
+            server.draining ? h("span", { class: "badge state-running", testid: "fleet-draining",
+              title: "comfybatch fleet undrain puts it back" }, "draining") : null),
           h("td", { testid: "fleet-queue" }, server.queue_depth == null ? "—" : String(server.queue_depth)),
           h("td", { testid: "fleet-slots" }, `${server.in_flight} / ${server.slots}`),
           h("td", { testid: "fleet-error", class: server.last_error ? "bad-text" : "muted" }, lastError));
