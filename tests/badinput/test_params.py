@@ -107,8 +107,8 @@ def _check_accepted(case: corpus.Case, outcome: Any) -> None:
     for name, value in case.expect.get("values", {}).items():
         assert first.values[name] == value
         assert first.workflow.to_json().count(_json_text(value)) >= 1  # bound verbatim into the graph
-    for job in expansion.jobs:  # file names: "<index>_<slug>_<seed>", nothing that leaves the folder
-        assert re.fullmatch(r"\d{5}_[a-z0-9-]+_\d+", job.file_stem), job.file_stem
+    for job in expansion.jobs:  # file names: "<number>_<slug>_<seed>", nothing that leaves the folder
+        assert re.fullmatch(r"\d{5,}_[a-z0-9-]+_\d+", job.file_stem), job.file_stem
     if csv_text is not None:
         _check_manifest(expansion, csv_text, read_back)
 
