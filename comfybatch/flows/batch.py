@@ -5,9 +5,9 @@ import contextlib
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 import httpx
 from prefect import flow, get_run_logger
@@ -172,7 +172,8 @@ async def _render(
         if shards:  # child flow runs on the work pool render; this run follows them and writes the one ending
             await give_back(first_leases)
             await beside(
-                render_in_shards(spec, shards, expansion.jobs, journal, results, attempts=settings.run_attempts),
+                _watched(render_in_shards(spec, shards, expansion.jobs, journal, results,
+                                          attempts=settings.run_attempts), run_id=run_id, batch=spec.name),
                 _publish_plan(spec, plan, len(expansion.jobs), expansion.duplicates, required=False),
             )  # fmt: skip
         else:
@@ -262,6 +263,22 @@ def _submitted_by() -> str | None:
     run = FlowRunContext.get()
     tags = run.flow_run.tags if run is not None and run.flow_run is not None else []
     return next((tag.removeprefix("submitted-by:") for tag in tags if tag.startswith("submitted-by:")), None)
+
+
+async def _watched(work: Coroutine[Any, Any, None], *, run_id: str, batch: str) -> None:
+    """`work` stopped as soon as the run is Cancelling (the runner's SIGTERM alone can be lost, see
+    `_watch_for_cancel`): following shards, the batch's run must still cancel them at once."""
+    done = asyncio.Event()
+
+    async def run() -> None:
+        try:
+            await work
+        finally:
+            done.set()
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(_watch_for_cancel(run_id, done, batch=batch))
+        group.create_task(run())
 
 
 class CancelRequested(Exception):
