@@ -239,9 +239,7 @@ async def _drain(
             return_state=True))  # fmt: skip
         if grouped.is_completed():
             return await grouped.aresult()
-        outcome = await grouped.aresult(raise_on_failure=False)
-        message = str(outcome) if isinstance(outcome, BaseException) else (grouped.message or "failed")
-        return [_failed_with_event(job, message) for job in jobs]
+        return [await _result_of(job, grouped) for job in jobs]
 
     # Extra workers beyond the slot count wait in the broker, so a retry's back-off never idles a server.
     workers = min(len(queue), sum(s.slots for s in context.broker.servers.values()) + len(context.broker.servers))
@@ -363,9 +361,15 @@ async def _report_progress(spec: BatchSpec, results: list[JobResult], drained: a
                 return
 
 
-async def _result_of(job: JobSpec, state: State[JobResult]) -> JobResult:
+async def _result_of(job: JobSpec, state: State[Any]) -> JobResult:
+    """The job's result from its task run's final state (a group's state stands for each of its jobs)."""
     if state.is_completed():
-        return await state.aresult()
+        result: JobResult = await state.aresult()
+        return result
+    if state.is_crashed() or state.is_cancelled():
+        # The run is ending under it (a cancel, the runner's SIGTERM): not the image's failure. Its journal record
+        # stays "submitted", so a rerun adopts the prompt by its id or renders it anew.
+        return JobResult(job=job, status="cancelled", error=state.message or "cancelled", finished_at=time.time())
     outcome = await state.aresult(raise_on_failure=False)
     message = str(outcome) if isinstance(outcome, BaseException) else (state.message or state.name or "failed")
     return _failed_with_event(job, message)

@@ -37,6 +37,9 @@ DONE_CARDS_JS = """() => [...document.querySelectorAll('[data-testid="item"]')].
   const img = card.querySelector('img[data-testid="thumb"]');
   return card.dataset.state === "done" && img !== null && img.complete && img.naturalWidth > 0;
 }).length"""
+CARDS_JS = """() => [...document.querySelectorAll('[data-testid="item"]')].map((card) =>
+  `${card.dataset.state}: ${card.querySelector('.media')?.textContent || ''}`
+  + (card.querySelector('.media.loading') ? ' (image loading)' : ''))"""
 
 
 def _name(label: str) -> str:
@@ -55,7 +58,8 @@ def _wait_done_cards(page: Page, count: int, *, timeout_s: float = 120.0) -> Non
     deadline = time.monotonic() + timeout_s
     while page.evaluate(DONE_CARDS_JS) < count:
         if time.monotonic() > deadline:
-            pytest.fail(f"not {count} done cards with thumbnails within {timeout_s:g} s", pytrace=False)
+            cards = page.evaluate(CARDS_JS)
+            pytest.fail(f"not {count} done cards with thumbnails within {timeout_s:g} s; cards: {cards}", pytrace=False)
         page.wait_for_timeout(200)
 
 

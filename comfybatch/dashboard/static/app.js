@@ -974,7 +974,7 @@ class BatchView {
       item.state = "running";
       item.progress = { value: Number(message.value), max: Number(message.max) };
     } else if (state === "done" || state === "skipped") {
-      item.state = state;
+      item.state = "done"; // skipped: stored by an earlier run of the batch; the items read says "done" too
       item.files = Array.isArray(message.files) ? message.files.length : 0;
       if (item.files && !item.file) item.file = String(message.files[0]).split("/").pop();
       if (item.file && !item.media) item.media = mediaOfFile(item.file);
