@@ -10,7 +10,8 @@ from comfybatch.models import JobSpec
 
 
 def _job() -> JobSpec:
-    return JobSpec(batch="b", index=0, key="k0", item=0, image=0, workflow={"1": {"class_type": "X", "inputs": {}}}, values={})
+    graph = {"1": {"class_type": "X", "inputs": {}}}
+    return JobSpec(batch="b", index=0, key="k0", item=0, image=0, workflow=graph, values={})
 
 
 def test_crashed_task_run_is_a_cancelled_image() -> None:
@@ -21,4 +22,3 @@ def test_crashed_task_run_is_a_cancelled_image() -> None:
 
 def test_cancelled_task_run_is_a_cancelled_image() -> None:
     assert asyncio.run(_result_of(_job(), Cancelled(message="cancelled by the test"))).status == "cancelled"
-
