@@ -16,6 +16,7 @@
     │   ├── ServerIncompatible         lacks a model / node class              failover
     │   ├── ServerProtocolError        unexpected answer                       failover
     │   ├── JobLost                    in neither /queue nor /history          failover, retryable
+    │   ├── PromptMoved                its server left the fleet before it ran  failover, retryable
     │   └── JobTimeout                 never started, or silent too long       failover, retryable
     ├── JobFailed                      execution_error: the graph raised at run time
     ├── JobInterrupted                 execution_interrupted
@@ -175,6 +176,11 @@ class ServerProtocolError(ServerError):
 
 class JobLost(ServerError):
     """Raised when a submitted prompt is in neither `/queue` nor `/history` (server restarted)."""
+
+
+class PromptMoved(ServerError):
+    """Raised when a prompt's server left the fleet while the prompt still waited in its queue: it was taken off
+    that queue, and runs on another server."""
 
 
 class JobTimeout(ServerError):

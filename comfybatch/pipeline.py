@@ -28,8 +28,10 @@ async def execute_job(
     comfy: ComfyClient, job: JobSpec, *, store: OutputStore, journal: JobJournal, batch_dir: str,
     timeouts: Timeouts, attempt: int = 1, resume_prompt_id: str | None = None, lease_id: str | None = None,
     comfyui_version: str | None = None, on_event: EventHandler | None = None, input_policy: InputPolicy | None = None,
+    new_id: str | None = None,
 ) -> JobResult:  # fmt: skip
-    """Run `job` on `comfy` (or finish `resume_prompt_id` there) and store its outputs.
+    """Run `job` on `comfy` (or finish `resume_prompt_id` there) and store its outputs; a new prompt gets the id
+    `new_id` (the caller's, to follow it by) or a fresh one.
 
     Input images the job names are put on the server first, unless it has them already (content-addressed).
 
@@ -46,7 +48,7 @@ async def execute_job(
     if result is None:
         for location, sha256 in upload_values(job.values):  # on this server, before the prompt names them
             await ensure_uploaded(comfy, location, sha256, input_policy or InputPolicy())
-        prompt_id = new_prompt_id()
+        prompt_id = new_id or new_prompt_id()
         await journal.submitted(job, server=comfy.name, prompt_id=prompt_id, lease_id=lease_id)  # before POST
         result = await comfy.run(prepare_workflow(job), prompt_id=prompt_id, timeouts=timeouts, on_event=on_event)
     files = await store_outputs(comfy, job, result.outputs, store=store, batch_dir=batch_dir)

@@ -25,6 +25,7 @@ from comfybatch.comfy.object_info import ObjectInfo, merge_object_infos
 from comfybatch.errors import ConfigError
 from comfybatch.expansion import Expansion, expand_batch
 from comfybatch.flows.ending import Ending, record_ending
+from comfybatch.flows.fleet_watch import FleetWatch
 from comfybatch.flows.origin import input_policy_of_run
 from comfybatch.flows.plan import (
     FleetPlan,
@@ -178,9 +179,11 @@ async def _render(
             )  # fmt: skip
         else:
             # The plan artifact is written beside the first jobs: a slow Prefect write must not delay the first prompt.
+            watch = FleetWatch(settings, context, expansion.jobs, only=spec.servers,
+                               classes=template_classes(spec.workflow))  # fmt: skip
             async with broker:
                 await beside(
-                    _drain(spec, runnable, context, results, total=len(expansion.jobs), run_id=run_id),
+                    _drain(spec, runnable, context, results, total=len(expansion.jobs), run_id=run_id, watch=watch),
                     _publish_plan(spec, plan, len(expansion.jobs), expansion.duplicates, required=False),
                 )  # fmt: skip
     except BaseException as exc:
@@ -200,9 +203,11 @@ async def _await_the_runner() -> None:
 
 
 async def _drain(
-    spec: BatchSpec, queue: deque[JobSpec], context: JobContext, results: list[JobResult], *, total: int, run_id: str
-) -> None:
-    """Run the queue with enough workers to keep every slot busy; each worker awaits one task at a time."""
+    spec: BatchSpec, queue: deque[JobSpec], context: JobContext, results: list[JobResult], *, total: int, run_id: str,
+    watch: FleetWatch | None = None,
+) -> None:  # fmt: skip
+    """Run the queue with enough workers to keep every slot busy; each worker awaits one task at a time. With
+    `watch`, servers joining the fleet meanwhile get workers of their own."""
     settings = get_settings()
     # No task tags: Prefect takes a `tag:<tag>` concurrency lease (a write on its server) around every tagged
     # task run, and on SQLite a "database is locked" 503 there makes its client sleep 2 s or more with a free
@@ -251,6 +256,13 @@ async def _drain(
         async with asyncio.TaskGroup() as jobs:
             for _ in range(workers):
                 jobs.create_task(worker())
+            if watch is not None:
+
+                def grow(more: int) -> None:
+                    for _ in range(min(more, len(queue))):
+                        jobs.create_task(worker())
+
+                watchers.append(group.create_task(watch.run(drained, grow)))
         drained.set()
         for watcher in watchers:  # they only read: a request of theirs still out is dropped, not waited for
             watcher.cancel()

@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict
 from comfybatch.comfy.follow import Timeouts
 from comfybatch.errors import BatchConflict
 from comfybatch.flows.batch import _drain, _planned, _recoverable
-from comfybatch.flows.plan import load_and_probe
+from comfybatch.flows.fleet_watch import FleetWatch
+from comfybatch.flows.plan import load_and_probe, template_classes
 from comfybatch.flows.shards import ShardSpec
 from comfybatch.models import BatchSpec, JobResult
 from comfybatch.outputs.identity import OWNER_FILE, Owner
@@ -76,7 +77,8 @@ async def render_shard(spec: BatchSpec, shard: ShardSpec) -> ShardReport:
         results: list[JobResult] = []
         if todo:
             async with broker:
-                await _drain(spec, todo, context, results, total=len(todo), run_id=run_id)
+                watch = FleetWatch(settings, context, mine, only=spec.servers, classes=template_classes(spec.workflow))
+                await _drain(spec, todo, context, results, total=len(todo), run_id=run_id, watch=watch)
     failed = sum(1 for result in results if result.status == "failed")
     return ShardReport(batch=spec.name, shard=shard.number, attempt=shard.attempt, rendered=len(results) - failed,
                        failed=failed, already_stored=len(mine) - len(results))  # fmt: skip

@@ -65,6 +65,7 @@ class _Waiter:
     trying: bool = False  # taking a slot itself right now (a Prefect request out): hand nothing to it meanwhile
     models: frozenset[str] = frozenset()  # the model files its graph loads (warm-model routing)
     passed_over: int = 0  # times a later job got a slot it could have used, for a warm model
+    key: str | None = None  # the job's key: a server joining the fleet is added to the waiters it accepts
 
 
 class SlotBroker:
@@ -74,16 +75,22 @@ class SlotBroker:
         self, servers: Sequence[ServerConfig], *, batch: str = "", priority: int = 0, run_id: str = "",
         first_leases: FirstLeases | None = None,
     ) -> None:  # fmt: skip
-        self.servers = {server.name: server for server in servers}
+        self.servers: dict[str, ServerConfig] = {}
         self._batch, self._priority, self._run_id = batch, priority, run_id
-        self._waiting = dict.fromkeys(self.servers, 0)
+        self._waiting: dict[str, int] = {}
         self._board: DemandBoard | None = None
-        self._busy = dict.fromkeys(self.servers, 0)  # leases in use by a job
-        self._idle: dict[str, list[tuple[UUID, float]]] = {name: [] for name in self.servers}  # held between jobs
-        self._reserving = dict.fromkeys(self.servers, 0)
-        self._busy_elsewhere_until = dict.fromkeys(self.servers, 0.0)
-        self._down_until = dict.fromkeys(self.servers, 0.0)
-        self._failures = dict.fromkeys(self.servers, 0)
+        self._busy: dict[str, int] = {}  # leases in use by a job
+        self._idle: dict[str, list[tuple[UUID, float]]] = {}  # held between jobs
+        self._reserving: dict[str, int] = {}
+        self._busy_elsewhere_until: dict[str, float] = {}
+        self._down_until: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        # Per server, the model files the last job sent there loads: ComfyUI keeps them (its cache is per node),
+        # so a job naming the same files skips seconds of loading there.
+        self._warm: dict[str, frozenset[str]] = {}
+        for server in servers:
+            self._track(server)
+        self._removed: set[str] = set()  # left the fleet while the batch ran: no new prompts there
         self._leases: set[UUID] = set()
         self._line: list[_Waiter] = []  # jobs waiting for a slot, oldest first
         self._increments = asyncio.Lock()
@@ -92,9 +99,6 @@ class SlotBroker:
         self._leases_api: LeaseApi | None = None
         self._first_leases = first_leases
         self._renewer: asyncio.Task[None] | None = None
-        # Per server, the model files the last job sent there loads: ComfyUI keeps them (its cache is per node),
-        # so a job naming the same files skips seconds of loading there.
-        self._warm: dict[str, frozenset[str]] = {name: frozenset() for name in self.servers}
         self._draining: frozenset[str] = frozenset()  # `comfybatch fleet drain`: no new prompts there
 
     async def __aenter__(self) -> Self:
@@ -121,13 +125,46 @@ class SlotBroker:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
-        for name in self.servers:
+        for name in list(self.servers):  # a server may join meanwhile
             await self._release_idle(name, older_than_s=0.0)
         if self._board is not None:
             with contextlib.suppress(httpx.HTTPError):
                 await self._board.withdraw()
         if self._leases_api is not None and self._first_leases is None:
             await self._leases_api.__aexit__(exc_type, exc, tb)
+
+    def _track(self, server: ServerConfig) -> None:
+        name = server.name
+        self.servers[name] = server
+        for counts in (self._waiting, self._busy, self._reserving, self._failures):
+            counts.setdefault(name, 0)
+        for times in (self._busy_elsewhere_until, self._down_until):
+            times.setdefault(name, 0.0)
+        self._idle.setdefault(name, [])
+        self._warm.setdefault(name, frozenset())
+
+    # -- the fleet changing under a running batch (`flows/fleet_watch.py`) ----------------------
+
+    def add_server(self, server: ServerConfig, accepts: Collection[str]) -> None:
+        """`server` joined the fleet (or came back, or changed its slots): the jobs whose keys are in `accepts`
+        may use it from now on, those waiting in line included."""
+        self._removed.discard(server.name)
+        self._track(server)
+        for waiter in self._line:
+            if waiter.key in accepts and server.name not in waiter.names:
+                waiter.names |= {server.name}
+                self._waiting[server.name] += 1
+        self._wake()
+
+    async def remove_server(self, name: str) -> None:
+        """`name` left the fleet: no new prompts go there, and the leases held idle for it go back."""
+        if name in self._removed or name not in self.servers:
+            return
+        self._removed.add(name)
+        await self._release_idle(name, older_than_s=0.0)
+
+    def is_removed(self, name: str) -> bool:
+        return name in self._removed
 
     # -- health (circuit breaker) ---------------------------------------------------------------
 
@@ -158,8 +195,8 @@ class SlotBroker:
         return fewest[1] if fewest[0] == 0 else frozenset()
 
     def is_down(self, name: str) -> bool:
-        """Excluded for now: its circuit is open, or it is being drained."""
-        return name in self._draining or time.monotonic() < self._down_until[name]
+        """Excluded for now: its circuit is open, it is being drained, or it left the fleet."""
+        return name in self._draining or name in self._removed or time.monotonic() < self._down_until[name]
 
     async def _read_draining(self) -> None:
         try:
@@ -190,7 +227,7 @@ class SlotBroker:
     @contextlib.asynccontextmanager
     async def slot(
         self, eligible: Collection[str], *, exclude: Collection[str] = (), deadline_s: float | None = None,
-        models: frozenset[str] = frozenset(),
+        models: frozenset[str] = frozenset(), key: str | None = None,
     ) -> AsyncIterator[Slot]:  # fmt: skip
         """Hold one slot on an eligible server until the block exits: of those with room, one that has `models`
         loaded (the job's model files), else the least-loaded; a server with room never stays idle for that.
@@ -202,13 +239,7 @@ class SlotBroker:
         if not names:
             raise NoServerAvailable
         give_up_at = None if deadline_s is None else time.monotonic() + deadline_s
-        for name in names:
-            self._waiting[name] += 1
-        try:
-            slot = await self._acquire(names, give_up_at, models)
-        finally:
-            for name in names:
-                self._waiting[name] -= 1
+        slot = await self._acquire(names, give_up_at, models, key)
         try:
             yield slot
         finally:
@@ -230,11 +261,15 @@ class SlotBroker:
         finally:
             await self._park(slot)
 
-    async def _acquire(self, names: list[str], give_up_at: float | None, models: frozenset[str]) -> Slot:
+    async def _acquire(
+        self, names: list[str], give_up_at: float | None, models: frozenset[str], key: str | None
+    ) -> Slot:
         """First come, first served: a job waits in line, and a slot a job gives back goes straight to the
         longest-waiting job that may use it (`_park`), never to one that asks later."""
-        waiter = _Waiter(frozenset(names), asyncio.get_running_loop().create_future(), models=models)
+        waiter = _Waiter(frozenset(names), asyncio.get_running_loop().create_future(), models=models, key=key)
         self._line.append(waiter)
+        for name in waiter.names:
+            self._waiting[name] += 1
         try:
             while True:
                 if open_now := self._not_awaited_earlier(waiter):  # servers no earlier job waits for: try them now
@@ -262,6 +297,8 @@ class SlotBroker:
                 self._hand_over(slot.server.name, UUID(slot.lease_id))  # cancelled after the hand-off: pass it on
             raise
         finally:
+            for name in waiter.names:
+                self._waiting[name] -= 1
             if waiter in self._line:
                 self._line.remove(waiter)
 
@@ -427,7 +464,7 @@ class SlotBroker:
                     await self._board.sync(self._waiting)
                 except httpx.HTTPError as exc:  # Prefect briefly away: keep the last view
                     logger.warning("priority board not updated: %s", exc)
-            for name in self.servers:
+            for name in list(self.servers):  # a server may join meanwhile
                 unwanted = self._waiting[name] == 0 or self.is_down(name) or self._outranked(name)
                 await self._release_idle(name, older_than_s=_LINGER_S if unwanted else LEASE_S / 2)
             if time.monotonic() - last_renewal >= _RENEW_EVERY_S:

@@ -12,10 +12,19 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.tasks import TaskRunNameCallbackWithParameters
 
+from comfybatch.comfy.client import new_prompt_id
 from comfybatch.comfy.events import ComfyEvent
 from comfybatch.comfy.follow import EventHandler, Timeouts
 from comfybatch.comfy.loaders import loaded_models
-from comfybatch.errors import ComfyBatchError, FleetExhausted, JobInterrupted, JobLost, JobTimeout, ServerUnavailable
+from comfybatch.errors import (
+    ComfyBatchError,
+    FleetExhausted,
+    JobInterrupted,
+    JobLost,
+    JobTimeout,
+    PromptMoved,
+    ServerUnavailable,
+)
 from comfybatch.inputs import InputPolicy
 from comfybatch.models import JobResult, JobSpec
 from comfybatch.outputs.storage import OutputStore
@@ -25,6 +34,7 @@ from comfybatch.records import JobJournal, JobRecord
 from comfybatch.settings import get_settings
 from comfybatch.tasks.dispatch import NoServerAvailable, Slot, SlotBroker
 from comfybatch.tasks.events import ProgressThrottle, emit_item_event
+from comfybatch.tasks.moves import InFlight, Tracked, unless_moved
 from comfybatch.tasks.retry import retry_if_retryable
 
 _DOWN_ERRORS = (ServerUnavailable, JobTimeout, JobLost)  # the server itself looks unhealthy
@@ -61,6 +71,7 @@ class JobContext:
         self.versions = versions
         self.input_policy = input_policy or InputPolicy.from_settings(get_settings())  # built in the flow's process
         self.warm_routing = get_settings().warm_routing
+        self.in_flight = InFlight()  # what a server leaving the fleet hands back
         self._models: dict[str, frozenset[str]] = {}
 
     def models_of(self, job: JobSpec) -> frozenset[str]:
@@ -103,7 +114,8 @@ async def render(job: JobSpec, context: JobContext, attempt: int) -> JobResult:
     models = context.models_of(job)
     while True:
         try:
-            async with context.broker.slot(context.eligible[job.key], exclude=tried.keys(), models=models,
+            eligible = context.eligible[job.key]  # read at each try: a server may have joined the fleet
+            async with context.broker.slot(eligible, exclude=tried.keys(), models=models, key=job.key,
                                            deadline_s=context.timeouts.start_timeout_s) as slot:  # fmt: skip
                 try:
                     return await _run_on(job, slot, context, attempt)
@@ -111,6 +123,9 @@ async def render(job: JobSpec, context: JobContext, attempt: int) -> JobResult:
                     if not exc.failover:
                         raise
                     tried[slot.server.name] = exc
+                    if isinstance(exc, PromptMoved):
+                        get_run_logger().info("#%d moved off %s: %s", job.index + 1, slot.server.name, exc)
+                        continue
                     if isinstance(exc, _DOWN_ERRORS):
                         context.broker.mark_down(slot.server.name)
                     why = why_unreachable(exc) if isinstance(exc, _DOWN_ERRORS) else str(exc)  # words, not a repr
@@ -123,15 +138,18 @@ async def render(job: JobSpec, context: JobContext, attempt: int) -> JobResult:
 async def _run_on(job: JobSpec, slot: Slot, context: JobContext, attempt: int, *,
                   resume_prompt_id: str | None = None) -> JobResult:  # fmt: skip
     server = slot.server
-    # No `item.submitted`: the task run's own Running state says as much, and each event is work for the Prefect
-    # server (its CPU per image is the fleet's limit at high rates). `item.running` names the server.
-    async with server.session() as comfy:  # borrowed: nothing per job opens a connection
-        result = await execute_job(
-            comfy, job, store=context.store, journal=context.journal, batch_dir=context.batch_dir,
-            timeouts=context.timeouts, attempt=attempt, resume_prompt_id=resume_prompt_id, lease_id=slot.lease_id,
-            comfyui_version=context.versions.get(server.name), on_event=_progress_reporter(job, server.name),
-            input_policy=context.input_policy,
-        )  # fmt: skip
+    prompt_id = resume_prompt_id or new_prompt_id()
+    # An adopted prompt may be running already: it is never moved.
+    with context.in_flight.track(server.name, prompt_id, started=resume_prompt_id is not None) as tracked:
+        # No `item.submitted`: the task run's own Running state says as much, and each event is work for the Prefect
+        # server (its CPU per image is the fleet's limit at high rates). `item.running` names the server.
+        async with server.session() as comfy:  # borrowed: nothing per job opens a connection
+            result = await unless_moved(execute_job(
+                comfy, job, store=context.store, journal=context.journal, batch_dir=context.batch_dir,
+                timeouts=context.timeouts, attempt=attempt, resume_prompt_id=resume_prompt_id, lease_id=slot.lease_id,
+                comfyui_version=context.versions.get(server.name), new_id=prompt_id,
+                on_event=_progress_reporter(job, server.name, tracked), input_policy=context.input_policy,
+            ), tracked, server=server.name)  # fmt: skip
     context.broker.mark_up(server.name)
     _log_rendered(job, result)
     seconds = result.finished_at - result.started_at if result.finished_at and result.started_at else None
@@ -182,13 +200,14 @@ def _log_rendered(job: JobSpec, result: JobResult) -> None:
     )  # fmt: skip
 
 
-def _progress_reporter(job: JobSpec, server: str) -> EventHandler:
+def _progress_reporter(job: JobSpec, server: str, tracked: Tracked) -> EventHandler:
     throttle = ProgressThrottle()
     started = time.monotonic()
 
     def report(event: ComfyEvent) -> None:
         nonlocal started
         if event.type == "execution_start":
+            tracked.started = True  # it finishes where it is, even if the server leaves the fleet
             started = time.monotonic()
             emit_item_event(job, "running", server=server)
         # Progress only once a prompt has run a while: "done" follows short ones at once, and every event is work
