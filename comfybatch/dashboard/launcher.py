@@ -3,6 +3,7 @@
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
@@ -44,7 +45,13 @@ from comfybatch.blocks.fleet import saved_servers
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.dashboard.events import history_filter
 from comfybatch.dashboard.schemas import TERMINAL_STATES
-from comfybatch.errors import BatchConflict, BatchNotFound, IdempotencyKeyReused, PlatformUnavailable
+from comfybatch.errors import (
+    BatchConflict,
+    BatchNotFound,
+    ComfyBatchError,
+    IdempotencyKeyReused,
+    PlatformUnavailable,
+)
 from comfybatch.flows.preview import BatchPreview, preview_batch
 from comfybatch.models import BatchSpec, JobSpec
 from comfybatch.outputs.identity import RUNS_FOLDER, find_folder, request_identity, run_folder
@@ -57,6 +64,7 @@ from comfybatch.settings import Settings
 GENERATE_BATCH = "generate-batch/generate-batch"
 BATCH_COUNT_LIMIT = 200  # the Prefect API's page cap: `/metrics` counts the newest this many batches
 ACTIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
+logger = logging.getLogger(__name__)
 _HAS_PROCESS = {StateType.RUNNING, StateType.PAUSED}  # a cancel goes through Cancelling: the runner stops it
 _PLANS_KEPT = 64
 _JOURNALS_KEPT = 64
@@ -505,10 +513,20 @@ class Launcher:
             limits = await client.read_global_concurrency_limits(limit=200)
         return {limit.name: limit.active_slots for limit in limits}
 
-    async def draining_servers(self) -> frozenset[str]:
-        """The servers `comfybatch fleet drain` took out of rotation (one Prefect call)."""
-        async with self._client() as client:
-            return await draining_servers(client)
+    async def draining_servers(self, *, shared: bool = False) -> frozenset[str]:
+        """The servers `comfybatch fleet drain` took out of rotation (one Prefect call; with `shared`, shared for a
+        moment between the many clients polling batches); none while Prefect cannot say, since only a mark on the
+        page depends on it."""
+
+        async def read() -> frozenset[str]:
+            async with self._client() as client:
+                return await draining_servers(client)
+
+        try:
+            return await (self._shared(("draining",), read) if shared else read())
+        except (httpx.HTTPError, ComfyBatchError) as exc:
+            logger.warning("draining servers not read: %s", exc)
+            return frozenset()
 
     async def batch_counts(self) -> dict[str, int]:
         """Flow runs of `generate-batch` by state type (one Prefect call; the newest 200 runs)."""

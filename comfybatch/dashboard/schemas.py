@@ -55,6 +55,9 @@ class BatchStatus(BatchStarted):
     resumed_as: str | None = Field(None, description="The run that resumed this ended one (it goes on there).")
     template: str | None = Field(None, description="The template's name; none for a graph sent inline.")
     gpu_seconds: float = Field(0.0, description="ComfyUI execution time summed over the batch's rendered images.")
+    draining: list[str] = Field(
+        default_factory=list, description="While the batch runs: servers being drained (no new prompts go there)."
+    )
 
 
 class ItemFailure(BaseModel):

@@ -313,6 +313,29 @@ def test_fleet_panel_marks_a_draining_server(browser: Browser, dashboard_platfor
         _set_draining(dashboard_platform.api_url, drained, False)
 
 
+def test_running_batch_lanes_mark_a_draining_server(open_tab: Callable[..., Tab], live_dashboard: str,
+                                                    dashboard_platform: DashboardPlatform) -> None:  # fmt: skip
+    """While a batch runs on two servers, draining one marks its lane "draining" within the page's poll; the other
+    lane has no mark, and undrained, the mark goes."""
+    drained, other = (name_from_url(server.url) for server in dashboard_platform.fleet.servers[:2])
+    batch_id = create_batch(live_dashboard, _quick_spec(_name("lanes"), 40, seconds=0.5))
+    tab = open_tab()
+    page = tab.page
+    page.goto(f"/#/batches/{batch_id}")
+    expect(page.locator(f'[data-testid="lane"][data-server="{other}"]')).to_have_count(1, timeout=60_000)
+    _set_draining(dashboard_platform.api_url, drained, True)
+    try:
+        lane = page.locator(f'[data-testid="lane"][data-server="{drained}"]')
+        expect(lane.get_by_test_id("lane-draining")).to_have_text("draining", timeout=30_000)
+        expect(page.locator(f'[data-testid="lane"][data-server="{other}"]').get_by_test_id("lane-draining")
+               ).to_have_count(0)  # fmt: skip
+    finally:
+        _set_draining(dashboard_platform.api_url, drained, False)
+    expect(lane.get_by_test_id("lane-draining")).to_have_count(0, timeout=30_000)
+    httpx.post(f"{live_dashboard}/api/batches/{batch_id}/cancel", headers=AUTH, timeout=30)
+    assert tab.errors == []
+
+
 def _set_draining(api_url: str, name: str, draining: bool) -> None:
     """`comfybatch fleet drain/undrain` against the platform's Prefect, from a thread of its own (Playwright's
     sync API holds this thread's event loop)."""

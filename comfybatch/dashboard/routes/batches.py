@@ -260,15 +260,23 @@ async def _status(run: FlowRun, request: Request, launcher: Launcher, hub: Event
                 for r in failed]  # fmt: skip
     state, state_name = _state(run)
     gpu_seconds = sum(r.result.gpu_seconds or 0.0 for r in records.values() if r.result and r.result.status == "done")
-    reason, resumed_as = await asyncio.gather(launcher.ending_message(run), launcher.resumed_as(run))
+    # Draining marks a running batch's lanes; an ended batch's answer is kept (see `get_batch`), so it has none.
+    reason, resumed_as, draining = await asyncio.gather(
+        launcher.ending_message(run), launcher.resumed_as(run),
+        _no_servers() if ended else launcher.draining_servers(shared=True),
+    )  # fmt: skip
     return BatchStatus(batch_id=str(run.id), name=spec.name, state=state, state_name=state_name,
                        links=_links(request, run, launcher), counts=counts, submitted_by=_tagged(run, "submitted-by"),
                        cancelled_by=_cancelled_by(reason), reason=reason, servers=dict(servers),
                        eta_s=_eta(records, counts, run), planned=jobs is not None,
                        failures=failures[:_FAILURES_SHOWN], resumed_from=_tagged(run, "resumed-from"),
                        resumed_as=str(resumed_as) if resumed_as else None, template=_template(spec),
-                       gpu_seconds=round(gpu_seconds, 3),
+                       gpu_seconds=round(gpu_seconds, 3), draining=sorted(draining),
                        events_seq=await hub.latest(run.id, run.created or datetime.now(UTC)))  # fmt: skip
+
+
+async def _no_servers() -> frozenset[str]:
+    return frozenset()
 
 
 def _counts(jobs: list[JobSpec] | None, records: dict[str, JobRecord], spec: BatchSpec, *, ended: bool) -> BatchCounts:

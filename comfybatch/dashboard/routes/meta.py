@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
@@ -79,18 +78,11 @@ async def health(settings: SettingsDep, launcher: LauncherDep) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
 
-async def _draining(launcher: Launcher) -> frozenset[str]:
-    """The servers being drained; none shown while Prefect cannot say (the lanes still show health and load)."""
-    try:
-        return await launcher.draining_servers()
-    except (httpx.HTTPError, ComfyBatchError) as exc:
-        logger.warning("draining servers not read: %s", exc)
-        return frozenset()
-
-
 async def _server_statuses(settings: Settings, launcher: Launcher) -> list[ServerStatus]:
     servers = await fleet_servers(settings, launcher)
-    probes, active, draining = await asyncio.gather(_probe_all(servers), launcher.active_slots(), _draining(launcher))
+    probes, active, draining = await asyncio.gather(
+        _probe_all(servers), launcher.active_slots(), launcher.draining_servers()
+    )
     failures = launcher.probe_failures
     for server, probe in zip(servers, probes, strict=True):
         if probe.reason:

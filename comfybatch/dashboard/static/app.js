@@ -1239,20 +1239,24 @@ class BatchView {
     overall.max = Math.max(total, 1);
     overall.value = done + failed + cancelled;
     this.renderEta();
-    const shown = lanes.map(([name, lane]) => [name, lane.done, lane.failed, ended ? 0 : lane.busy])
+    const draining = new Set(ended ? [] : this.status?.draining || []);
+    const shown = lanes.map(([name, lane]) => [name, lane.done, lane.failed, ended ? 0 : lane.busy, draining.has(name)])
       .sort(([a], [b]) => a.localeCompare(b));
     const key = JSON.stringify([shown, serverNames.size]);
     if (key === this.summaryKey) return;
     this.summaryKey = key;
-    const rows = shown.map(([name, laneDone, laneFailed, busy]) =>
+    const rows = shown.map(([name, laneDone, laneFailed, busy, drained]) =>
       h("li", { testid: "lane", "data-server": name },
         h("span", { class: "lane-name", title: name }, serverName(name)),
         h("span", { class: "lane-bar", "aria-hidden": "true" },
           ...Array.from({ length: Math.min(laneDone, 200) }, () => h("i", { class: "d" })),
           ...Array.from({ length: Math.min(laneFailed, 200) }, () => h("i", { class: "f" })),
           ...Array.from({ length: Math.min(busy, 50) }, () => h("i", { class: "b" }))),
-        h("span", { class: "lane-counts", testid: "lane-counts" },
-          `${laneDone} done · ${laneFailed} failed · ${busy} in flight`)));
+        h("span", {}, h("span", { class: "lane-counts", testid: "lane-counts" },
+          `${laneDone} done · ${laneFailed} failed · ${busy} in flight`),
+        drained ? h("span", { class: "badge state-running", testid: "lane-draining",
+          title: "No new prompts go there; its prompts in flight finish (comfybatch fleet undrain puts it back)" },
+        "draining") : null)));
     const none = this.status ? "No item has reached a server yet." : "Loading…";
     $(this.root, "lanes").replaceChildren(...(rows.length ? rows : [h("li", { class: "muted" }, none)]));
   }
