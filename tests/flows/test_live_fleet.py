@@ -10,6 +10,8 @@ import httpx
 import pandas as pd
 import pytest
 
+from comfybatch.blocks.fleet import delete_servers
+from comfybatch.blocks.server import ComfyUIServer
 from comfybatch.flows.batch import generate_batch
 from comfybatch.outputs.manifest import read_manifest
 from comfybatch.outputs.storage import OutputStore
@@ -92,3 +94,32 @@ async def test_server_removed_from_the_fleet_file_hands_back_its_queued_prompt(
     assert (report.done, report.failed) == (6, 0)
     assert (rows["server"] == second).sum() == 1, rows[["server", "started_at"]]  # only the one running there
     assert (rows["server"] == first).sum() == 5
+
+
+async def test_server_block_saved_mid_batch_takes_prompts_within_5_s(
+    batch_settings: Settings, comfy_fleet: SuiteFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch started with one server in `COMFYUI_URLS`: a ComfyUI Server block for the second, saved 3 s in (as
+    someone would in the Prefect UI), renders images of it from 5 s after the save on."""
+    (first, second), urls = server_names(comfy_fleet), [server.url for server in comfy_fleet.servers]
+    monkeypatch.setenv("COMFYUI_URLS", urls[0])
+    get_settings.cache_clear()
+    settings = get_settings()
+    spec = batches.delay_spec("live-block", seconds=0.5, count=30, servers=[])
+    running = asyncio.create_task(generate_batch(spec))
+    await asyncio.sleep(3.0)
+    await ComfyUIServer(url=urls[1], slots=1).asave("studio-b", overwrite=True)
+    added_at = pd.Timestamp.now(tz="UTC")
+    try:
+        report = await running
+    finally:
+        await delete_servers(["studio-b"])
+
+    rows = read_manifest(OutputStore(settings.output_root), "live-block")
+    assert rows is not None
+    assert report.done == 30
+    assert set(rows[rows["queued_at"] < added_at]["server"]) == {first}
+    later = rows[rows["queued_at"] > added_at + pd.Timedelta(seconds=_TAKES_EFFECT_S)]
+    assert len(later) > 0, "the batch ended before the change could be seen; make it longer"
+    assert (later["server"] == "studio-b").sum() >= len(later) // 3, later["server"].value_counts()
+    assert second not in set(rows["server"])  # the block's name, not the URL's
