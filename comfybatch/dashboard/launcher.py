@@ -57,6 +57,7 @@ from comfybatch.models import BatchSpec, JobSpec
 from comfybatch.outputs.identity import RUNS_FOLDER, find_folder, request_identity, run_folder
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.records import JobJournal, JobRecord, read_plan
+from comfybatch.run_tags import RESUMED_FROM, SUBMITTED_BY, tag, without
 from comfybatch.settings import Settings
 
 # Same value as `deployments.catalog.GENERATE_BATCH` (a test keeps them equal): the dashboard never imports the
@@ -69,7 +70,6 @@ _HAS_PROCESS = {StateType.RUNNING, StateType.PAUSED}  # a cancel goes through Ca
 _PLANS_KEPT = 64
 _JOURNALS_KEPT = 64
 _SETTLED_KEPT = 256
-RESUMED_FROM = "resumed-from:"  # same tag as `deployments.handover.RESUMED_FROM` (a test keeps them equal)
 CANCELLED_BY = "cancelled by "  # a cancel's message: who asked, then any explanation after ": "
 _STARTED_KEPT = 10_000
 _POLL_TTL_S = 1.0  # how stale a polled run or list may be while many clients poll
@@ -282,7 +282,7 @@ class Launcher:
                 parameters={"spec": parameter},
                 name=name,  # listed and found by `?name=` before the flow starts and names itself the same
                 idempotency_key=scoped_key,
-                tags=["comfybatch", "dashboard", f"submitted-by:{submitted_by}"],
+                tags=["comfybatch", "dashboard", tag(SUBMITTED_BY, submitted_by)],
             )
         await self.record(run, "submitted", by=submitted_by)
         return run
@@ -383,11 +383,11 @@ class Launcher:
             raise BatchConflict(f"batch {spec.name} ({flow_run_id}) is {state}: cancel it or let it end first")
         if spec.dry_run:
             raise BatchConflict(f"batch {spec.name} ({flow_run_id}) was a dry run: it renders nothing to resume")
-        tags = [tag for tag in run.tags if not tag.startswith(RESUMED_FROM)] + [f"{RESUMED_FROM}{run.id}"]
+        tags = [*without(run.tags, RESUMED_FROM), tag(RESUMED_FROM, run.id)]
         async with self._client() as client:
             resumed = await client.create_flow_run_from_deployment(
                 await self._deployment_id(client), parameters={"spec": run.parameters.get("spec")}, name=run.name,
-                idempotency_key=f"{RESUMED_FROM}{run.id}", tags=tags,
+                idempotency_key=tag(RESUMED_FROM, run.id), tags=tags,
             )  # fmt: skip
         if resumed.id not in self._resumed:  # a repeated ask (same idempotency key) is recorded once
             self._resumed.add(resumed.id)
@@ -400,7 +400,7 @@ class Launcher:
             return None
 
         async def newest() -> UUID | None:
-            run_filter = FlowRunFilter(tags=FlowRunFilterTags(all_=[f"{RESUMED_FROM}{run.id}"]))
+            run_filter = FlowRunFilter(tags=FlowRunFilterTags(all_=[tag(RESUMED_FROM, run.id)]))
             async with self._client() as client:
                 found = await client.read_flow_runs(
                     flow_run_filter=run_filter, sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=1
@@ -474,13 +474,13 @@ class Launcher:
             deployment_filter = DeploymentFilter(id=DeploymentFilterId(any_=[await self._deployment_id(client)]))
             runs = await client.read_flow_runs(flow_run_filter=run_filter, deployment_filter=deployment_filter,
                                                limit=BATCH_COUNT_LIMIT)  # fmt: skip
-        return [run for run in runs if f"submitted-by:{submitted_by}" in run.tags]
+        return [run for run in runs if tag(SUBMITTED_BY, submitted_by) in run.tags]
 
     async def key_runs(self, submitted_by: str, since: datetime, until: datetime) -> list[FlowRun]:
         """Batches this key submitted that ran at some time in [since, until]: started before `until`, and still
         running or ended after `since` (at most 10,000 of each)."""
         flow_filter = FlowFilter(name=FlowFilterName(any_=[GENERATE_BATCH.split("/", 1)[0]]))
-        tagged = FlowRunFilterTags(all_=[f"submitted-by:{submitted_by}"])
+        tagged = FlowRunFilterTags(all_=[tag(SUBMITTED_BY, submitted_by)])
         started = FlowRunFilterStartTime(before_=until)
         runs: dict[UUID, FlowRun] = {}
         async with self._client() as client:

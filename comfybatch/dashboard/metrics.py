@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from comfybatch.dashboard.schemas import TERMINAL_STATES
+from comfybatch.run_tags import EVENT_TAG_PREFIX, SUBMITTED_BY
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PROMPT_BUCKETS_S = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
@@ -26,7 +27,7 @@ BATCH_BUCKETS_S = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7
 API_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _RECENT_PROMPTS = 200
 _RUNNING_KEPT = 10_000  # runs seen start and not seen end: bounded, a dashboard lives for months
-_KEY_TAG = "prefect.tag.submitted-by:"  # Prefect relates every event of a run to the run's tags
+_KEY_TAG = EVENT_TAG_PREFIX + SUBMITTED_BY  # every event of a run is related to its tags
 
 
 class EventMetrics:

@@ -19,13 +19,13 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelled
 
 from comfybatch.deployments.catalog import GENERATE_BATCH
+from comfybatch.run_tags import RESUMED_FROM, tag, without
 
 STOP_REASON = "cancelled by comfybatch stop: the platform stopped during the batch; run it again to resume"
 RESTART_REASON = (
     "cancelled by comfybatch restart: the platform restarted during the batch, which goes on in a new run "
     "tagged resumed-from:{flow_run_id}"
 )
-RESUMED_FROM = "resumed-from:"
 _UNDER_WAY = [StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]
 _MAX_RUNS = 200
 
@@ -85,7 +85,7 @@ async def resume(handover: Handover, runs: Sequence[FlowRun]) -> list[FlowRun]:
         async with get_client() as client:
             deployment = await client.read_deployment_by_name(GENERATE_BATCH)
             for run in runs:
-                tags = [tag for tag in run.tags if not tag.startswith(RESUMED_FROM)] + [f"{RESUMED_FROM}{run.id}"]
+                tags = [*without(run.tags, RESUMED_FROM), tag(RESUMED_FROM, run.id)]
                 created.append(await client.create_flow_run_from_deployment(
                     deployment.id, parameters=run.parameters, name=run.name, tags=tags,
                 ))  # fmt: skip

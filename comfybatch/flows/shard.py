@@ -15,10 +15,11 @@ from pydantic import BaseModel, ConfigDict
 
 from comfybatch.comfy.follow import Timeouts
 from comfybatch.errors import BatchConflict
-from comfybatch.flows.batch import _drain, _planned, _recoverable
 from comfybatch.flows.fleet_watch import FleetWatch
+from comfybatch.flows.origin import input_policy_of_run
 from comfybatch.flows.plan import load_and_probe, template_classes
 from comfybatch.flows.shards import ShardSpec
+from comfybatch.flows.workers import drain, planned, recoverable
 from comfybatch.models import BatchSpec, JobResult
 from comfybatch.outputs.identity import OWNER_FILE, Owner
 from comfybatch.outputs.storage import OutputStore
@@ -60,7 +61,7 @@ async def render_shard(spec: BatchSpec, shard: ShardSpec) -> ShardReport:
     async with FirstLeases.configured(settings, only=spec.servers) as first_leases:
         fleet = await load_and_probe(settings, only=spec.servers)
         servers, probes, infos = fleet
-        expansion, records, stored, plan = await _planned(spec, fleet, journal)
+        expansion, records, stored, plan = await planned(spec, fleet, journal, settings)
         mine = expansion.jobs[shard.start : shard.stop]
         todo = deque(job for job in mine if job.key not in stored and job.key not in plan.invalid)
         reachable = [server for server in servers if server.name in infos]
@@ -70,7 +71,8 @@ async def render_shard(spec: BatchSpec, shard: ShardSpec) -> ShardReport:
             broker=broker, store=store, journal=journal, batch_dir=shard.batch_dir,
             timeouts=Timeouts(start_timeout_s=settings.start_timeout_s, idle_timeout_s=settings.idle_timeout_s),
             eligible=plan.eligible, versions={p.name: p.comfyui_version or "" for p in probes},
-            recoverable={key: record for key, record in records.items() if _recoverable(record)},
+            recoverable={key: record for key, record in records.items() if recoverable(record)},
+            input_policy=input_policy_of_run(settings), warm_routing=settings.warm_routing,
         )  # fmt: skip
         get_run_logger().info("%s %s (attempt %d): %d job(s) to render, %d already stored", spec.name, shard.label,
                               shard.attempt, len(todo), len(mine) - len(todo))  # fmt: skip
@@ -78,7 +80,8 @@ async def render_shard(spec: BatchSpec, shard: ShardSpec) -> ShardReport:
         if todo:
             async with broker:
                 watch = FleetWatch(settings, context, mine, only=spec.servers, classes=template_classes(spec.workflow))
-                await _drain(spec, todo, context, results, total=len(todo), run_id=run_id, watch=watch)
+                await drain(spec, todo, context, results, total=len(todo), run_id=run_id, settings=settings,
+                            watch=watch)
     failed = sum(1 for result in results if result.status == "failed")
     return ShardReport(batch=spec.name, shard=shard.number, attempt=shard.attempt, rendered=len(results) - failed,
                        failed=failed, already_stored=len(mine) - len(results))  # fmt: skip

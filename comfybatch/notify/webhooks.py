@@ -28,10 +28,10 @@ from comfybatch.errors import RequestProblem, WebhookRefused, WebhookUndelivered
 from comfybatch.models import BatchSpec
 from comfybatch.notify.signing import secret_bytes, sign
 from comfybatch.notify.targets import check_target, resolve_target, shown
+from comfybatch.run_tags import SUBMITTED_BY, tagged
 from comfybatch.settings import Settings
 from comfybatch.tasks.events import add_listener, batch_resource
 
-SUBMITTED_BY = "submitted-by:"  # the run tag the API's launcher records the key's name in
 KEY_WEBHOOKS_SETTING = "COMFYBATCH_API_KEY_WEBHOOKS"
 _BATCH_EVENTS = {"comfybatch.batch.started": "batch.started", "comfybatch.batch.finished": "batch.finished"}
 _ITEM_EVENTS = {"comfybatch.item.done": "item.done", "comfybatch.item.failed": "item.failed"}
@@ -63,7 +63,7 @@ class WebhookMessage:
 
 def key_name_of(tags: Iterable[str]) -> str | None:
     """The API key's name a run was submitted with (its `submitted-by:<name>` tag), if any."""
-    return next((tag.removeprefix(SUBMITTED_BY) for tag in tags if tag.startswith(SUBMITTED_BY)), None)
+    return tagged(tags, SUBMITTED_BY)
 
 
 def webhook_targets(spec: BatchSpec, settings: Settings, key_name: str | None) -> list[WebhookTarget]:

@@ -31,7 +31,6 @@ from comfybatch.outputs.storage import OutputStore
 from comfybatch.pipeline import execute_job
 from comfybatch.problems import why_unreachable
 from comfybatch.records import JobJournal, JobRecord
-from comfybatch.settings import get_settings
 from comfybatch.tasks.dispatch import NoServerAvailable, Slot, SlotBroker
 from comfybatch.tasks.events import ProgressThrottle, emit_item_event
 from comfybatch.tasks.moves import InFlight, Tracked, unless_moved
@@ -59,7 +58,7 @@ class JobContext:
     def __init__(
         self, *, broker: SlotBroker, store: OutputStore, journal: JobJournal, batch_dir: str, timeouts: Timeouts,
         eligible: dict[str, tuple[str, ...]], recoverable: dict[str, JobRecord], versions: dict[str, str],
-        input_policy: InputPolicy | None = None,
+        input_policy: InputPolicy, warm_routing: bool,
     ) -> None:  # fmt: skip
         self.broker = broker
         self.store = store
@@ -69,8 +68,8 @@ class JobContext:
         self.eligible = eligible
         self.recoverable = recoverable
         self.versions = versions
-        self.input_policy = input_policy or InputPolicy.from_settings(get_settings())  # built in the flow's process
-        self.warm_routing = get_settings().warm_routing
+        self.input_policy = input_policy  # the run's: an API request's inputs stay confined at upload time too
+        self.warm_routing = warm_routing
         self.in_flight = InFlight()  # what a server leaving the fleet hands back
         self._models: dict[str, frozenset[str]] = {}
 
@@ -95,9 +94,9 @@ class JobContext:
 
 @task(
     # cast: Prefect's protocol carries a classmethod no plain function has; it calls this with `parameters=`
-    name="render-image", task_run_name=cast(TaskRunNameCallbackWithParameters, task_run_name), retries=2,
-    retry_delay_seconds=retry_delays(2, 10.0), retry_jitter_factor=0.5,
-    retry_condition_fn=retry_if_retryable, cache_policy=NO_CACHE,
+    # How many retries and how far apart come from the settings, where the flow runs it (`flows/workers.drain`).
+    name="render-image", task_run_name=cast(TaskRunNameCallbackWithParameters, task_run_name),
+    retry_jitter_factor=0.5, retry_condition_fn=retry_if_retryable, cache_policy=NO_CACHE,
 )  # fmt: skip
 async def run_job(job: JobSpec, context: JobContext) -> JobResult:
     """Build, run and download one job, failing over to the next eligible server."""

@@ -16,8 +16,7 @@ import pytest
 from comfybatch.blocks.server import name_from_url
 from comfybatch.client import AsyncComfyBatchClient, ComfyBatchClient
 from comfybatch.dashboard.app import create_app
-from comfybatch.dashboard.launcher import RESUMED_FROM, Launcher
-from comfybatch.deployments.handover import RESUMED_FROM as HANDOVER_RESUMED_FROM
+from comfybatch.dashboard.launcher import Launcher
 from tests.dashboard.conftest import API_KEY, AUTH, DashboardPlatform, RenderedBatches, wait_finished
 from tests.support import graphs
 
@@ -148,8 +147,3 @@ async def test_list_shows_counts_template_submitter_and_duration(
     assert (row["counts"]["total"], row["counts"]["done"], row["counts"]["failed"]) == (2, 2, 0)
     assert (row["template"], row["submitted_by"]) == ("txt2img-tiny", "ci")
     assert row["duration_s"] > 0
-
-
-def test_resumed_from_tag_is_the_handover_one() -> None:
-    """The dashboard's resume and `comfybatch restart` tag resumed runs alike."""
-    assert RESUMED_FROM == HANDOVER_RESUMED_FROM

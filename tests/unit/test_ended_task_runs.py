@@ -5,7 +5,7 @@ import asyncio
 
 from prefect.states import Cancelled, Crashed
 
-from comfybatch.flows.batch import _result_of
+from comfybatch.flows.workers import result_of
 from comfybatch.models import JobSpec
 
 
@@ -15,10 +15,10 @@ def _job() -> JobSpec:
 
 
 def test_crashed_task_run_is_a_cancelled_image() -> None:
-    result = asyncio.run(_result_of(_job(), Crashed(message="Execution was cancelled by the runtime environment.")))
+    result = asyncio.run(result_of(_job(), Crashed(message="Execution was cancelled by the runtime environment.")))
 
     assert result.status == "cancelled"
 
 
 def test_cancelled_task_run_is_a_cancelled_image() -> None:
-    assert asyncio.run(_result_of(_job(), Cancelled(message="cancelled by the test"))).status == "cancelled"
+    assert asyncio.run(result_of(_job(), Cancelled(message="cancelled by the test"))).status == "cancelled"

@@ -37,6 +37,7 @@ from comfybatch.models import BatchSpec, JobSpec
 from comfybatch.notify.webhooks import check_webhook
 from comfybatch.outputs.manifest import media_type_of
 from comfybatch.records import JobRecord
+from comfybatch.run_tags import RESUMED_FROM, SUBMITTED_BY, tagged
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", tags=["batches"])
@@ -193,8 +194,8 @@ async def _summary(launcher: Launcher, run: FlowRun) -> BatchSummary:
     state, state_name = _state(run)
     summary = BatchSummary(
         batch_id=str(run.id), name=run.name, state=state, state_name=state_name, duration_s=_duration(run),
-        created=run.created.isoformat() if run.created else None, submitted_by=_tagged(run, "submitted-by"),
-        resumed_from=_tagged(run, "resumed-from"),
+        created=run.created.isoformat() if run.created else None, submitted_by=tagged(run.tags, SUBMITTED_BY),
+        resumed_from=tagged(run.tags, RESUMED_FROM),
     )  # fmt: skip
     try:
         spec = launcher.spec_of(run)
@@ -266,10 +267,10 @@ async def _status(run: FlowRun, request: Request, launcher: Launcher, hub: Event
         _no_servers() if ended else launcher.draining_servers(shared=True),
     )  # fmt: skip
     return BatchStatus(batch_id=str(run.id), name=spec.name, state=state, state_name=state_name,
-                       links=_links(request, run, launcher), counts=counts, submitted_by=_tagged(run, "submitted-by"),
+                       links=_links(request, run, launcher), counts=counts, submitted_by=tagged(run.tags, SUBMITTED_BY),
                        cancelled_by=_cancelled_by(reason), reason=reason, servers=dict(servers),
                        eta_s=_eta(records, counts, run), planned=jobs is not None,
-                       failures=failures[:_FAILURES_SHOWN], resumed_from=_tagged(run, "resumed-from"),
+                       failures=failures[:_FAILURES_SHOWN], resumed_from=tagged(run.tags, RESUMED_FROM),
                        resumed_as=str(resumed_as) if resumed_as else None, template=_template(spec),
                        gpu_seconds=round(gpu_seconds, 3), draining=sorted(draining),
                        events_seq=await hub.latest(run.id, run.created or datetime.now(UTC)))  # fmt: skip
@@ -289,10 +290,6 @@ def _counts(jobs: list[JobSpec] | None, records: dict[str, JobRecord], spec: Bat
     finished = states["done"] + states["skipped"] + states["failed"] + states["cancelled"]
     return BatchCounts(total=total, done=states["done"] + states["skipped"], failed=states["failed"],
                        cancelled=states["cancelled"], pending=None if total is None else total - finished)  # fmt: skip
-
-
-def _tagged(run: FlowRun, name: str) -> str | None:
-    return next((tag.removeprefix(f"{name}:") for tag in run.tags if tag.startswith(f"{name}:")), None)
 
 
 def _cancelled_by(reason: str | None) -> str | None:
