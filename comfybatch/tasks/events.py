@@ -49,17 +49,22 @@ class EventNumbers:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self._last: dict[UUID, int] = {}
+        self._closed: set[UUID] = set()
 
-    def take(self, run_id: UUID) -> int:
+    def take(self, run_id: UUID) -> int | None:
+        """The run's next number, or None once its stream is closed."""
+        if run_id in self._closed:
+            return None
         self._last[run_id] = seq = self._last.get(run_id, 0) + 1
         return seq
 
     def close(self, run_id: UUID) -> None:
         """The run's stream is complete: later events of it are not numbered (nor streamed)."""
-        self._last[run_id] = -(2**62)
+        self._closed.add(run_id)
 
     def continue_after(self, run_id: UUID, seq: int) -> None:
-        with self.lock:
+        with self.lock:  # a run executed again numbers on, even in the process that closed its stream
+            self._closed.discard(run_id)
             self._last[run_id] = max(self._last.get(run_id, 0), seq)
 
 
@@ -93,7 +98,7 @@ def _current_run_id() -> UUID | None:
 def _emit(event: str, batch: str, payload: dict[str, Any], related: list[dict[str, str]] | None = None) -> None:
     run_id = _current_run_id()
     with _numbers.lock:
-        if run_id is not None and (seq := _numbers.take(run_id)) > 0:
+        if run_id is not None and (seq := _numbers.take(run_id)) is not None:
             payload = {**payload, "seq": seq}
         if run_id is not None and event == FINAL_EVENT:
             _numbers.close(run_id)
