@@ -4,18 +4,25 @@ Before FastAPI parses anything, so a caller without a key learns nothing about t
 and a wrong content type or a huge body is refused without being read into memory.
 """
 
+from collections.abc import AsyncIterator
+
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from comfybatch.dashboard.deps import key_name_of
+from comfybatch.dashboard.auth import CHALLENGE, KEY_REQUIRED, bearer_key_name, remember_key_name
+from comfybatch.dashboard.body import read_limited
+from comfybatch.errors import RequestTooLarge
 from comfybatch.settings import Settings
 
 JSON_BODIES = frozenset({"/api/batches", "/api/validate"})
 
 
 class ApiGuard:
-    """401 without a valid key; 415 / 413 for JSON routes sent something else or too much."""
+    """401 without a valid key; 415 / 413 for JSON routes sent something else or too much.
+
+    The only place an HTTP request's key is checked: routes read the key's name it stores (`KeyName`).
+    """
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
@@ -26,44 +33,35 @@ class ApiGuard:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        scheme, _, token = headers.get("authorization", "").partition(" ")
-        if key_name_of(token if scheme.lower() == "bearer" else "", self.settings) is None:
-            refusal = JSONResponse({"detail": "a valid API key is required"}, 401, {"WWW-Authenticate": "Bearer"})
-            await refusal(scope, receive, send)
+        if (key_name := bearer_key_name(headers, self.settings)) is None:
+            await JSONResponse({"detail": KEY_REQUIRED}, 401, CHALLENGE)(scope, receive, send)
             return
+        remember_key_name(scope, key_name)
         if scope["method"] == "POST" and scope["path"].rstrip("/") in JSON_BODIES:
             media = headers.get("content-type", "").split(";")[0].strip().lower()
             if media != "application/json":
                 await JSONResponse({"detail": f"send the request as application/json, not {media or '(none)'!r}"},
                                    415)(scope, receive, send)  # fmt: skip
                 return
-            body = await self._body(headers, receive)
-            if body is None:
-                limit = self.settings.max_request_bytes
-                await JSONResponse({"detail": f"a request may have at most {limit} bytes"}, 413)(scope, receive, send)
+            try:
+                body = await read_limited(_chunks(receive), headers, limit=self.settings.max_request_bytes,
+                                          what="a request")  # fmt: skip
+            except RequestTooLarge as exc:  # outside FastAPI's handlers, so answered here
+                await JSONResponse({"detail": str(exc)}, exc.http_status)(scope, receive, send)
                 return
             receive = _replay(body, receive)
         await self.app(scope, receive, send)
 
-    async def _body(self, headers: Headers, receive: Receive) -> bytes | None:
-        """The whole body, or None as soon as it passes the limit (whatever Content-Length claims)."""
-        limit = self.settings.max_request_bytes
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            return None
-        chunks: list[bytes] = []
-        size, more = 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        return b"".join(chunks)
+
+async def _chunks(receive: Receive) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive; a disconnect ends them early."""
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        yield message.get("body", b"")
+        more = message.get("more_body", False)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

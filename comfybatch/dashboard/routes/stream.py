@@ -14,7 +14,8 @@ from uuid import UUID
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
-from comfybatch.dashboard.deps import HubDep, LauncherDep, SettingsDep, key_name_of
+from comfybatch.dashboard.auth import KEY_REQUIRED, bearer_key_name, key_name_of
+from comfybatch.dashboard.deps import HubDep, LauncherDep, SettingsDep
 from comfybatch.errors import BatchNotFound
 
 router = APIRouter(prefix="/api/batches", tags=["events"])
@@ -23,8 +24,7 @@ CLOSE_UNAUTHORIZED, CLOSE_NOT_FOUND = 4401, 4404  # 4000-4999: application codes
 
 
 async def _authenticate(websocket: WebSocket, settings: SettingsDep) -> str | None:
-    scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
-    if (name := key_name_of(token if scheme.lower() == "bearer" else "", settings)) is not None:
+    if (name := bearer_key_name(websocket.headers, settings)) is not None:
         return name
     try:
         async with asyncio.timeout(AUTH_TIMEOUT_S):
@@ -43,7 +43,7 @@ async def stream_events(
     """Send `{seq, type, occurred, ...}` messages after `after`, live until the batch's run ends, then close."""
     await websocket.accept()
     if await _authenticate(websocket, settings) is None:
-        await websocket.close(CLOSE_UNAUTHORIZED, "a valid API key is required")
+        await websocket.close(CLOSE_UNAUTHORIZED, KEY_REQUIRED)
         return
     try:
         run = await launcher.get(batch_id)

@@ -10,6 +10,7 @@ from pathlib import PurePosixPath
 
 from fastapi import APIRouter, HTTPException, Request, status
 
+from comfybatch.dashboard.body import read_limited
 from comfybatch.dashboard.deps import KeyName, SettingsDep
 from comfybatch.dashboard.requests import UPLOADS
 from comfybatch.dashboard.schemas import Uploaded
@@ -40,21 +41,6 @@ MAX_ZIP_INFLATION = 10
 _SHEETS = frozenset({"csv", "xlsx", "parquet"})
 
 
-async def _body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` (whatever Content-Length claims)."""
-    too_large = HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"an upload may have at most {limit} bytes")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 @router.put("/{filename}", status_code=status.HTTP_201_CREATED)
 async def upload_sheet(filename: str, request: Request, settings: SettingsDep, _key: KeyName) -> Uploaded:
     """Store the body as a sheet (its `sheet` goes into `POST /api/batches`), an input image (its `image` goes
@@ -71,7 +57,7 @@ async def upload_sheet(filename: str, request: Request, settings: SettingsDep, _
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
                             f"content-type {media or '(none)'!r} does not fit a .{match.group(1)} file; "
                             f"send one of {', '.join(sorted(_MEDIA[match.group(1)]))}")  # fmt: skip
-    data = await _body(request, settings.max_upload_bytes)
+    data = await read_limited(request.stream(), request.headers, limit=settings.max_upload_bytes, what="an upload")
     store = OutputStore(settings.output_root)
     relpath = f"{UPLOADS}/{hashlib.sha256(data).hexdigest()[:16]}-{filename.replace(' ', '_')}"
     if match.group(1) == "zip":
