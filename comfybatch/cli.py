@@ -11,9 +11,10 @@ from cyclopts import App, Parameter
 from pydantic import ValidationError
 
 from comfybatch.comfy.client import ComfyClient
+from comfybatch.comfy.intake import decode_workflow, detect_format, load_workflow
 from comfybatch.comfy.object_info import ObjectInfo
 from comfybatch.comfy.preflight import check_workflow
-from comfybatch.comfy.workflow import ApiWorkflow, decode_workflow, detect_format, load_workflow
+from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.deployments import commands as platform_commands
 from comfybatch.errors import ComfyBatchError, ConfigError, WorkflowRejected
 from comfybatch.models import TEMPLATES_DIR, BatchSpec, template_names

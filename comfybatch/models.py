@@ -7,7 +7,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, WithJsonSchema, field_validator
 from pydantic_core import PydanticCustomError
 
-from comfybatch.comfy.workflow import ApiWorkflow, detect_format
+from comfybatch.comfy.intake import detect_format
+from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.errors import WorkflowFormatError
 from comfybatch.notify.targets import url_problem
 from comfybatch.problems import NAME_RULE, field_words

@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from comfybatch.comfy.graph import is_link, node_sort_key
 from comfybatch.comfy.object_info import CONTROL_AFTER_GENERATE_VALUES, InputSpec, ObjectInfo
-from comfybatch.comfy.workflow import ApiWorkflow, node_sort_key
+from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.errors import NodeProblem, WorkflowFormatError
 
 _MUTED, _BYPASSED = 2, 4
@@ -104,7 +105,7 @@ class _Converter:
         if missing:
             raise WorkflowFormatError("the workflow uses node types this server does not have", problems=tuple(missing))
         for node in emitted.values():  # graphToPrompt's last pass: drop links to nodes not emitted
-            node["inputs"] = {k: v for k, v in node["inputs"].items() if not _is_link(v) or v[0] in emitted}
+            node["inputs"] = {k: v for k, v in node["inputs"].items() if not is_link(v) or v[0] in emitted}
         if not emitted:
             raise WorkflowFormatError("the UI workflow has no executable nodes (all muted, bypassed or notes)")
         return ApiWorkflow(emitted)
@@ -346,10 +347,6 @@ def _first_value(node: Mapping[str, Any]) -> Any:
 def _wrap(value: Any) -> Any:
     """graphToPrompt: a list widget value is sent as `{"__value__": [...]}` (a bare list is a link)."""
     return {"__value__": value} if isinstance(value, list) else value
-
-
-def _is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
 
 
 def _list(value: Any) -> list[Any]:

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from comfybatch.comfy.graph import is_int, is_link, node_sort_key
 from comfybatch.errors import BindingError
 
 Graph = Mapping[str, dict[str, Any]]
@@ -65,11 +66,6 @@ _MAX_HOPS = 16
 _PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
-def is_link(value: Any) -> bool:
-    """Whether an input value is a link `["<node_id>", <output_index>]`."""
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and _is_int(value[1])
-
-
 def literal(value: Any) -> Any:
     """`value` as an input literal: lists are wrapped `{"__value__": [...]}`, a bare list being a link.
 
@@ -86,11 +82,6 @@ def literal(value: Any) -> Any:
         return value
     data = json.loads(text)
     return {"__value__": data} if isinstance(value, list | tuple) else data
-
-
-def node_sort_key(node_id: str) -> tuple[tuple[int, int | str], ...]:
-    """Order node ids numerically, subgraph ids (`"5:3"`) after their parent."""
-    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in node_id.split(":"))
 
 
 def find_parameters(nodes: Graph, bindings: Bindings | None = None) -> dict[str, list[InputPath]]:
@@ -178,12 +169,12 @@ def _detected_parameters(nodes: Graph) -> dict[str, list[InputPath]]:
         for param, names in _DETECTED_INPUTS.items():
             for input_name in names:
                 value = node["inputs"].get(input_name)
-                if value is None or isinstance(value, list) or (param == "seed" and not _is_int(value)):
+                if value is None or isinstance(value, list) or (param == "seed" and not is_int(value)):
                     continue
                 found.setdefault(param, []).append(InputPath(node_id, input_name))
         if node["class_type"].startswith("Empty"):
             for input_name in _SIZE_INPUTS:
-                if _is_int(node["inputs"].get(input_name)):
+                if is_int(node["inputs"].get(input_name)):
                     found.setdefault(input_name, []).append(InputPath(node_id, input_name))
     return found
 
@@ -223,7 +214,3 @@ def _text_source(nodes: Graph, node_id: str, input_name: str) -> InputPath | Non
         if isinstance(source.get("value"), str):
             return InputPath(value[0], "value")
     return None
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

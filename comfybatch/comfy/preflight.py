@@ -7,9 +7,10 @@ so preflight never rejects what the server would accept.
 import re
 from typing import Any, NamedTuple
 
+from comfybatch.comfy.graph import is_link, node_sort_key
 from comfybatch.comfy.object_info import InputSpec, ObjectInfo
 from comfybatch.comfy.rejection import FILE_INPUTS, server_lacks
-from comfybatch.comfy.workflow import ApiWorkflow, is_link, node_sort_key
+from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.errors import NodeProblem, WorkflowRejected
 
 GRAPH = "-"  # node_id of problems about the whole prompt (as in comfy/rejection.py)

@@ -6,6 +6,7 @@ Classified on `error.type` and `node_errors[*].errors[*].type`, never on message
 
 from typing import Any
 
+from comfybatch.comfy.graph import node_sort_key
 from comfybatch.errors import ComfyBatchError, NodeProblem, ServerIncompatible, WorkflowRejected
 
 # Combo inputs whose options are files on the server: "not in list" there means "this server lacks it".
@@ -20,7 +21,7 @@ _MODEL_SUFFIXES = frozenset({".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".g
 def node_problems(node_errors: dict[str, Any]) -> tuple[NodeProblem, ...]:
     """Every per-input problem in a `node_errors` map, node ids in numeric order."""
     problems: list[NodeProblem] = []
-    for node_id in sorted(node_errors, key=_node_sort_key):
+    for node_id in sorted(node_errors, key=node_sort_key):
         entry = node_errors[node_id] if isinstance(node_errors[node_id], dict) else {}
         class_type = entry.get("class_type")
         for error in entry.get("errors") or [{}]:
@@ -68,7 +69,7 @@ def classify_rejection(
         problems = tuple(
             NodeProblem(node_id=node_id, class_type=name, message=f"node class {name} is not installed on this server",
                         kind="missing_node_type")
-            for node_id, name in sorted(missing_nodes.items(), key=lambda item: _node_sort_key(item[0]))
+            for node_id, name in sorted(missing_nodes.items(), key=lambda item: node_sort_key(item[0]))
         )  # fmt: skip
         return ServerIncompatible("server lacks node classes the workflow uses", server=server, problems=problems)
     problems = node_problems(node_errors)
@@ -85,8 +86,3 @@ def _summary(error: dict[str, Any]) -> str:
     message = str(error.get("message") or "rejected").strip()
     kind = error.get("type")
     return f"{message} ({kind})" if kind else message
-
-
-def _node_sort_key(node_id: str) -> tuple[int, str]:
-    head = node_id.split(":", 1)[0]
-    return (int(head), node_id) if head.isdigit() else (1 << 62, node_id)

@@ -1,4 +1,4 @@
-"""API-format workflows: parsing, format detection, hashing, and binding the parameters `parameters` finds.
+"""API-format workflows: parsing, hashing, and binding the parameters `parameters` finds.
 
 Values are JSON data, never text templates: a prompt with quotes, braces or `</script>` is
 stored as it is (`comfyui-protocol.md` §5).
@@ -8,41 +8,19 @@ import copy
 import hashlib
 import json
 from collections.abc import Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import CoreSchema, core_schema
 
-from comfybatch.comfy.parameters import (
-    Bindings,
-    InputPath,
-    find_parameters,
-    is_link,
-    literal,
-    node_sort_key,
-    updates_for,
-    with_values,
-)
+from comfybatch.comfy.graph import describe_json, node_sort_key, parse_json
+from comfybatch.comfy.parameters import Bindings, InputPath, find_parameters, literal, updates_for, with_values
 from comfybatch.errors import WorkflowFormatError
 
 if TYPE_CHECKING:
     from comfybatch.comfy.object_info import ObjectInfo
 
-__all__ = [
-    "ApiWorkflow",
-    "Bindings",
-    "InputPath",
-    "WorkflowFormat",
-    "decode_workflow",
-    "detect_format",
-    "is_link",
-    "literal",
-    "load_workflow",
-    "node_sort_key",
-]
-
-WorkflowFormat = Literal["api", "ui"]
+__all__ = ["ApiWorkflow", "Bindings", "InputPath", "literal"]
 
 
 class ApiWorkflow:
@@ -73,7 +51,7 @@ class ApiWorkflow:
         Raises:
             WorkflowFormatError.
         """
-        return cls(_parse_json(text))
+        return cls(parse_json(text))
 
     @property
     def nodes(self) -> dict[str, dict[str, Any]]:
@@ -184,97 +162,9 @@ class ApiWorkflow:
         )
 
 
-def detect_format(data: Any) -> WorkflowFormat:
-    """`"ui"` for an editor save (`nodes` list), `"api"` for a graph of `class_type` nodes.
-
-    Raises:
-        WorkflowFormatError: neither; the message says what was found.
-    """
-    if isinstance(data, Mapping):
-        if isinstance(data.get("nodes"), list):
-            return "ui"
-        values = list(data.values())
-        nodes_like = values and all(isinstance(v, Mapping) for v in values)
-        if nodes_like and any("class_type" in v or "inputs" in v for v in values):
-            return "api"
-        if isinstance(data.get("prompt"), Mapping):
-            raise WorkflowFormatError(
-                "expected a workflow, found an object with a 'prompt' key (a /prompt request body?); "
-                "pass its 'prompt' value instead"
-            )
-    raise WorkflowFormatError(
-        f"expected a ComfyUI workflow (API format: nodes with class_type; UI format: a 'nodes' list), "
-        f"found {_describe(data)}"
-    )
-
-
-def load_workflow(
-    raw: "str | bytes | Mapping[str, Any] | Path", object_info: "ObjectInfo | None" = None
-) -> ApiWorkflow:
-    """Load a workflow in either format; UI format is converted for the server `object_info` describes.
-
-    `raw` is JSON text or bytes, a decoded dict, or a `Path`; a `str` that does not start with
-    `{`/`[` and names an existing file (or ends in `.json`) is read as a path.
-
-    Raises:
-        WorkflowFormatError: unreadable, not JSON, not a workflow, UI format without
-            `object_info`, or not convertible.
-    """
-    data = decode_workflow(raw)
-    if detect_format(data) == "api":
-        return ApiWorkflow(data)
-    if object_info is None:
-        raise WorkflowFormatError(
-            "this is a UI-format workflow (as saved by the ComfyUI editor); converting it needs the target "
-            "server's node definitions: connect to a server or pass an object_info JSON file "
-            "(or re-export the workflow with 'Export (API)')"
-        )
-    from comfybatch.comfy.convert import ui_to_api  # convert builds on this module
-
-    return ui_to_api(data, object_info)
-
-
-def decode_workflow(raw: "str | bytes | Mapping[str, Any] | Path") -> Any:
-    """The JSON data of a workflow given as `load_workflow` takes it, not yet checked to be a graph.
-
-    Raises:
-        WorkflowFormatError: unreadable file, not UTF-8, not JSON.
-    """
-    if isinstance(raw, Mapping):
-        return raw
-    if isinstance(raw, str) and not raw.lstrip().startswith(("{", "[")) and (raw.endswith(".json") or _is_file(raw)):
-        raw = Path(raw)
-    if isinstance(raw, Path):
-        try:
-            raw = raw.read_bytes()
-        except OSError as exc:
-            raise WorkflowFormatError(f"cannot read workflow file {str(raw)!r}: {exc.strerror or exc}") from exc
-    return _parse_json(raw)
-
-
-def _is_file(text: str) -> bool:
-    try:
-        return len(text) < 4096 and Path(text).is_file()
-    except (OSError, ValueError):
-        return False
-
-
-def _parse_json(text: str | bytes) -> Any:
-    try:
-        if isinstance(text, bytes):
-            text = text.decode("utf-8-sig")
-        return json.loads(text)
-    except UnicodeDecodeError as exc:
-        raise WorkflowFormatError(f"workflow is not UTF-8 text (byte {exc.start})") from exc
-    except json.JSONDecodeError as exc:
-        raise WorkflowFormatError(
-            f"workflow is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno} (char {exc.pos})"
-        ) from exc
-
-
 def _validated(data: Any) -> dict[str, dict[str, Any]]:
     if not isinstance(data, Mapping):
-        raise WorkflowFormatError(f"expected an API-format graph (an object of nodes), found {_describe(data)}")
+        raise WorkflowFormatError(f"expected an API-format graph (an object of nodes), found {describe_json(data)}")
     if not data:
         raise WorkflowFormatError("the workflow has no nodes")
     if isinstance(data.get("nodes"), list):
@@ -283,14 +173,16 @@ def _validated(data: Any) -> dict[str, dict[str, Any]]:
     for node_id, node in data.items():
         where = f"node {str(node_id)!r}"
         if not isinstance(node, Mapping):
-            raise WorkflowFormatError(f"{where} is not an object but {_describe(node)}")
+            raise WorkflowFormatError(f"{where} is not an object but {describe_json(node)}")
         class_type = node.get("class_type")
         if not isinstance(class_type, str) or not class_type:
             found = "has no class_type" if class_type is None else f"has class_type {class_type!r}"
             raise WorkflowFormatError(f"{where} {found}; every node needs a class_type string")
         inputs = node.get("inputs", {})
         if not isinstance(inputs, Mapping):
-            raise WorkflowFormatError(f"{where} ({class_type}) has inputs that are {_describe(inputs)}, not an object")
+            raise WorkflowFormatError(
+                f"{where} ({class_type}) has inputs that are {describe_json(inputs)}, not an object"
+            )
         nodes[str(node_id)] = {**node, "inputs": dict(inputs)}
     try:
         copied: dict[str, dict[str, Any]] = json.loads(json.dumps(nodes, allow_nan=False))  # proves JSON data
@@ -301,20 +193,3 @@ def _validated(data: Any) -> dict[str, dict[str, Any]]:
 
 def _canonical(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _describe(data: Any) -> str:
-    if isinstance(data, Mapping):
-        if not data:
-            return "an empty JSON object"
-        keys = ", ".join(repr(str(k)) for k in list(data)[:5])
-        return f"a JSON object with keys {keys}{', …' if len(data) > 5 else ''}"
-    if isinstance(data, list):
-        return f"a JSON array of {len(data)} items"
-    if isinstance(data, str):
-        return "a JSON string"
-    if isinstance(data, bool):
-        return "a JSON boolean"
-    if isinstance(data, int | float):
-        return "a JSON number"
-    return "null" if data is None else f"a {type(data).__name__}"

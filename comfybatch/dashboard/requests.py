@@ -4,8 +4,9 @@ ComfyUI server outside its folders, and nothing larger than Prefect stores as a 
 import json
 from typing import Any
 
+from comfybatch.comfy.intake import detect_format
 from comfybatch.comfy.preflight import escaping_path, is_file_input, refuse_unsafe, title_of
-from comfybatch.comfy.workflow import ApiWorkflow, detect_format
+from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.errors import (
     BatchRequestError,
     NodeProblem,

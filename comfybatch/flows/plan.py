@@ -11,9 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from comfybatch.blocks.fleet import configured_servers, load_fleet
 from comfybatch.blocks.server import ServerConfig
+from comfybatch.comfy.intake import decode_workflow, detect_format, load_workflow
 from comfybatch.comfy.object_info import ObjectInfo
 from comfybatch.comfy.preflight import check_workflow, split_problems
-from comfybatch.comfy.workflow import ApiWorkflow, decode_workflow, detect_format, load_workflow
+from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.errors import ComfyBatchError, ConfigError, NodeProblem, PlatformUnavailable
 from comfybatch.models import TEMPLATES_DIR, JobResult, JobSpec
 from comfybatch.problems import unreachable_line, why_unreachable

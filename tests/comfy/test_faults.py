@@ -8,7 +8,7 @@ import pytest
 
 from comfybatch.comfy.client import ComfyClient, new_prompt_id
 from comfybatch.comfy.follow import Timeouts
-from comfybatch.comfy.workflow import load_workflow
+from comfybatch.comfy.intake import load_workflow
 from comfybatch.errors import JobInterrupted, JobTimeout, ServerUnavailable
 from comfybatch.testing.fleet import LocalComfyServer
 from comfybatch.testing.proxy import TcpProxy

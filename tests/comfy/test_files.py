@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from comfybatch.comfy.client import ComfyClient
-from comfybatch.comfy.workflow import load_workflow
+from comfybatch.comfy.intake import load_workflow
 from tests.conftest import FleetServer
 from tests.support import graphs
 

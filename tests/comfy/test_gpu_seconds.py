@@ -3,7 +3,7 @@
 import pytest
 
 from comfybatch.comfy.client import ComfyClient
-from comfybatch.comfy.workflow import load_workflow
+from comfybatch.comfy.intake import load_workflow
 from tests.conftest import FleetServer
 from tests.support import graphs
 from tests.support.comfy import resumed_elsewhere

@@ -3,7 +3,7 @@
 import pytest
 
 from comfybatch.comfy.client import ComfyClient, new_prompt_id
-from comfybatch.comfy.workflow import load_workflow
+from comfybatch.comfy.intake import load_workflow
 from comfybatch.errors import JobFailed, ServerIncompatible, WorkflowRejected
 from tests.conftest import FleetServer
 from tests.support import graphs

@@ -7,7 +7,7 @@ import pytest
 from comfybatch.comfy.client import ComfyClient, new_prompt_id
 from comfybatch.comfy.events import ComfyEvent
 from comfybatch.comfy.follow import Timeouts
-from comfybatch.comfy.workflow import load_workflow
+from comfybatch.comfy.intake import load_workflow
 from comfybatch.errors import JobLost
 from tests.conftest import FleetServer
 from tests.support import graphs

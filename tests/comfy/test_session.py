@@ -9,8 +9,8 @@ import pytest
 from comfybatch.comfy.client import ComfyClient, new_prompt_id
 from comfybatch.comfy.events import ComfyEvent
 from comfybatch.comfy.follow import PromptResult
+from comfybatch.comfy.intake import load_workflow
 from comfybatch.comfy.session import borrow_session, close_sessions, open_sessions
-from comfybatch.comfy.workflow import load_workflow
 from comfybatch.testing.proxy import TcpProxy
 from tests.conftest import FleetServer, SuiteFleet
 from tests.support import graphs

@@ -7,10 +7,11 @@ import pytest
 from PIL import Image
 
 from comfybatch.comfy.client import ComfyClient
+from comfybatch.comfy.intake import load_workflow
 from comfybatch.comfy.object_info import ObjectInfo
 from comfybatch.comfy.parameters import InputPath
 from comfybatch.comfy.preflight import check_workflow, split_problems
-from comfybatch.comfy.workflow import ApiWorkflow, load_workflow
+from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.expansion import expand_batch
 from comfybatch.flows.plan import TEMPLATES_DIR, read_template
 from comfybatch.models import BatchSpec

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from comfybatch.comfy.client import ComfyClient
-from comfybatch.comfy.workflow import ApiWorkflow, load_workflow
+from comfybatch.comfy.intake import load_workflow
+from comfybatch.comfy.workflow import ApiWorkflow
 from tests.conftest import FleetServer, SuiteFleet
 from tests.support import graphs
 

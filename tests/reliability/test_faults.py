@@ -22,7 +22,7 @@ from prefect.client.orchestration import get_client
 
 from comfybatch.blocks.server import limit_name, name_from_url
 from comfybatch.comfy.client import ComfyClient
-from comfybatch.comfy.workflow import load_workflow
+from comfybatch.comfy.intake import load_workflow
 from comfybatch.flows.batch import generate_batch
 from comfybatch.models import BatchSpec
 from comfybatch.outputs.manifest import read_manifest

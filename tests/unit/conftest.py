@@ -7,7 +7,8 @@ from pathlib import Path
 import fsspec  # type: ignore[import-untyped]
 import pytest
 
-from comfybatch.comfy.workflow import ApiWorkflow, load_workflow
+from comfybatch.comfy.intake import load_workflow
+from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.outputs.storage import OutputStore
 
 TEMPLATE = Path(__file__).parents[2] / "comfybatch" / "templates" / "txt2img-tiny.json"

@@ -6,8 +6,8 @@ import httpx
 import pytest
 
 from comfybatch.comfy.client import ComfyClient, new_prompt_id
+from comfybatch.comfy.intake import load_workflow
 from comfybatch.comfy.protocol import OutputFile
-from comfybatch.comfy.workflow import load_workflow
 from comfybatch.errors import ConfigError, DownloadError, ServerProtocolError, ServerUnavailable, WorkflowRejected
 from tests.support import graphs
 

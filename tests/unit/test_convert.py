@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from comfybatch.comfy.convert import ui_to_api
+from comfybatch.comfy.intake import load_workflow
 from comfybatch.comfy.object_info import ObjectInfo
 from comfybatch.comfy.preflight import check_workflow
-from comfybatch.comfy.workflow import load_workflow
 from comfybatch.errors import WorkflowFormatError
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"

@@ -8,8 +8,9 @@ from typing import Any
 import pandas as pd  # type: ignore[import-untyped]
 import pytest
 
+from comfybatch.comfy.intake import load_workflow
 from comfybatch.comfy.object_info import ObjectInfo
-from comfybatch.comfy.workflow import ApiWorkflow, load_workflow
+from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.errors import BatchRequestError
 from comfybatch.expansion import Expansion, expand_batch
 from comfybatch.models import BatchSpec, SeedPolicy

@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
+from comfybatch.comfy.intake import load_workflow
 from comfybatch.comfy.object_info import ObjectInfo
 from comfybatch.comfy.preflight import check_workflow, find_cycle, refuse_unsafe, split_problems
-from comfybatch.comfy.workflow import ApiWorkflow, load_workflow
+from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.errors import NodeProblem, WorkflowRejected
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"

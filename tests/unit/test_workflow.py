@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from comfybatch.comfy.intake import detect_format, load_workflow
 from comfybatch.comfy.object_info import ObjectInfo
-from comfybatch.comfy.workflow import ApiWorkflow, InputPath, detect_format, load_workflow
+from comfybatch.comfy.workflow import ApiWorkflow, InputPath
 from comfybatch.errors import BindingError, WorkflowFormatError
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
