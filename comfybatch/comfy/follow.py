@@ -12,22 +12,37 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from comfybatch.comfy.events import ComfyEvent
-from comfybatch.comfy.protocol import HistoryEntry, OutputFile
-from comfybatch.comfy.socket import PromptEvents
+from comfybatch.comfy.protocol import HistoryEntry, OutputFile, QueueState
+from comfybatch.comfy.socket import EventHub, PromptEvents
 from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.errors import ComfyBatchError, JobFailed, JobInterrupted, JobLost, JobTimeout, ServerUnavailable
-
-if TYPE_CHECKING:
-    from comfybatch.comfy.client import ComfyClient
 
 EventHandler = Callable[[ComfyEvent], None]
 _HISTORY_SETTLE_S = 5.0  # history is written before executing(null), but proxies may reorder
 logger = logging.getLogger(__name__)
+
+
+class PromptClient(Protocol):
+    """What following a prompt needs from a client (`ComfyClient` is one); `follow` calls nothing else."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def events(self) -> EventHub: ...
+
+    async def queue_prompt(self, workflow: ApiWorkflow, *, prompt_id: str, client_id: str) -> object: ...
+
+    async def get_history(self, prompt_id: str) -> HistoryEntry | None: ...
+
+    async def get_queue(self) -> QueueState: ...
+
+    async def cancel(self, prompt_id: str) -> None: ...
 
 
 class Timeouts(BaseModel):
@@ -97,7 +112,7 @@ class _Watch:
 
 
 async def run_prompt(
-    client: "ComfyClient", workflow: ApiWorkflow, *, prompt_id: str, timeouts: Timeouts,
+    client: PromptClient, workflow: ApiWorkflow, *, prompt_id: str, timeouts: Timeouts,
     on_event: EventHandler | None = None,
 ) -> PromptResult:  # fmt: skip
     """Queue `workflow` as `prompt_id` and follow it to its end over the server's shared socket."""
@@ -120,7 +135,7 @@ async def run_prompt(
     return _result(client.name, prompt_id, entry, watch)
 
 
-async def resume_prompt(client: "ComfyClient", prompt_id: str, *, timeouts: Timeouts) -> PromptResult:
+async def resume_prompt(client: PromptClient, prompt_id: str, *, timeouts: Timeouts) -> PromptResult:
     """Follow a prompt this process did not queue (or lost the socket of) by polling."""
     watch = _Watch(timeouts)
     async with client.events.hold(), _cancel_on_exit(client, prompt_id):  # its status broadcasts wake the poll
@@ -129,7 +144,7 @@ async def resume_prompt(client: "ComfyClient", prompt_id: str, *, timeouts: Time
 
 
 async def _listen(
-    client: "ComfyClient", events: PromptEvents, prompt_id: str, watch: _Watch, on_event: EventHandler | None
+    client: PromptClient, events: PromptEvents, prompt_id: str, watch: _Watch, on_event: EventHandler | None
 ) -> HistoryEntry:
     while True:
         try:
@@ -147,21 +162,21 @@ async def _listen(
             return await _settled_history(client, prompt_id)
 
 
-async def _reconcile(client: "ComfyClient", prompt_id: str, watch: _Watch, why: str) -> HistoryEntry:
+async def _reconcile(client: PromptClient, prompt_id: str, watch: _Watch, why: str) -> HistoryEntry:
     """Follow a prompt whose connection broke through `/history` and `/queue`."""
     watch.reconnects += 1
     logger.info("[%s] %s: %s; following it by /history", client.name, prompt_id, why, extra={"prompt_id": prompt_id})
     return await _poll(client, prompt_id, watch)
 
 
-async def _is_known(client: "ComfyClient", prompt_id: str) -> bool:
+async def _is_known(client: PromptClient, prompt_id: str) -> bool:
     """Whether the server holds `prompt_id` (queued, running or finished). Raises: ServerUnavailable."""
     if await client.get_history(prompt_id) is not None:
         return True
     return (await client.get_queue()).position(prompt_id) is not None or await client.get_history(prompt_id) is not None
 
 
-async def _poll(client: "ComfyClient", prompt_id: str, watch: _Watch) -> HistoryEntry:
+async def _poll(client: PromptClient, prompt_id: str, watch: _Watch) -> HistoryEntry:
     while True:
         if (entry := await client.get_history(prompt_id)) is not None:
             return entry
@@ -179,13 +194,13 @@ async def _poll(client: "ComfyClient", prompt_id: str, watch: _Watch) -> History
         await client.events.wait_for_status(min(watch.timeouts.poll_interval_s, watch.remaining_s(listening=False)))
 
 
-async def _expire(client: "ComfyClient", prompt_id: str, watch: _Watch) -> HistoryEntry:
+async def _expire(client: PromptClient, prompt_id: str, watch: _Watch) -> HistoryEntry:
     if (entry := await client.get_history(prompt_id)) is not None:
         return entry  # finished while our deadline ran out
     raise JobTimeout(watch.expiry(), server=client.name, prompt_id=prompt_id)
 
 
-async def _settled_history(client: "ComfyClient", prompt_id: str) -> HistoryEntry:
+async def _settled_history(client: PromptClient, prompt_id: str) -> HistoryEntry:
     deadline = time.monotonic() + _HISTORY_SETTLE_S
     while (entry := await client.get_history(prompt_id)) is None:
         if time.monotonic() >= deadline:
@@ -195,7 +210,7 @@ async def _settled_history(client: "ComfyClient", prompt_id: str) -> HistoryEntr
 
 
 @contextlib.asynccontextmanager
-async def _cancel_on_exit(client: "ComfyClient", prompt_id: str) -> AsyncIterator[None]:
+async def _cancel_on_exit(client: PromptClient, prompt_id: str) -> AsyncIterator[None]:
     """On cancellation or a timeout, make sure the prompt neither waits nor runs on the server."""
     try:
         yield
