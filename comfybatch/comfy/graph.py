@@ -26,7 +26,7 @@ def node_sort_key(node_id: str) -> tuple[tuple[int, int | str], ...]:
 
     Ids that are not numbers (and the graph-wide `"-"`) come after the numbered ones.
     """
-    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in node_id.split(":"))
+    return tuple((0, int(part)) if part.isascii() and part.isdigit() else (1, part) for part in node_id.split(":"))
 
 
 def parse_json(text: str | bytes) -> Any:

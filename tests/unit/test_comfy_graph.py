@@ -61,3 +61,8 @@ def test_comfy_modules_import_in_any_order_without_cycles(modules: list[str], ab
     done = subprocess.run([sys.executable, "-c", f"import sys;{imports}{check}"], capture_output=True, text=True)
 
     assert done.returncode == 0, done.stderr
+
+
+def test_node_ids_with_non_ascii_digits_sort_as_names_not_errors() -> None:
+    """"²" counts as a digit to `str.isdigit` but `int` refuses it: such an id sorts after the numbered ones."""
+    assert sorted(["²", "10", "2"], key=node_sort_key) == ["2", "10", "²"]
