@@ -4,37 +4,45 @@
 `http_status`: what the dashboard's API answers when the error reaches it (400 unless noted).
 
     ComfyBatchError
-    ├── ConfigError                    bad settings or missing configuration
-    │   └── PlatformUnavailable        deployment not served, no server reachable   retryable, 503
-    ├── BatchRequestError              a batch request / sheet is wrong (names row and column)
-    ├── WorkflowError                  the workflow itself is wrong (no server will run it)
-    │   ├── WorkflowFormatError        not JSON, not a graph, cannot be converted
-    │   ├── BindingError               unknown or unbindable parameter
-    │   └── WorkflowRejected           ComfyUI (or preflight) rejected nodes or inputs
-    ├── ServerError                    one server could not do the work        failover, retryable
-    │   ├── ServerUnavailable          refused, timed out, 5xx, socket closed  failover, retryable
-    │   ├── ServerIncompatible         lacks a model / node class              failover
-    │   ├── ServerProtocolError        unexpected answer                       failover
-    │   ├── JobLost                    in neither /queue nor /history          failover, retryable
-    │   ├── PromptMoved                its server left the fleet before it ran  failover, retryable
-    │   └── JobTimeout                 never started, or silent too long       failover, retryable
-    ├── JobFailed                      execution_error: the graph raised at run time
-    ├── JobInterrupted                 execution_interrupted
-    ├── DownloadError                  GET /view failed                        retryable
-    ├── StorageError                   output storage failed                   retryable
-    │   └── UnsafePath                 a relative path escapes or is malformed
-    ├── FleetExhausted                 every eligible server failed a job     retryable if a cause is
-    ├── BatchIncomplete                some jobs of a batch failed (the record is written)
-    ├── BatchConflict                  the batch's name or state forbids this          409
-    ├── BatchNotFound                  the dashboard knows no such batch or item       404
-    └── WebhookUndelivered             a webhook attempt got no 2xx answer             retryable (not after 410)
+    ├── ConfigError                bad settings or missing configuration
+    │   └── PlatformUnavailable    deployment not served, no server reachable       retryable, 503
+    ├── BatchRequestError          a request or sheet is wrong (names row, column)
+    │   ├── IdempotencyKeyReused   the key created a batch from another body        422
+    │   ├── RequestTooLarge        larger than a run's parameters can hold          413
+    │   └── WebhookRefused         malformed, private or unsigned webhook           422
+    ├── WorkflowError              the workflow is wrong (no server will run it)
+    │   ├── WorkflowFormatError    not JSON, not a graph, cannot be converted
+    │   ├── BindingError           unknown or unbindable parameter
+    │   └── WorkflowRejected       ComfyUI (or preflight) rejected nodes or inputs
+    ├── ServerError                one server could not do the work                 failover, retryable, 502
+    │   ├── ServerUnavailable      refused, timed out, 5xx, socket closed           failover, retryable
+    │   ├── ServerIncompatible     lacks a model / node class                       failover
+    │   ├── ServerProtocolError    unexpected answer                                failover
+    │   ├── JobLost                in neither /queue nor /history                   failover, retryable
+    │   ├── PromptMoved            its server left the fleet before it ran          failover, retryable
+    │   └── JobTimeout             never started, or silent too long                failover, retryable
+    ├── JobFailed                  execution_error: the graph raised at run time    failover, retryable if OOM
+    ├── JobInterrupted             execution_interrupted
+    ├── DownloadError              GET /view failed                                 retryable
+    ├── StorageError               output storage failed                            retryable, 503
+    │   └── UnsafePath             a relative path escapes or is malformed          not retryable, 400
+    ├── FleetExhausted             every eligible server failed a job               retryable if a cause is
+    ├── BatchIncomplete            some jobs of a batch failed (record written)
+    ├── BatchConflict              the batch's name or state forbids this           409
+    ├── BatchNotFound              the dashboard knows no such batch or item        404
+    └── WebhookUndelivered         a webhook attempt got no 2xx answer              retryable (not after 410)
 
-    BatchRequestError also has IdempotencyKeyReused (422), RequestTooLarge (413) and WebhookRefused (422).
+The problems an error carries, each with its place: `RequestProblem` (field, row, column) on `BatchRequestError`,
+`NodeProblem` (node, input) on `WorkflowError` and `ServerIncompatible`.
 """
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from comfybatch.problems import node_place, node_problem, request_problem
+
+if TYPE_CHECKING:  # models imports this module
+    from comfybatch.models import BatchReport
 
 
 class ComfyBatchError(Exception):
@@ -257,7 +265,7 @@ class FleetExhausted(ComfyBatchError):
 class BatchIncomplete(ComfyBatchError):
     """Raised at the end of a batch run in which some jobs failed; everything produced is kept."""
 
-    def __init__(self, message: str, *, report: object) -> None:
+    def __init__(self, message: str, *, report: "BatchReport | None") -> None:
         super().__init__(message)
         self.report = report
 

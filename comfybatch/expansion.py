@@ -8,8 +8,6 @@ import itertools
 import json
 import math
 import os
-import re
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +29,7 @@ from comfybatch.inputs import (
 )
 from comfybatch.models import BatchSpec, JobSpec, SeedPolicy
 from comfybatch.sheets import EMPTY, cell_value, read_sheet
+from comfybatch.slug import label_slug
 from comfybatch.values import BUILTIN_RULES, InvalidValue, Kind, Rule, apply_rule
 
 MAX_JOBS = 100_000
@@ -243,7 +242,7 @@ class _Expander:
             if all(cell is EMPTY for cell in cells):  # a blank row is a spacer, not an item
                 continue
             row = offset + 2  # as a spreadsheet numbers it: the header is row 1
-            label = "" if label_at is None or cells[label_at] is EMPTY else _slug(str(cells[label_at]))
+            label = "" if label_at is None or cells[label_at] is EMPTY else label_slug(str(cells[label_at]))
             items.append(_Item(self._row_values(cells, row, params), row=row, label=label))
         if not items:
             self.problem("the sheet has no rows with values", field="sheet")
@@ -290,8 +289,8 @@ class _Expander:
             item_index = number * len(points) + offset
             values = {**defaults, **item.values, **point}  # precedence: sweep > row or prompt > defaults
             inputs = {name: self.images[values[name]] for name in self.uploads if name in values}
-            stem = next((_slug(location_stem(found.location)) for found in inputs.values()), "")
-            label = item.label or stem or _slug(str(values.get("prompt", ""))) or "item"
+            stem = next((label_slug(location_stem(found.location)) for found in inputs.values()), "")
+            label = item.label or stem or label_slug(str(values.get("prompt", ""))) or "item"
             # The graph names each input by its content; the values record where it came from and its digest.
             bound = {**values, **{name: found.server_name for name, found in inputs.items()}}
             values = {**values, **{name + SHA_SUFFIX: found.sha256 for name, found in inputs.items()}}
@@ -367,14 +366,3 @@ def _seed(spec: BatchSpec, item_index: int, image: int, explicit: int | None) ->
         return int.from_bytes(hashlib.sha256(material).digest()[:8], "big") % _RANDOM_SEED_MODULUS
     item_seed = explicit if explicit is not None else spec.base_seed + item_index * spec.images_per_item
     return item_seed if spec.seed_policy is SeedPolicy.FIXED else item_seed + image
-
-
-def _slug(text: str, *, max_words: int = 6, max_chars: int = 40) -> str:
-    plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
-    words = re.findall(r"[a-z0-9]+", plain)[:max_words]
-    slug = words[0][:max_chars] if words else ""
-    for word in words[1:]:
-        if len(slug) + 1 + len(word) > max_chars:
-            break
-        slug += f"-{word}"
-    return slug

@@ -143,6 +143,12 @@ def validation_text(exc: ValidationError, *, fields: Iterable[str] = ()) -> str:
     return "\n".join(f"  - {problem}" for problem in validation_problems(exc, fields=fields))
 
 
+def validation_line(exc: ValidationError) -> str:
+    """pydantic's errors on one line, each as `loc: msg` (`slots: Input should be greater than 0; url: …`): the
+    message of a config entry or a sheet that a model refused."""
+    return "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors())
+
+
 def unreachable_line(unreachable: Mapping[str, str], total: int) -> str:
     """Servers that did not answer, in one line: `2 of 3 servers did not answer: gpu-a, gpu-b (connection refused)`."""
     names = ", ".join(sorted(unreachable))

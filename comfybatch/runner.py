@@ -1,7 +1,6 @@
 """Run a batch in this process with a progress bar: what `comfybatch run` and `demo` do."""
 
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from comfybatch.errors import BatchIncomplete, BatchRequestError, RequestProblem
 from comfybatch.flows.batch import generate_batch
 from comfybatch.models import BatchReport, BatchSpec
+from comfybatch.slug import name_slug
 from comfybatch.tasks.events import add_listener
 
 _FINAL = {"comfybatch.item.done", "comfybatch.item.failed", "comfybatch.item.skipped"}
@@ -39,7 +39,7 @@ def default_name(workflow: str, sheet: str | None) -> str:
     """A stable batch name, so running the same command again resumes the same batch."""
     stem = Path(workflow).stem if workflow.endswith(".json") else workflow
     text = f"{stem}-{Path(sheet).stem}" if sheet else stem
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:63] or "batch"
+    return name_slug(text, fallback="batch")
 
 
 async def run_with_progress(spec: BatchSpec, *, console: Console | None = None) -> tuple[BatchReport, int]:
@@ -59,7 +59,7 @@ async def run_with_progress(spec: BatchSpec, *, console: Console | None = None) 
         try:
             report = await generate_batch(spec)
         except BatchIncomplete as incomplete:
-            report = incomplete.report if isinstance(incomplete.report, BatchReport) else BatchReport(name=spec.name)
+            report = incomplete.report if incomplete.report is not None else BatchReport(name=spec.name)
         finally:
             remove()
     print_report(report, console)

@@ -19,6 +19,7 @@ from pydantic import SecretStr, ValidationError
 
 from comfybatch.blocks.server import CONFIG_SOURCES, ComfyUIServer, ServerConfig, name_from_url
 from comfybatch.errors import ConfigError
+from comfybatch.problems import validation_line
 from comfybatch.settings import Settings
 from comfybatch.tasks.leases import api_url, prefect_client
 
@@ -67,8 +68,7 @@ def _from_entry(entry: Any, index: int, settings: Settings, *, path: str) -> Ser
             api_token=SecretStr(token) if token else None, source="toml", display_name=entry.get("display_name"),
         )  # fmt: skip
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{path}: [[servers]] entry {index}: {problems}") from None
+        raise ConfigError(f"{path}: [[servers]] entry {index}: {validation_line(exc)}") from None
 
 
 async def sync_fleet(servers: Sequence[ServerConfig], *, saved: Sequence[ServerConfig] | None = None) -> None:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from comfybatch.comfy.client import ComfyClient
 from comfybatch.comfy.session import borrow_session
+from comfybatch.slug import name_slug
 
 SERVER_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
@@ -25,7 +26,7 @@ def limit_name(server: str) -> str:
 def name_from_url(url: str) -> str:
     """A stable server name for a bare URL: `http://gpu-a:8188` -> `gpu-a-8188`."""
     netloc = re.sub(r"^[a-z]+://", "", url.lower()).split("/", 1)[0]
-    return re.sub(r"[^a-z0-9]+", "-", netloc).strip("-")[:63] or "comfyui"
+    return name_slug(netloc, fallback="comfyui")
 
 
 class ServerConfig(BaseModel):

@@ -89,7 +89,7 @@ class BatchFailed(BatchIncomplete):
                 lines.append(f"  why: {status.reason}")
             lines.extend(f"  - item {f.index if f.index is not None else '?'} ({f.key}): {f.error}"
                          for f in status.failures)  # fmt: skip
-        super().__init__("\n".join(lines), report=statuses[0] if len(statuses) == 1 else statuses)
+        super().__init__("\n".join(lines), report=None)  # no flow's BatchReport here: `statuses` says it all
         self.statuses = statuses
 
 

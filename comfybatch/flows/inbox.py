@@ -10,9 +10,8 @@ allows one at a time.
 import asyncio
 import hashlib
 import json
-import re
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -21,11 +20,14 @@ from comfybatch.errors import BatchIncomplete, BatchRequestError, ComfyBatchErro
 from comfybatch.flows.batch import generate_batch
 from comfybatch.models import BatchReport, BatchSpec
 from comfybatch.outputs.storage import OutputStore
+from comfybatch.problems import validation_line
 from comfybatch.settings import get_settings
 from comfybatch.sheets import SHEET_EXTENSIONS
+from comfybatch.slug import name_slug
 
 PROCESSING, DONE, FAILED = "processing", "done", "failed"
 _SPEC_COLUMNS = ("workflow",)  # a sheet may name its workflow in a column (one value for every row)
+SheetStatus = Literal["done", "failed", "duplicate", "skipped"]
 
 
 class SheetOutcome(BaseModel):
@@ -34,7 +36,7 @@ class SheetOutcome(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     sheet: str
-    status: str = Field(description="done | failed | duplicate")
+    status: SheetStatus = Field(description="done | failed | duplicate | skipped (another run took the sheet)")
     batch: str | None = None
     message: str = ""
     sha256: str = ""
@@ -86,8 +88,8 @@ async def _process(store: OutputStore, relpath: str, *, default_workflow: str | 
         outcome = SheetOutcome(sheet=name, status="done", batch=spec.name, sha256=digest, report=report,
                                message=f"{report.done} done, {report.skipped} already stored")  # fmt: skip
     except BatchIncomplete as incomplete:
-        partial = incomplete.report if isinstance(incomplete.report, BatchReport) else None
-        outcome = SheetOutcome(sheet=name, status="failed", sha256=digest, report=partial, message=str(incomplete))
+        outcome = SheetOutcome(sheet=name, status="failed", sha256=digest, report=incomplete.report,
+                               message=str(incomplete))  # fmt: skip
     except ComfyBatchError as error:  # a bad sheet or an unusable fleet: the sheet waits in failed/
         outcome = SheetOutcome(sheet=name, status="failed", sha256=digest, message=str(error))
     except Exception as error:  # a bug must not leave the sheet blocking the inbox in processing/
@@ -115,12 +117,11 @@ def _spec_for(store: OutputStore, claimed: str, default_workflow: str | None) ->
     fields.setdefault("workflow", _workflow_column(store, claimed) or default_workflow)
     if not fields["workflow"]:
         raise BatchRequestError(f"{stem}: no workflow: add a 'workflow' column or a {sidecar} sidecar")
-    fields.update(name=fields.get("name") or _batch_name(stem), sheet=store.uri(claimed))
+    fields.update(name=fields.get("name") or name_slug(stem, fallback="sheet"), sheet=store.uri(claimed))
     try:
         return BatchSpec.model_validate(fields)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise BatchRequestError(f"{stem}: {problems}") from None
+        raise BatchRequestError(f"{stem}: {validation_line(exc)}") from None
 
 
 def _workflow_column(store: OutputStore, claimed: str) -> str | None:
@@ -133,10 +134,6 @@ def _workflow_column(store: OutputStore, claimed: str) -> str | None:
             if len(values) == 1:
                 return values.pop()
     return None
-
-
-def _batch_name(stem: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")[:63] or "sheet"
 
 
 def _already_done(store: OutputStore, digest: str) -> bool:
