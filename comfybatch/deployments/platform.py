@@ -13,8 +13,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
@@ -22,6 +24,11 @@ from comfybatch.errors import ConfigError
 
 DEFAULT_PREFECT_PORT = 4200
 _EXEC_GRACE_S = 5.0
+Startup = Literal["ready", "exited", "timed out"]  # how a wait for a starting server's HTTP ended
+
+
+def _serves(status: int) -> bool:  # any answer but a server error: the process is serving
+    return status < 500
 
 
 @dataclass
@@ -147,15 +154,26 @@ def wait_for_http(url: str, *, component: Component, what: str, timeout_s: float
     Raises:
         ConfigError with the component's log tail when it exits or never answers.
     """
+    started = time.monotonic()
+    if poll_http(url, alive=lambda: _starting_or_alive(component, started), timeout_s=timeout_s) != "ready":
+        raise ConfigError(f"{what} did not start; last lines of {component.log}:\n{_tail(Path(component.log))}")
+
+
+def poll_http(url: str, *, alive: Callable[[], bool], timeout_s: float, ready: Callable[[int], bool] = _serves,
+              interval_s: float = 0.3, request_timeout_s: float = 5.0) -> Startup:  # fmt: skip
+    """Poll `url` until its status is `ready`, while the process behind it is `alive`: the one start-up wait of
+    `up` and of the test harness (which waits for 200 from its ComfyUI and Prefect servers)."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _starting_or_alive(component, deadline - timeout_s):
+    while time.monotonic() < deadline:
+        if not alive():
+            return "exited"
         try:
-            if httpx.get(url, timeout=5).status_code < 500:
-                return
+            if ready(httpx.get(url, timeout=request_timeout_s).status_code):
+                return "ready"
         except httpx.TransportError:
             pass
-        time.sleep(0.3)
-    raise ConfigError(f"{what} did not start; last lines of {component.log}:\n{_tail(Path(component.log))}")
+        time.sleep(interval_s)
+    return "timed out"
 
 
 def wait_for_deployment(api_url: str, name: str, *, timeout_s: float = 90.0, serve: Component | None = None) -> None:
@@ -164,16 +182,11 @@ def wait_for_deployment(api_url: str, name: str, *, timeout_s: float = 90.0, ser
     Raises:
         ConfigError with the serve log tail when it never appears.
     """
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if serve is not None and not _starting_or_alive(serve, deadline - timeout_s):
-            break
-        try:
-            if httpx.get(f"{api_url}/deployments/name/{name}", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
+    started = time.monotonic()
+    outcome = poll_http(f"{api_url}/deployments/name/{name}", timeout_s=timeout_s, ready=lambda status: status == 200,
+                        alive=lambda: serve is None or _starting_or_alive(serve, started), interval_s=0.5)  # fmt: skip
+    if outcome == "ready":
+        return
     tail = _tail(Path(serve.log)) if serve is not None else ""
     raise ConfigError(f"the deployments did not come up (no {name} after {timeout_s:g} s)\n{tail}")
 

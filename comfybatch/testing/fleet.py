@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Self
 
 import httpx
 
+from comfybatch.deployments.platform import poll_http
 from comfybatch.testing.checkpoint import ensure_tiny_checkpoint
 from comfybatch.testing.install import ComfyInstall, ensure_comfyui
 
@@ -46,17 +46,12 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], *, what: str, time
     Raises:
         ServerStartError with the tail of `log`.
     """
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ServerStartError(f"{what} exited during start-up\n{log_tail(log)}")
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.15)
-    raise ServerStartError(f"{what} not ready after {timeout_s:g} s\n{log_tail(log)}")
+    outcome = poll_http(url, alive=lambda: process.poll() is None, timeout_s=timeout_s,
+                        ready=lambda status: status == 200, interval_s=0.15, request_timeout_s=2.0)  # fmt: skip
+    if outcome == "exited":
+        raise ServerStartError(f"{what} exited during start-up\n{log_tail(log)}")
+    if outcome == "timed out":
+        raise ServerStartError(f"{what} not ready after {timeout_s:g} s\n{log_tail(log)}")
 
 
 def log_tail(log: Path, lines: int = 40) -> str:
