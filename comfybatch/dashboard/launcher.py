@@ -45,6 +45,7 @@ from comfybatch.blocks.fleet import saved_servers
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.dashboard.events import history_filter
 from comfybatch.dashboard.schemas import TERMINAL_STATES
+from comfybatch.deployments.catalog import GENERATE_BATCH  # the catalogue loads no flow on import
 from comfybatch.errors import (
     BatchConflict,
     BatchNotFound,
@@ -60,9 +61,6 @@ from comfybatch.records import JobJournal, JobRecord, read_plan
 from comfybatch.run_tags import RESUMED_FROM, SUBMITTED_BY, tag, without
 from comfybatch.settings import Settings
 
-# Same value as `deployments.catalog.GENERATE_BATCH` (a test keeps them equal): the dashboard never imports the
-# flow modules themselves, only the planning helpers of `comfybatch.flows`.
-GENERATE_BATCH = "generate-batch/generate-batch"
 BATCH_COUNT_LIMIT = 200  # the Prefect API's page cap: `/metrics` counts the newest this many batches
 ACTIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
 logger = logging.getLogger(__name__)

@@ -9,9 +9,6 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.deployments.runner import RunnerDeployment
 
-from comfybatch.flows.batch import generate_batch
-from comfybatch.flows.inbox import process_inbox
-from comfybatch.flows.shard import render_shard
 from comfybatch.settings import Settings
 
 GENERATE_BATCH = "generate-batch/generate-batch"
@@ -29,6 +26,11 @@ class Served:
 def catalog(settings: Settings) -> list[Served]:
     """`generate-batch` (on demand: Prefect UI form, REST API, dashboard), its `render-shard` children and
     `scheduled-production`."""
+    # Imported here, not at the top: the dashboard imports this module for GENERATE_BATCH, and never the flows.
+    from comfybatch.flows.batch import generate_batch
+    from comfybatch.flows.inbox import process_inbox
+    from comfybatch.flows.shard import render_shard
+
     schedule = (
         IntervalSchedule(interval=timedelta(seconds=settings.inbox_interval_s))
         if settings.inbox_interval_s

@@ -13,8 +13,7 @@ import pytest
 from PIL import Image
 
 from comfybatch.dashboard.app import create_app
-from comfybatch.dashboard.launcher import GENERATE_BATCH, Launcher
-from comfybatch.deployments.catalog import GENERATE_BATCH as CATALOG_GENERATE_BATCH
+from comfybatch.dashboard.launcher import Launcher
 from comfybatch.settings import Settings
 from tests.dashboard.conftest import (
     ALLOWED_ORIGIN,
@@ -31,11 +30,6 @@ from tests.support.graphs import fail, unique
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def test_launcher_deployment_name_is_the_catalog_one() -> None:
-    """The launcher triggers the deployment the catalog serves (it may not import flows to read the name)."""
-    assert GENERATE_BATCH == CATALOG_GENERATE_BATCH
 
 
 async def test_created_batch_completes_with_every_item_done(rendered: RenderedBatches) -> None:
