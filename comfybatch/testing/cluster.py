@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from comfybatch.deployments.workpool import POOL
 from comfybatch.testing.fleet import die_with_parent, log_tail
 
 REPO = Path(__file__).resolve().parents[2]
-POOL = "comfybatch"
 AUTOMATIONS = (REPO / "deploy" / "crash-zombies.yaml", REPO / "deploy" / "rerun-crashed.yaml")
 WORKER_ENV = {
     # Flow runs send heartbeats (none by default; 30 s is Prefect's minimum) for the zombie automation.
