@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
@@ -26,7 +26,8 @@ from prefect.events.filters import (
 
 from comfybatch.models import JobSpec
 
-ItemState = str  # running | progress | done | failed | retrying | skipped
+# What an item event says happened (`comfybatch.item.<state>`); the page and the SDK know these names.
+ItemState = Literal["running", "progress", "done", "failed", "retrying", "skipped"]
 Listener = Callable[[str, dict[str, Any]], None]
 _listeners: list[Listener] = []
 FINAL_EVENT = "comfybatch.batch.finished"
