@@ -1,14 +1,11 @@
 """The `ComfyUI Server` block (fleet config and secrets, editable in the Prefect UI)."""
 
 import re
-from contextlib import AbstractAsyncContextManager
 from typing import Literal
 
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from comfybatch.comfy.client import ComfyClient
-from comfybatch.comfy.session import borrow_session
 from comfybatch.slug import name_slug
 
 SERVER_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -30,7 +27,10 @@ def name_from_url(url: str) -> str:
 
 
 class ServerConfig(BaseModel):
-    """A resolved, frozen server description: what tasks receive (never a block or a client)."""
+    """A resolved, frozen server description: what tasks receive (never a block or a client).
+
+    `blocks.connection` connects to it, so this config model does not import the ComfyUI client.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -46,17 +46,6 @@ class ServerConfig(BaseModel):
     @property
     def limit_name(self) -> str:
         return limit_name(self.name)
-
-    def client(self) -> ComfyClient:
-        """A new client; the caller closes it (probes, one-off calls)."""
-        return ComfyClient(self.url, name=self.name, api_key=self._token())
-
-    def session(self) -> AbstractAsyncContextManager[ComfyClient]:
-        """Borrow the process's shared client for this server (one HTTP pool, one socket); jobs use this."""
-        return borrow_session(self.url, name=self.name, api_key=self._token())
-
-    def _token(self) -> str | None:
-        return self.api_token.get_secret_value() if self.api_token else None
 
 
 class ComfyUIServer(Block):

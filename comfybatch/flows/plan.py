@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from comfybatch.blocks.connection import client_for, session_for
 from comfybatch.blocks.fleet import configured_servers, load_fleet
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.comfy.intake import decode_workflow, detect_format, load_workflow
@@ -94,7 +95,7 @@ async def probe_fleet(
 
     async def probe(server: ServerConfig) -> tuple[ServerProbe, ObjectInfo | None]:
         try:
-            async with server.client() if classes is None else server.session() as comfy:
+            async with client_for(server) if classes is None else session_for(server) as comfy:
                 stats, info = await asyncio.gather(
                     comfy.get_system_stats(),
                     comfy.get_object_info(refresh=True) if classes is None else comfy.get_node_classes(classes),

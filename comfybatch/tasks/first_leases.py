@@ -10,6 +10,7 @@ from uuid import UUID
 
 import httpx
 
+from comfybatch.blocks.connection import session_for
 from comfybatch.blocks.fleet import configured_servers
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.settings import Settings
@@ -42,7 +43,7 @@ class FirstLeases:
         # Borrowing a session starts its event socket's connection; the session stays open for a while after its
         # last borrower, and the probe and the jobs come within that time (the probe opens its HTTP connections).
         for server in self.servers:
-            async with server.session():
+            async with session_for(server):
                 pass
         return self
 

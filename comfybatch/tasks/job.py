@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.tasks import TaskRunNameCallbackWithParameters
 
+from comfybatch.blocks.connection import session_for
 from comfybatch.comfy.client import new_prompt_id
 from comfybatch.comfy.events import ComfyEvent
 from comfybatch.comfy.follow import EventHandler, Timeouts
@@ -142,7 +143,7 @@ async def _run_on(job: JobSpec, slot: Slot, context: JobContext, attempt: int, *
     with context.in_flight.track(server.name, prompt_id, started=resume_prompt_id is not None) as tracked:
         # No `item.submitted`: the task run's own Running state says as much, and each event is work for the Prefect
         # server (its CPU per image is the fleet's limit at high rates). `item.running` names the server.
-        async with server.session() as comfy:  # borrowed: nothing per job opens a connection
+        async with session_for(server) as comfy:  # borrowed: nothing per job opens a connection
             result = await unless_moved(execute_job(
                 comfy, job, store=context.store, journal=context.journal, batch_dir=context.batch_dir,
                 timeouts=context.timeouts, attempt=attempt, resume_prompt_id=resume_prompt_id, lease_id=slot.lease_id,

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from comfybatch.blocks.connection import session_for
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.errors import ComfyBatchError, PromptMoved
 
@@ -52,7 +53,7 @@ class InFlight:
         if not waiting:
             return 0
         try:
-            async with server.session() as comfy:
+            async with session_for(server) as comfy:
                 await comfy.delete_queued([tracked.prompt_id for tracked in waiting])
                 queue = await comfy.get_queue()
         except ComfyBatchError as exc:

@@ -9,6 +9,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from comfybatch.blocks.connection import client_for
 from comfybatch.blocks.fleet import configured_servers, select_fleet
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.dashboard.deps import HubDep, KeyName, LauncherDep, SettingsDep
@@ -48,7 +49,7 @@ class _Probe:
 
 async def _probe(server: ServerConfig) -> _Probe:
     try:
-        async with asyncio.timeout(_HEALTH_TIMEOUT_S), server.client() as comfy:
+        async with asyncio.timeout(_HEALTH_TIMEOUT_S), client_for(server) as comfy:
             await comfy.get_system_stats()
             queue = await comfy.get_queue()
     except TimeoutError:
