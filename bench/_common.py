@@ -32,12 +32,13 @@ from comfybatch.comfy.client import ComfyClient
 from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.errors import BatchIncomplete
 from comfybatch.flows.batch import generate_batch
+from comfybatch.local.fleet import LocalComfyServer, LocalFleet
+from comfybatch.local.prefect_server import LocalPrefectServer
 from comfybatch.models import BatchSpec, Sweep
 from comfybatch.outputs.manifest import read_manifest
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.settings import get_settings
-from comfybatch.testing.fleet import LocalComfyServer, LocalFleet
-from comfybatch.testing.prefect_server import LocalPrefectServer
+from comfybatch.testing.fleet import HarnessFleet, journal_path
 
 BENCH_DIR = Path(__file__).resolve().parent
 OUT_DIR = BENCH_DIR / "out"
@@ -159,9 +160,9 @@ class Bench:
         """Executions of nodes whose nonce starts with `nonce_prefix`, on every server."""
         runs: list[NodeRun] = []
         for server in self.servers:
-            if not server.journal_path.exists():
+            if not journal_path(server).exists():
                 continue
-            for line in server.journal_path.read_text().splitlines():
+            for line in journal_path(server).read_text().splitlines():
                 entry = json.loads(line)
                 nonce = str(entry.get("nonce", ""))
                 if nonce.startswith(nonce_prefix) and entry.get("outcome") == "ok":
@@ -181,7 +182,7 @@ def bench_environment(
     """
     with tempfile.TemporaryDirectory(prefix="comfybatch-bench-") as tmp:
         root = Path(tmp)
-        fleet = LocalFleet(root / "comfy", count=servers, checkpoint=False)
+        fleet = HarnessFleet(root / "comfy", count=servers, checkpoint=False)
         prefect = LocalPrefectServer(root / "prefect")
         proxy: subprocess.Popen[str] | None = None
         try:

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Bench, bench_environment, cpu_seconds, delay_graph, stop_process, warm_up
 from _record import finished_status_reads
 
-from comfybatch.testing.fleet import free_port
+from comfybatch.local.fleet import free_port
 
 KEY = os.environ.get("BENCH_API_KEY") or "bench-" + uuid.uuid4().hex
 AUTH = {"Authorization": f"Bearer {KEY}"}

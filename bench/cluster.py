@@ -21,11 +21,11 @@ from typing import Any
 import httpx
 from _common import cpu_seconds
 
+from comfybatch.local.prefect_server import LocalPrefectServer
 from comfybatch.models import BatchSpec, Sweep
 from comfybatch.testing.cluster import POOL, LocalWorker, register
-from comfybatch.testing.fleet import LocalFleet
+from comfybatch.testing.fleet import HarnessFleet
 from comfybatch.testing.postgres import LocalPostgres
-from comfybatch.testing.prefect_server import LocalPrefectServer
 
 _FOREIGN = ("COMFYUI_URLS", "COMFYBATCH_", "PREFECT_")
 
@@ -111,7 +111,7 @@ def main() -> None:
         args.images, args.shard_size = 200, 50
     root = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     postgres = LocalPostgres(root / "postgres") if args.database == "postgres" else None
-    with LocalFleet(root / "comfy", count=args.servers, checkpoint=False) as fleet:
+    with HarnessFleet(root / "comfy", count=args.servers, checkpoint=False) as fleet:
         database_url = postgres.start() if postgres is not None else None
         prefect = LocalPrefectServer(root / "prefect", database_url=database_url)
         try:

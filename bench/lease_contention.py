@@ -20,7 +20,7 @@ import httpx
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from comfybatch.testing.prefect_server import LocalPrefectServer
+from comfybatch.local.prefect_server import LocalPrefectServer
 
 
 class _CountingTransport(httpx.AsyncHTTPTransport):

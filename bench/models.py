@@ -19,10 +19,10 @@ from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
 from comfybatch.blocks.server import name_from_url
 from comfybatch.flows.batch import generate_batch
+from comfybatch.local.fleet import LocalFleet
+from comfybatch.local.prefect_server import LocalPrefectServer
 from comfybatch.models import BatchSpec, Sweep
 from comfybatch.settings import get_settings
-from comfybatch.testing.fleet import LocalFleet
-from comfybatch.testing.prefect_server import LocalPrefectServer
 from comfybatch.testing.warm import add_checkpoint_names, checkpoint_loads
 
 GRAPH = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "api" / "txt2img_tiny.json"
@@ -42,7 +42,7 @@ def alternating_spec(name: str, servers: list[str], *, images: int, steps: int) 
 
 def run_mode(root: Path, prefect_url: str, *, routing: bool, images: int, steps: int) -> tuple[list[int], float]:
     """Loads per server and the batch's makespan (call to return), on two fresh servers."""
-    fleet = LocalFleet(root / f"comfy-{routing}", names=["bench-0", "bench-1"], test_nodes=False)
+    fleet = LocalFleet(root / f"comfy-{routing}", names=["bench-0", "bench-1"])
     assert fleet.checkpoint is not None
     for server in fleet.servers:
         add_checkpoint_names(server, fleet.checkpoint, MODELS)

@@ -212,10 +212,10 @@ async def _standalone_demo(spec: BatchSpec, servers: int) -> int:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from comfybatch.blocks.fleet import given_servers
+    from comfybatch.local.fleet import LocalFleet  # heavy: only for the local demo
+    from comfybatch.local.prefect_server import LocalPrefectServer
     from comfybatch.runner import run_with_progress
     from comfybatch.settings import get_settings
-    from comfybatch.testing.fleet import LocalFleet  # heavy: only for the local demo
-    from comfybatch.testing.prefect_server import LocalPrefectServer
 
     print(f"starting {servers} local CPU ComfyUI server(s) and Prefect (first run installs ComfyUI: a few minutes)",
           file=sys.stderr)  # fmt: skip

@@ -34,4 +34,4 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # ComfyUI 0.3.75 + CPU torch in their own venv under ~/.cache/comfybatch (once per machine).
-.venv/bin/python -m comfybatch.testing.install >/dev/null
+.venv/bin/python -m comfybatch.local.install >/dev/null

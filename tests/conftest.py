@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import stamina
 
-from comfybatch.testing.fleet import LocalComfyServer, LocalFleet
+from comfybatch.local.fleet import LocalComfyServer, LocalFleet
+from comfybatch.testing.fleet import HarnessFleet
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TESTS = Path(__file__).parent
@@ -84,7 +85,7 @@ def comfy_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SuiteFleet
         servers = [FleetServer(f"ext-{i}", url.strip().rstrip("/")) for i, url in enumerate(urls.split(",")) if url]
         yield SuiteFleet(servers, None)
         return
-    with LocalFleet(tmp_path_factory.mktemp("comfy"), count=2) as fleet:
+    with HarnessFleet(tmp_path_factory.mktemp("comfy"), count=2) as fleet:
         yield SuiteFleet([FleetServer(s.name, s.url, s) for s in fleet.servers], fleet)
 
 

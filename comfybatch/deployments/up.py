@@ -77,8 +77,8 @@ def _ensure_prefect(state: PlatformState, port: int) -> None:
         return
     if not port_free(port):
         raise ConfigError(f"port {port} is taken by another program: stop it, or pass --port to use another one")
-    from comfybatch.testing.fleet import ServerStartError
-    from comfybatch.testing.prefect_server import LocalPrefectServer
+    from comfybatch.local.fleet import ServerStartError
+    from comfybatch.local.prefect_server import LocalPrefectServer
 
     server = LocalPrefectServer(home() / "prefect", port=port, ui=True, die_with_parent=False)
     print(f"starting the Prefect server on port {port} ...", file=sys.stderr)
@@ -103,7 +103,7 @@ def _ensure_fleet(state: PlatformState, *, demo: bool, count: int) -> None:
     if not demo and not _ask("No ComfyUI servers are configured. Start a local CPU demo fleet with a tiny model?"):
         print("no fleet: set COMFYUI_URLS or write comfybatch.toml, then `comfybatch restart`", file=sys.stderr)
         return
-    from comfybatch.testing.fleet import LocalFleet, ServerStartError
+    from comfybatch.local.fleet import LocalFleet, ServerStartError
 
     print(f"starting {count} local CPU ComfyUI server(s) (the first time installs ComfyUI: minutes) ...",
           file=sys.stderr)  # fmt: skip

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from comfybatch.deployments.workpool import POOL
-from comfybatch.testing.fleet import die_with_parent, log_tail
+from comfybatch.local.fleet import die_with_parent, log_tail
 
 REPO = Path(__file__).resolve().parents[2]
 AUTOMATIONS = (REPO / "deploy" / "crash-zombies.yaml", REPO / "deploy" / "rerun-crashed.yaml")

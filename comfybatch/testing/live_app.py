@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import uvicorn
 from starlette.types import ASGIApp
 
-from comfybatch.testing.fleet import ServerStartError, free_port
+from comfybatch.local.fleet import ServerStartError, free_port
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import quote
 
-from comfybatch.testing.fleet import free_port, log_tail
+from comfybatch.local.fleet import free_port, log_tail
 
 INSTALL_HINT = "apt-get install postgresql"
 DEBIAN_ROOT = Path("/usr/lib/postgresql")

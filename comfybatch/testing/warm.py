@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from comfybatch.testing.fleet import LocalComfyServer
+from comfybatch.local.fleet import LocalComfyServer
 
 # ComfyUI logs this once per checkpoint it reads from disk (comfy/model_base.py), never for a cached loader output.
 _LOAD_LINE = "model_type "

@@ -23,7 +23,7 @@ from comfybatch.blocks.drain import set_draining
 from comfybatch.blocks.server import name_from_url
 from comfybatch.dashboard.app import create_app
 from comfybatch.dashboard.launcher import Launcher
-from comfybatch.testing.fleet import free_port
+from comfybatch.local.fleet import free_port
 from comfybatch.testing.live_app import serve_in_thread
 from tests.browser.conftest import Tab, batch_name, create_batch, new_tab
 from tests.dashboard.conftest import AUTH, DashboardPlatform

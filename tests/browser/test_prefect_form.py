@@ -9,7 +9,7 @@ from playwright.sync_api import Browser, expect
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from comfybatch.flows.batch import generate_batch
-from comfybatch.testing.prefect_server import LocalPrefectServer
+from comfybatch.local.prefect_server import LocalPrefectServer
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -15,7 +15,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from comfybatch.blocks.fleet import saved_servers
 from comfybatch.blocks.server import ComfyUIServer, name_from_url
-from comfybatch.testing.prefect_server import LocalPrefectServer
+from comfybatch.local.prefect_server import LocalPrefectServer
 from tests.conftest import FIXTURES, FleetServer, SuiteFleet
 from tests.flows.conftest import PREFECT_SOCKETS
 from tests.support import graphs

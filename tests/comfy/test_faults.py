@@ -10,7 +10,8 @@ from comfybatch.comfy.client import ComfyClient, new_prompt_id
 from comfybatch.comfy.follow import Timeouts
 from comfybatch.comfy.intake import load_workflow
 from comfybatch.errors import JobInterrupted, JobTimeout, ServerUnavailable
-from comfybatch.testing.fleet import LocalComfyServer
+from comfybatch.local.fleet import LocalComfyServer
+from comfybatch.testing.fleet import journal_path
 from comfybatch.testing.proxy import TcpProxy
 from tests.conftest import FleetServer
 from tests.support import graphs
@@ -25,9 +26,9 @@ async def _until_running(comfy: ComfyClient, prompt_id: str, *, timeout_s: float
 
 
 def _executions(server: LocalComfyServer, nonce: str) -> list[dict[str, object]]:
-    if not server.journal_path.exists():
+    if not journal_path(server).exists():
         return []
-    lines = [json.loads(line) for line in server.journal_path.read_text().splitlines() if line.strip()]
+    lines = [json.loads(line) for line in journal_path(server).read_text().splitlines() if line.strip()]
     return [line for line in lines if line.get("nonce") == nonce]
 
 

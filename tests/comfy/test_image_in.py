@@ -18,9 +18,9 @@ from comfybatch.errors import BatchRequestError
 from comfybatch.expansion import expand_batch
 from comfybatch.flows.plan import resolve_workflow
 from comfybatch.inputs import SUBFOLDER, InputPolicy, check_image, ensure_uploaded
+from comfybatch.local.fleet import LocalComfyServer, free_port
 from comfybatch.models import BatchSpec
 from comfybatch.pipeline import prepare_workflow
-from comfybatch.testing.fleet import LocalComfyServer, free_port
 from tests.conftest import FleetServer
 from tests.support import graphs
 

@@ -14,8 +14,8 @@ from comfybatch.comfy.preflight import check_workflow, split_problems
 from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.expansion import expand_batch
 from comfybatch.flows.plan import TEMPLATES_DIR, read_template
+from comfybatch.local.checkpoint import TINY_CHECKPOINT
 from comfybatch.models import BatchSpec
-from comfybatch.testing.checkpoint import TINY_CHECKPOINT
 from tests.conftest import FleetServer
 from tests.support import graphs
 

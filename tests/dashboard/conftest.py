@@ -16,9 +16,9 @@ from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventOcc
 
 from comfybatch.dashboard.app import create_app
 from comfybatch.dashboard.launcher import GENERATE_BATCH, Launcher
+from comfybatch.local.prefect_server import LocalPrefectServer
 from comfybatch.settings import Settings
 from comfybatch.testing.live_app import serve_in_thread
-from comfybatch.testing.prefect_server import LocalPrefectServer
 from tests.conftest import SuiteFleet
 from tests.platform.conftest import TERMINAL, ServeProcess, platform_prefect, serve_env, serving
 from tests.support.graphs import delay, unique

@@ -17,7 +17,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from comfybatch.testing.fleet import free_port, wait_for_http
+from comfybatch.local.fleet import free_port, wait_for_http
 from tests.dashboard.conftest import API_KEY, AUTH, DashboardPlatform, slow_spec
 from tests.platform.conftest import clean_env
 

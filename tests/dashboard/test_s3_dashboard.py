@@ -13,10 +13,10 @@ from PIL import Image
 from comfybatch.client import AsyncComfyBatchClient
 from comfybatch.dashboard.app import create_app
 from comfybatch.dashboard.launcher import GENERATE_BATCH, Launcher
+from comfybatch.local.prefect_server import LocalPrefectServer
 from comfybatch.outputs.manifest import read_manifest
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.settings import Settings
-from comfybatch.testing.prefect_server import LocalPrefectServer
 from tests.conftest import SuiteFleet
 from tests.dashboard.conftest import ALLOWED_ORIGIN, API_KEY, AUTH, wait_finished
 from tests.flows.test_image_inputs import INVERT

@@ -14,8 +14,8 @@ from schemathesis.specs.openapi.checks import content_type_conformance, status_c
 
 from comfybatch.dashboard.app import create_app
 from comfybatch.dashboard.launcher import GENERATE_BATCH, Launcher
+from comfybatch.local.prefect_server import LocalPrefectServer
 from comfybatch.settings import Settings
-from comfybatch.testing.prefect_server import LocalPrefectServer
 from tests.dashboard.conftest import API_KEY, AUTH
 
 EXAMPLES_PER_OPERATION = 25  # ~15 operations: a few hundred requests, well under a minute

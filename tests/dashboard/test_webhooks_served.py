@@ -12,8 +12,8 @@ import pytest
 
 from comfybatch.dashboard.app import create_app
 from comfybatch.dashboard.launcher import GENERATE_BATCH, Launcher
+from comfybatch.local.prefect_server import LocalPrefectServer
 from comfybatch.settings import Settings
-from comfybatch.testing.prefect_server import LocalPrefectServer
 from tests.conftest import SuiteFleet
 from tests.dashboard.conftest import API_KEY, AUTH, slow_spec, wait_finished
 from tests.platform.conftest import serve_env, serving

@@ -8,8 +8,8 @@ from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from comfybatch.blocks.server import name_from_url
+from comfybatch.local.prefect_server import LocalPrefectServer
 from comfybatch.settings import Settings, get_settings
-from comfybatch.testing.prefect_server import LocalPrefectServer
 from tests.conftest import SuiteFleet
 
 # Prefect caches API clients per event loop; when a test's loop ends, their sockets are collected

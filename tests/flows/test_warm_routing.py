@@ -8,11 +8,11 @@ import pytest
 
 from comfybatch.blocks.server import name_from_url
 from comfybatch.flows.batch import generate_batch
+from comfybatch.local.fleet import LocalComfyServer, LocalFleet
 from comfybatch.models import BatchSpec, Sweep
 from comfybatch.outputs.manifest import read_manifest
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.settings import get_settings
-from comfybatch.testing.fleet import LocalComfyServer, LocalFleet
 from comfybatch.testing.warm import add_checkpoint_names, checkpoint_loads
 from tests.conftest import FIXTURES, FleetServer, SuiteFleet
 from tests.flows.conftest import PREFECT_SOCKETS, use_test_settings
@@ -25,7 +25,7 @@ STEPS = 12
 @pytest.fixture
 def two_checkpoint_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LocalComfyServer]]:
     """Two fresh servers of their own (their logs count loads from zero), each with MODELS as checkpoints."""
-    fleet = LocalFleet(tmp_path_factory.mktemp("warm"), names=["warm-0", "warm-1"], test_nodes=False)
+    fleet = LocalFleet(tmp_path_factory.mktemp("warm"), names=["warm-0", "warm-1"])
     assert fleet.checkpoint is not None
     for server in fleet.servers:
         add_checkpoint_names(server, fleet.checkpoint, MODELS)

@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from comfybatch.local.fleet import die_with_parent, log_tail
+from comfybatch.local.prefect_server import LocalPrefectServer
 from comfybatch.testing.cluster import child_map
-from comfybatch.testing.fleet import die_with_parent, log_tail
-from comfybatch.testing.prefect_server import LocalPrefectServer
 from tests.conftest import SuiteFleet
 
 T = TypeVar("T")

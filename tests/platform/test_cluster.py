@@ -14,13 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
+from comfybatch.local.fleet import LocalComfyServer, LocalFleet
+from comfybatch.local.prefect_server import LocalPrefectServer
 from comfybatch.models import BatchSpec
 from comfybatch.outputs.manifest import read_manifest
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.testing.cluster import POOL, LocalWorker, register
-from comfybatch.testing.fleet import LocalComfyServer, LocalFleet
+from comfybatch.testing.fleet import HarnessFleet
 from comfybatch.testing.postgres import INSTALL_HINT, LocalPostgres, find_postgres
-from comfybatch.testing.prefect_server import LocalPrefectServer
 from tests.platform.conftest import TERMINAL, api_call, api_json, clean_env, wait_until
 from tests.support.batches import delay_spec, executions, finished_records, spec_nonces
 
@@ -87,7 +88,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     if find_postgres() is None:
         pytest.fail(MISSING, pytrace=False)
     root = tmp_path_factory.mktemp("cluster")
-    fleet = LocalFleet(root / "comfy", count=4, checkpoint=False)
+    fleet = HarnessFleet(root / "comfy", count=4, checkpoint=False)
     for server in fleet.servers:
         server.start()  # spawned now, waited for below: they start while PostgreSQL and Prefect do
     try:

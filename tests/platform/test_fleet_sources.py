@@ -10,9 +10,9 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from comfybatch.blocks.fleet import load_fleet, saved_servers
 from comfybatch.blocks.server import ComfyUIServer
+from comfybatch.local.prefect_server import LocalPrefectServer
 from comfybatch.settings import Settings
 from comfybatch.tasks.dispatch import SlotBroker
-from comfybatch.testing.prefect_server import LocalPrefectServer
 from tests.flows.conftest import PREFECT_SOCKETS
 
 pytestmark = [pytest.mark.anyio, PREFECT_SOCKETS, pytest.mark.timeout(120)]

@@ -10,7 +10,7 @@ import pytest
 
 from comfybatch.blocks.server import name_from_url
 from comfybatch.deployments.platform import is_alive, stop_component
-from comfybatch.testing.fleet import free_port
+from comfybatch.local.fleet import free_port
 from tests.conftest import SuiteFleet
 from tests.platform.conftest import TERMINAL, api_call, api_json, clean_env, wait_until
 from tests.platform.test_up import _comfybatch, _components

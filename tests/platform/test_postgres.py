@@ -17,12 +17,12 @@ from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from comfybatch.flows.batch import generate_batch
+from comfybatch.local.prefect_server import LocalPrefectServer
 from comfybatch.models import BatchSpec
 from comfybatch.outputs.manifest import read_manifest
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.settings import Settings, get_settings
 from comfybatch.testing.postgres import INSTALL_HINT, LocalPostgres, find_postgres
-from comfybatch.testing.prefect_server import LocalPrefectServer
 from tests.conftest import SuiteFleet
 from tests.flows.conftest import PREFECT_SOCKETS, server_names, use_test_settings
 

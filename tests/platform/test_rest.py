@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from comfybatch.deployments.catalog import GENERATE_BATCH
-from comfybatch.testing.prefect_server import LocalPrefectServer
+from comfybatch.local.prefect_server import LocalPrefectServer
 from tests.conftest import SuiteFleet
 from tests.platform.conftest import TERMINAL, ServeProcess, api_call, api_json, serve_env, serving, wait_until
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from comfybatch.deployments.catalog import GENERATE_BATCH, SCHEDULED_PRODUCTION
-from comfybatch.testing.prefect_server import LocalPrefectServer
+from comfybatch.local.prefect_server import LocalPrefectServer
 from tests.conftest import SuiteFleet
 from tests.platform.conftest import (
     TERMINAL,

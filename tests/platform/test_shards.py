@@ -9,10 +9,10 @@ import pytest
 
 from comfybatch.blocks.server import name_from_url
 from comfybatch.deployments.catalog import GENERATE_BATCH
+from comfybatch.local.prefect_server import LocalPrefectServer
 from comfybatch.models import BatchSpec
 from comfybatch.outputs.manifest import read_manifest
 from comfybatch.outputs.storage import OutputStore
-from comfybatch.testing.prefect_server import LocalPrefectServer
 from tests.conftest import SuiteFleet
 from tests.platform.conftest import TERMINAL, ServeProcess, api_call, api_json, serve_env, serving, wait_until
 from tests.support.batches import delay_spec, finished_records

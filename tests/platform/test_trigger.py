@@ -14,7 +14,7 @@ import pytest
 
 from comfybatch.blocks.server import name_from_url
 from comfybatch.deployments.catalog import GENERATE_BATCH
-from comfybatch.testing.prefect_server import LocalPrefectServer
+from comfybatch.local.prefect_server import LocalPrefectServer
 from tests.conftest import SuiteFleet
 from tests.platform.conftest import (
     TERMINAL,

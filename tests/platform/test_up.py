@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from comfybatch.deployments.platform import Component, is_alive, stop_component
-from comfybatch.testing.fleet import free_port
+from comfybatch.local.fleet import free_port
 from tests.platform.conftest import clean_env, running
 
 pytestmark = pytest.mark.timeout(180)

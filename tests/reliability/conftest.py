@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from comfybatch.local.fleet import LocalComfyServer, LocalFleet
+from comfybatch.local.prefect_server import LocalPrefectServer
 from comfybatch.settings import Settings, get_settings
-from comfybatch.testing.fleet import LocalComfyServer, LocalFleet
-from comfybatch.testing.prefect_server import LocalPrefectServer
+from comfybatch.testing.fleet import HarnessFleet
 from tests.conftest import FleetServer, SuiteFleet
 from tests.flows.conftest import use_test_settings
 from tests.support.faults import prefect_api_of
@@ -20,7 +21,7 @@ def reliability_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loca
     """Four servers of this module's own, never the session's: its tests kill, hang and cut them."""
     if os.environ.get("COMFYBATCH_TEST_COMFY_URLS"):
         pytest.skip("kills and hangs servers; not with COMFYBATCH_TEST_COMFY_URLS")
-    with LocalFleet(tmp_path_factory.mktemp("reliability"), names=[f"rel-{index}" for index in range(4)]) as fleet:
+    with HarnessFleet(tmp_path_factory.mktemp("reliability"), names=[f"rel-{index}" for index in range(4)]) as fleet:
         yield fleet
 
 

@@ -24,12 +24,12 @@ from comfybatch.blocks.server import limit_name, name_from_url
 from comfybatch.comfy.client import ComfyClient
 from comfybatch.comfy.intake import load_workflow
 from comfybatch.flows.batch import generate_batch
+from comfybatch.local.fleet import LocalComfyServer
+from comfybatch.local.prefect_server import LocalPrefectServer
 from comfybatch.models import BatchSpec
 from comfybatch.outputs.manifest import read_manifest
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.settings import Settings
-from comfybatch.testing.fleet import LocalComfyServer
-from comfybatch.testing.prefect_server import LocalPrefectServer
 from comfybatch.testing.proxy import TcpProxy
 from tests.flows.conftest import PREFECT_SOCKETS
 from tests.reliability.conftest import use_servers

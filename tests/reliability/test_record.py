@@ -11,7 +11,7 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 
 from comfybatch.deployments.catalog import GENERATE_BATCH
-from comfybatch.testing.prefect_server import LocalPrefectServer
+from comfybatch.local.prefect_server import LocalPrefectServer
 from tests.conftest import SuiteFleet
 from tests.platform.conftest import TERMINAL, _descendants, platform_prefect, serve_env, serving
 from tests.support import batches, faults

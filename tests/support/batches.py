@@ -5,8 +5,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from comfybatch.local.fleet import LocalComfyServer
 from comfybatch.models import BatchSpec, Sweep
-from comfybatch.testing.fleet import LocalComfyServer
+from comfybatch.testing.fleet import journal_path
 
 
 def through_graph(node: str, **inputs: Any) -> dict[str, Any]:
@@ -45,9 +46,9 @@ def executions(*servers: LocalComfyServer, outcome: str = "ok") -> dict[str, int
     """How often each nonce ran with `outcome`, across the servers' node journals."""
     counts: dict[str, int] = {}
     for server in servers:
-        if not server.journal_path.exists():
+        if not journal_path(server).exists():
             continue
-        for line in server.journal_path.read_text().splitlines():
+        for line in journal_path(server).read_text().splitlines():
             entry = json.loads(line)
             if entry.get("outcome") == outcome:
                 counts[entry["nonce"]] = counts.get(entry["nonce"], 0) + 1

@@ -11,8 +11,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from comfybatch.blocks.server import name_from_url
 from comfybatch.flows.batch import generate_batch
+from comfybatch.local.fleet import LocalComfyServer
 from comfybatch.models import BatchReport, BatchSpec
-from comfybatch.testing.fleet import LocalComfyServer
 from tests.support import batches
 
 

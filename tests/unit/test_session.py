@@ -7,7 +7,7 @@ import pytest
 
 from comfybatch.comfy.client import ComfyClient
 from comfybatch.comfy.session import borrow_session, close_sessions, open_sessions
-from comfybatch.testing.fleet import free_port
+from comfybatch.local.fleet import free_port
 
 pytestmark = pytest.mark.anyio
 

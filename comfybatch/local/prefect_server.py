@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from comfybatch.testing.fleet import ServerStartError, die_with_parent, free_port, wait_for_http
+from comfybatch.local.fleet import ServerStartError, die_with_parent, free_port, wait_for_http
 
 # Leases must survive a server restart, or slots held at that moment never come back (prefect-notes §1).
 SERVER_ENV = {

@@ -114,7 +114,7 @@ def _run(command: list[str], *, log: bool) -> None:
 
 def _say(log: bool, message: str) -> None:
     if log:
-        print(f"[comfybatch.testing] {message}", file=sys.stderr, flush=True)
+        print(f"[comfybatch.local] {message}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

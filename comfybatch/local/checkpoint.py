@@ -4,7 +4,7 @@ import hashlib
 import subprocess
 from pathlib import Path
 
-from comfybatch.testing.install import ComfyInstall, cache_root
+from comfybatch.local.install import ComfyInstall, cache_root
 
 GENERATOR = Path(__file__).with_name("tiny_checkpoint.py")
 TINY_CHECKPOINT = "comfybatch-tiny-sd15.ckpt"  # the name workflows put in `ckpt_name`
