@@ -16,6 +16,7 @@ import pandas as pd  # type: ignore[import-untyped]  # no stubs installed (panda
 
 from comfybatch.comfy.object_info import InputSpec, ObjectInfo
 from comfybatch.comfy.parameters import UPLOAD_INPUTS, InputPath
+from comfybatch.comfy.rule import spec_rule
 from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.errors import BatchRequestError, BindingError, RequestProblem
 from comfybatch.inputs import (
@@ -48,9 +49,6 @@ class Expansion:
 
     jobs: list[JobSpec]
     duplicates: int = 0
-
-
-_SPEC_KINDS: dict[str, Kind] = {"INT": "int", "FLOAT": "float", "BOOLEAN": "bool", "STRING": "str"}
 
 
 @dataclass(frozen=True)
@@ -318,7 +316,7 @@ class _Expander:
 def _rules(template: ApiWorkflow, name: str, paths: list[InputPath], object_info: ObjectInfo | None) -> list[Rule]:
     rules = [BUILTIN_RULES[name]] if name in BUILTIN_RULES else []
     if object_info is not None:
-        rules += [rule for path in paths if (rule := _spec_rule(_input_spec(template, object_info, path)))]
+        rules += [rule for path in paths if (rule := spec_rule(_input_spec(template, object_info, path)))]
     if rules or not paths:
         return rules
     value = template.get_input(paths[0].node_id, paths[0].input_name)  # undeclared: go by the template's value
@@ -344,13 +342,6 @@ def _folder_of(location: str) -> str:
 def _input_spec(template: ApiWorkflow, object_info: ObjectInfo, path: InputPath) -> InputSpec | None:
     class_type = template.class_type(path.node_id)
     return object_info.input_spec(class_type, path.input_name) if object_info.has_class(class_type) else None
-
-
-def _spec_rule(spec: InputSpec | None) -> Rule | None:
-    if spec is None or spec.is_combo:
-        return Rule("combo", choices=spec.choices) if spec is not None and spec.choices else None
-    low, high = (v if isinstance(v, int | float) and not isinstance(v, bool) else None for v in (spec.min, spec.max))
-    return Rule(kind, min=low, max=high) if (kind := _SPEC_KINDS.get(spec.type)) else None
 
 
 def _set_names(spec: BatchSpec, sheet: pd.DataFrame | None) -> set[str]:

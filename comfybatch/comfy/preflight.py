@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 from comfybatch.comfy.graph import is_link, node_sort_key
 from comfybatch.comfy.object_info import InputSpec, ObjectInfo
 from comfybatch.comfy.rejection import FILE_INPUTS, server_lacks
+from comfybatch.comfy.rule import OutOfRange, check_bounds, spec_rule
 from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.errors import NodeProblem, WorkflowRejected
 
@@ -232,11 +233,15 @@ def _types_match(received: Any, expected: Any) -> bool:
 
 
 def _range_problem(value: Any, spec: InputSpec) -> tuple[str, str] | None:
+    """The server's min/max check, in its kinds and words, through the rule `/object_info` declares (`spec_rule`)."""
+    if (rule := spec_rule(spec)) is None or rule.kind == "combo":
+        return None
     try:
-        if spec.min is not None and value < spec.min:
-            return "value_smaller_than_min", f"{value!r} is smaller than the minimum {spec.min}"
-        if spec.max is not None and value > spec.max:
-            return "value_bigger_than_max", f"{value!r} is bigger than the maximum {spec.max}"
+        check_bounds(rule, value)
+    except OutOfRange as exc:  # a spec rule has no multiple_of: the server does not check `step`
+        if exc.bound == "min":
+            return "value_smaller_than_min", f"{value!r} is smaller than the minimum {exc.limit}"
+        return "value_bigger_than_max", f"{value!r} is bigger than the maximum {exc.limit}"
     except TypeError:  # the server would raise here too (exception_during_validation)
         return "invalid_input_type", f"{value!r} cannot be compared with the range of {spec.type}"
     return None
