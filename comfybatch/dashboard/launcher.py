@@ -4,8 +4,7 @@ import asyncio
 import hashlib
 import json
 import logging
-import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -14,7 +13,7 @@ from uuid import UUID
 from weakref import WeakKeyDictionary, WeakValueDictionary
 
 import httpx
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
     DeploymentFilter,
@@ -43,6 +42,7 @@ from pydantic import ValidationError
 from comfybatch.blocks.drain import draining_servers
 from comfybatch.blocks.fleet import saved_servers
 from comfybatch.blocks.server import ServerConfig
+from comfybatch.dashboard.cache import SharedFetches
 from comfybatch.dashboard.events import history_filter
 from comfybatch.dashboard.schemas import TERMINAL_STATES
 from comfybatch.deployments.catalog import GENERATE_BATCH  # the catalogue loads no flow on import
@@ -94,44 +94,6 @@ def left_before(record: JobRecord, since: float) -> bool:
     return result is not None and result.status in ("failed", "cancelled") and (result.finished_at or 0.0) < since
 
 
-def _failed(task: "asyncio.Task[Any]") -> bool:
-    return task.done() and (task.cancelled() or task.exception() is not None)
-
-
-class _Recent:
-    """Answers shared for `ttl_s`: many clients polling one batch cost Prefect one read per interval.
-
-    Concurrent misses share one fetch (the in-flight task), so a burst of polls is one request too.
-    """
-
-    def __init__(self, ttl_s: float, size: int = 512) -> None:
-        self.ttl_s = ttl_s
-        self.size = size
-        self._entries: OrderedDict[Hashable, tuple[float, asyncio.Task[Any]]] = OrderedDict()
-
-    async def get(self, key: Hashable, fetch: Callable[[], Awaitable[T]]) -> T:
-        entry = self._entries.get(key)
-        if entry is None or time.monotonic() > entry[0] or _failed(entry[1]):
-            entry = (time.monotonic() + self.ttl_s, asyncio.ensure_future(fetch()))
-            self._entries[key] = entry
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-        self._entries.move_to_end(key)
-        result: T = await asyncio.shield(entry[1])
-        return result
-
-    def keep(self, key: Hashable, ttl_s: float) -> None:
-        """Keep a fetched answer for `ttl_s` from now."""
-        if (entry := self._entries.get(key)) is not None:
-            self._entries[key] = (time.monotonic() + ttl_s, entry[1])
-
-    def forget(self, key: Hashable) -> None:
-        self._entries.pop(key, None)
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-
 class Launcher:
     """Start, list, read and cancel batches: flow runs of `generate-batch`, outputs in the store."""
 
@@ -144,11 +106,11 @@ class Launcher:
         # Answers about runs that ended a while ago (their record no longer changes until someone resumes them),
         # by what the answer depends on: a status read of a finished 100,000-image batch costs a lookup.
         self.settled: LRUCache[Hashable, Any] = LRUCache(maxsize=_SETTLED_KEPT)
-        self._journals: OrderedDict[UUID, dict[str, JobRecord]] = OrderedDict()
+        self._journals: LRUCache[UUID, dict[str, JobRecord]] = LRUCache(maxsize=_JOURNALS_KEPT)
         self._folders: dict[UUID, str] = {}  # new_version runs: the version folder each claimed
         self._endings: dict[UUID, str] = {}  # ended runs: why
         # idempotency key -> the run it created and the fingerprint of the body it was created from
-        self._started: OrderedDict[str, tuple[UUID, str]] = OrderedDict()
+        self._started: LRUCache[str, tuple[UUID, str]] = LRUCache(maxsize=_STARTED_KEPT)
         self._creating: dict[str, tuple[str, asyncio.Future[tuple[FlowRun, str]]]] = {}
         # server name -> (when, why) of the last failed probe this process saw: the fleet panel's "last error"
         self.probe_failures: dict[str, tuple[datetime, str]] = {}
@@ -159,8 +121,8 @@ class Launcher:
         self._clients: WeakKeyDictionary[asyncio.AbstractEventLoop, PrefectClient] = WeakKeyDictionary()
         self._keep_client = False
         self._events_client: PrefectEventsClient | None = None
-        self._deployment: tuple[float, UUID] | None = None
-        self._recent = _Recent(ttl_s=_POLL_TTL_S)  # only while kept open: tasks belong to the app's loop
+        self._deployment_ids: TTLCache[str, UUID] = TTLCache(maxsize=1, ttl=_DEPLOYMENT_TTL_S)
+        self._recent = SharedFetches(ttl_s=_POLL_TTL_S)  # only while kept open: tasks belong to the app's loop
 
     def _new_client(self) -> PrefectClient:
         api_url = self.api_url or PREFECT_API_URL.value()
@@ -198,19 +160,19 @@ class Launcher:
             await events.__aexit__(None, None, None)
 
     async def _shared(self, key: Hashable, fetch: Callable[[], Awaitable[T]]) -> T:
-        """`fetch()`, shared between requests for a moment while the app runs (see `_Recent`)."""
+        """`fetch()`, shared between requests for a moment while the app runs (see `SharedFetches`)."""
         if not self._keep_client:
             return await fetch()
         return await self._recent.get(key, fetch)
 
     async def _deployment_id(self, client: PrefectClient) -> UUID:
-        if self._deployment is not None and time.monotonic() - self._deployment[0] < _DEPLOYMENT_TTL_S:
-            return self._deployment[1]
+        if (known := self._deployment_ids.get(self.deployment)) is not None:
+            return known
         try:
             deployment = await client.read_deployment_by_name(self.deployment)
         except ObjectNotFound as exc:
             raise PlatformUnavailable(f"deployment {self.deployment!r} is not served (run `comfybatch serve`)") from exc
-        self._deployment = (time.monotonic(), deployment.id)
+        self._deployment_ids[self.deployment] = deployment.id
         return deployment.id
 
     async def start(self, spec: BatchSpec, idempotency_key: str | None, submitted_by: str) -> FlowRun:
@@ -269,8 +231,6 @@ class Launcher:
         # Prefect returns the key's existing run to a create as well: the body is always the stored one's.
         stored = body_fingerprint(run.parameters.get("spec"))
         self._started[scoped_key] = (run.id, stored)
-        while len(self._started) > _STARTED_KEPT:
-            self._started.popitem(last=False)
         return run, stored
 
     async def _create(self, name: str, parameter: dict[str, Any], scoped_key: str | None, submitted_by: str) -> FlowRun:
@@ -607,9 +567,6 @@ class Launcher:
         records = await JobJournal(self.store_of(spec), await self.batch_dir(spec, run_id)).load(known)
         if run_id is not None:
             self._journals[run_id] = records
-            self._journals.move_to_end(run_id)
-            while len(self._journals) > _JOURNALS_KEPT:
-                self._journals.popitem(last=False)
         return records
 
     async def read_file(self, spec: BatchSpec, relpath: str) -> bytes:
