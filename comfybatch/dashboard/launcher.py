@@ -550,23 +550,22 @@ class Launcher:
             self._folders[run_id] = folder
         return folder
 
-    async def records(
-        self, spec: BatchSpec, run_id: UUID | None = None, *, since: datetime | None = None
-    ) -> dict[str, JobRecord]:
-        """The batch's job journal, by item key (empty before the first job was submitted).
+    async def records(self, spec: BatchSpec, run: FlowRun) -> dict[str, JobRecord]:
+        """The batch's job journal as `run` reads it, by item key (empty before the first job was submitted).
 
-        With `run_id`, finished records read before are reused: polling a big batch reads only new files. With
-        `since` (the run's creation), a failed or cancelled record finished before it is read again: a resumed run
-        rewrites it.
+        Finished records read before for the run are reused: polling a big batch reads only new files. A failed or
+        cancelled record an earlier run left before this one was created is read again every time: this run (a
+        resume) rewrites it, and a reused copy would hide its new files (every reader, images included).
         """
-        known = self._journals.get(run_id) if run_id is not None else None
-        if known is not None and since is not None:
-            known = {key: record for key, record in known.items() if not left_before(record, since.timestamp())}
+        run_id = run.id
+        known = self._journals.get(run_id)
+        if known is not None and run.created is not None:
+            since = run.created.timestamp()
+            known = {key: record for key, record in known.items() if not left_before(record, since)}
         # Read afresh every time (only unfinished records cost a file read): a page reloaded mid-batch must never see
         # an item older than the events it already showed, so no shared, seconds-old answer here.
         records = await JobJournal(self.store_of(spec), await self.batch_dir(spec, run_id)).load(known)
-        if run_id is not None:
-            self._journals[run_id] = records
+        self._journals[run_id] = records
         return records
 
     async def read_file(self, spec: BatchSpec, relpath: str) -> bytes:

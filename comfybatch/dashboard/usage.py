@@ -82,7 +82,7 @@ async def _rendered_by(launcher: Launcher, run: FlowRun) -> list[_Rendered]:
     folder = launcher.store_of(spec).uri(await launcher.batch_dir(spec, run.id))
     rendered = [
         _Rendered(folder, key, result.finished_at, result.server or "", result.gpu_seconds)
-        for key, record in (await launcher.records(spec, run.id)).items()
+        for key, record in (await launcher.records(spec, run)).items()
         if (result := record.result) is not None and result.status == "done" and result.gpu_seconds is not None
         and result.finished_at is not None and begin <= result.finished_at <= end
     ]  # fmt: skip

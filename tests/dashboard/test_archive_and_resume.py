@@ -137,6 +137,32 @@ async def test_retry_failed_resumes_the_batch_rendering_only_its_failed_item(
     assert "nothing left" in nothing_left.json()["detail"]
 
 
+async def test_resumed_item_image_is_served_once_rendered_even_after_an_early_read(
+    client: httpx.AsyncClient, dashboard_platform: DashboardPlatform, tmp_path: Path
+) -> None:
+    """The image of an item a resume renders again is served once it is stored, although the resumed run's journal
+    was read (and its earlier failed record kept) before: the dashboard rereads a record an earlier run left."""
+    name = f"dash-reread-{uuid.uuid4().hex[:6]}"
+    created = await client.post("/api/batches", json=flaky_spec(name, dashboard_platform, tmp_path), headers=AUTH)
+    first = await wait_finished(client, created.json()["batch_id"])
+    failed_key = (await client.get(f"/api/batches/{first['batch_id']}/items", headers=AUTH)).json()["items"][1]["key"]
+    resumed = (await client.post(f"/api/batches/{first['batch_id']}/resume", headers=AUTH)).json()["batch_id"]
+    image = f"/api/batches/{resumed}/items/{failed_key}/image"
+    early = await client.get(image, headers=AUTH)  # the resumed run has not rendered it yet
+    async with httpx.AsyncClient(base_url=dashboard_platform.api_url, timeout=30) as prefect:
+        with anyio.fail_after(120):
+            for _ in iter(int, 1):  # Prefect's word, not the dashboard's: no status read refreshes its journal
+                if (await prefect.get(f"/flow_runs/{resumed}")).json()["state_type"] in ("COMPLETED", "FAILED"):
+                    break
+                await anyio.sleep(0.5)
+
+    late = await client.get(image, headers=AUTH)
+
+    assert early.status_code == 404, early.text
+    assert late.status_code == 200, late.text
+    assert late.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 async def test_list_shows_counts_template_submitter_and_duration(
     client: httpx.AsyncClient, rendered: RenderedBatches
 ) -> None:

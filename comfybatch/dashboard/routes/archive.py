@@ -7,6 +7,7 @@ from uuid import UUID
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
+from prefect.client.schemas.objects import FlowRun
 
 from comfybatch.dashboard.deps import KeyName, LauncherDep
 from comfybatch.dashboard.launcher import Launcher
@@ -46,10 +47,10 @@ class _Chunks:
         return chunk
 
 
-async def _members(launcher: Launcher, spec: BatchSpec, run_id: UUID) -> list[tuple[str, str]]:
+async def _members(launcher: Launcher, spec: BatchSpec, run: FlowRun) -> list[tuple[str, str]]:
     """(store path, name in the zip) of every image the journal vouches for, in item order, then the manifests."""
-    batch_dir = await launcher.batch_dir(spec, run_id)
-    records = await launcher.records(spec, run_id)
+    batch_dir = await launcher.batch_dir(spec, run.id)
+    records = await launcher.records(spec, run)
     store = launcher.store_of(spec)
     members: list[tuple[str, str]] = []
     seen: set[str] = set()
@@ -91,7 +92,7 @@ async def get_archive(batch_id: UUID, launcher: LauncherDep, _key: KeyName) -> S
     """
     run = await launcher.get(batch_id)
     spec = launcher.spec_of(run)
-    members = await _members(launcher, spec, run.id)
+    members = await _members(launcher, spec, run)
     if not members:
         raise BatchNotFound(f"batch {spec.name} ({batch_id}) has stored no image or manifest yet")
     headers = {"Content-Disposition": f'attachment; filename="{spec.name}.zip"'}

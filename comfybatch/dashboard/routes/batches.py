@@ -105,7 +105,7 @@ async def _queued_images(launcher: Launcher, key_name: str) -> int:
     for run in await launcher.active_batches(key_name):
         spec = launcher.spec_of(run)
         jobs = await launcher.plan(spec, run.id)
-        records = await launcher.records(spec, run.id)
+        records = await launcher.records(spec, run)
         finished = sum(1 for record in records.values() if record.result is not None)
         total = len(jobs) if jobs is not None else requested_bound(spec)
         queued += max((total if total is not None else len(records)) - finished, 0)
@@ -201,7 +201,7 @@ async def _summary(launcher: Launcher, run: FlowRun) -> BatchSummary:
         spec = launcher.spec_of(run)
         summary.template = _template(spec)
         jobs, records = await asyncio.gather(
-            launcher.plan(spec, run.id), launcher.records(spec, run.id, since=run.created)
+            launcher.plan(spec, run.id), launcher.records(spec, run)
         )
     except ComfyBatchError:  # an unreadable spec or store: the row still lists the run
         return summary
@@ -243,7 +243,7 @@ def _settled(run: FlowRun) -> bool:
 
 async def _status(run: FlowRun, request: Request, launcher: Launcher, hub: EventHub) -> BatchStatus:
     spec = launcher.spec_of(run)
-    records = _this_run(await launcher.records(spec, run.id, since=run.created), run)
+    records = _this_run(await launcher.records(spec, run), run)
     jobs = await launcher.plan(spec, run.id)
     ended = _ended(run)
     counts = _counts(jobs, records, spec, ended=ended)
@@ -324,7 +324,7 @@ async def list_items(
     """Every job of the batch in order, queued ones included, with what its journal recorded."""
     run = await launcher.get(batch_id)
     spec = launcher.spec_of(run)
-    records = _this_run(await launcher.records(spec, run.id, since=run.created), run)
+    records = _this_run(await launcher.records(spec, run), run)
     jobs = await launcher.plan(spec, run.id)
     planned: list[tuple[str, JobSpec | None]] = (
         [(job.key, job) for job in jobs] if jobs is not None else [(key, None) for key in sorted(records)]
@@ -397,7 +397,7 @@ async def resume_batch(
     spec = launcher.spec_of(run)
     if _ended(run):
         jobs, records = await asyncio.gather(
-            launcher.plan(spec, run.id), launcher.records(spec, run.id, since=run.created)
+            launcher.plan(spec, run.id), launcher.records(spec, run)
         )
         counts = _counts(jobs, _this_run(records, run), spec, ended=True)
         left = None if counts.total is None else counts.total - counts.done

@@ -58,7 +58,7 @@ async def get_image(
     """The item's first stored file, or a PNG thumbnail of its first image; `key` only selects a journal record."""
     run = await launcher.get(batch_id)
     spec = launcher.spec_of(run)
-    record = (await launcher.records(spec, run.id)).get(key)
+    record = (await launcher.records(spec, run)).get(key)
     files = record.result.files if record and record.result else []
     vouched = vouched_files(launcher.store_of(spec), await launcher.batch_dir(spec, run.id), files)
     if thumb:  # Pillow draws images, not videos or sounds
