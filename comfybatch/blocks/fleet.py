@@ -110,15 +110,24 @@ def select_fleet(
     Raises:
         ConfigError when `only` names a server outside the fleet.
     """
+    fleet = fleet_now(configured, saved, only=only)
+    if unknown := sorted(set(only) - set(fleet)):
+        raise ConfigError(f"unknown server(s) {unknown}; the fleet has {sorted(fleet_now(configured, saved))}")
+    return [fleet[name] for name in only] if only else [fleet[name] for name in sorted(fleet)]
+
+
+def fleet_now(
+    configured: Sequence[ServerConfig], saved: Sequence[ServerConfig], *, only: Sequence[str] = ()
+) -> dict[str, ServerConfig]:
+    """`select_fleet`'s servers by name, refusing nothing: with `only`, those of them that exist now (a running
+    batch's fleet watch sees a named server go instead of failing)."""
     kept = {"ui"} if configured else {"ui", "env", "toml", "demo"}
     by_name = {server.name: server for server in saved if server.enabled and server.source in kept}
     by_name.update({server.name: server for server in configured})
-    if only:
-        given = {s.name: s for s in saved if s.enabled and s.source == "cli" and s.name not in by_name}
-        if unknown := sorted(set(only) - set(by_name) - set(given)):
-            raise ConfigError(f"unknown server(s) {unknown}; the fleet has {sorted(by_name)}")
-        return [by_name.get(name) or given[name] for name in only]
-    return [by_name[name] for name in sorted(by_name)]
+    if not only:
+        return by_name
+    given = {s.name: s for s in saved if s.enabled and s.source == "cli" and s.name not in by_name}
+    return {name: found for name in only if (found := by_name.get(name) or given.get(name)) is not None}
 
 
 async def delete_servers(names: Sequence[str]) -> None:

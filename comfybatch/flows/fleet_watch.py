@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection, Sequence
 
 import httpx
 
-from comfybatch.blocks.fleet import configured_servers, saved_servers, select_fleet, sync_limits
+from comfybatch.blocks.fleet import configured_servers, fleet_now, saved_servers, sync_limits
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.errors import ComfyBatchError
 from comfybatch.flows.plan import plan_fleet, probe_fleet
@@ -50,10 +50,8 @@ class FleetWatch:
     async def check(self, grow: Callable[[int], None]) -> None:
         """One look at the fleet: servers gone are removed, new or changed ones probed and added."""
         broker = self._context.broker
-        fleet = {server.name: server for server in select_fleet(configured_servers(self._settings),
-                                                                await saved_servers())}  # fmt: skip
-        if self._only:
-            fleet = {name: server for name, server in fleet.items() if name in self._only}
+        # With `only` (`BatchSpec.servers`, `comfybatch run --server`), the named servers, `cli` blocks included.
+        fleet = fleet_now(configured_servers(self._settings), await saved_servers(), only=sorted(self._only))
         for name in [name for name in broker.servers if name not in fleet and not broker.is_removed(name)]:
             await broker.remove_server(name)
             moved = await self._context.in_flight.move_queued(broker.servers[name])

@@ -10,7 +10,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from comfybatch.blocks.fleet import delete_servers
+from comfybatch.blocks.fleet import delete_servers, given_servers
 from comfybatch.blocks.server import ComfyUIServer
 from comfybatch.flows.batch import generate_batch
 from comfybatch.outputs.manifest import read_manifest
@@ -123,3 +123,18 @@ async def test_server_block_saved_mid_batch_takes_prompts_within_5_s(
     assert len(later) > 0, "the batch ended before the change could be seen; make it longer"
     assert (later["server"] == "studio-b").sum() >= len(later) // 3, later["server"].value_counts()
     assert second not in set(rows["server"])  # the block's name, not the URL's
+
+
+async def test_batch_on_a_runs_own_servers_keeps_them_past_the_fleet_watch(
+    batch_settings: Settings, comfy_fleet: SuiteFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`comfybatch run --server URL` saves the server as a `cli` block for the run only: a batch longer than a few
+    fleet polls renders every image there (the watch must not take the run's own server for one that left)."""
+    monkeypatch.setenv("COMFYUI_URLS", comfy_fleet.servers[1].url)  # the configured fleet is the other server
+    monkeypatch.setenv("COMFYBATCH_START_TIMEOUT_S", "10")  # a server wrongly taken away fails the batch fast
+    get_settings.cache_clear()
+    settings = get_settings()
+    async with given_servers([comfy_fleet.servers[0].url], settings) as names:
+        report = await generate_batch(batches.delay_spec("live-cli", seconds=0.5, count=14, servers=names))
+
+    assert (report.done, report.failed) == (14, 0)

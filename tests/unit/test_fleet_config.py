@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from comfybatch.blocks.fleet import configured_servers, select_fleet, stale_servers
+from comfybatch.blocks.fleet import configured_servers, fleet_now, select_fleet, stale_servers
 from comfybatch.blocks.server import ServerConfig, ServerSource, name_from_url
 from comfybatch.errors import ConfigError
 from comfybatch.settings import Settings
@@ -105,3 +105,13 @@ def test_select_fleet_without_a_configuration_takes_the_saved_configuration_bloc
     saved = [_server("gpu-a", "env"), _server("demo-0", "demo"), _server("mine", "ui"), _server("run-b", "cli")]
 
     assert [s.name for s in select_fleet([], saved)] == ["demo-0", "gpu-a", "mine"]
+
+
+def test_fleet_now_keeps_a_runs_cli_servers_and_drops_a_named_server_that_went() -> None:
+    """A running batch's fleet watch, given `only`: the run's own `cli` block stays in its fleet (it is no server
+    leaving), and a named server whose block was deleted is absent rather than an error."""
+    configured = [_server("gpu-a", "env")]
+    saved = [_server("run-b", "cli"), _server("mine", "ui")]
+
+    assert list(fleet_now(configured, saved, only=["run-b"])) == ["run-b"]
+    assert list(fleet_now(configured, saved, only=["mine", "gone"])) == ["mine"]
