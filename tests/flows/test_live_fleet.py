@@ -41,6 +41,17 @@ async def _queue(url: str) -> tuple[int, int]:
     return len(body["queue_running"]), len(body["queue_pending"])
 
 
+def _assert_joined(settings: Settings, batch: str, *, first: str, joined: str, at: pd.Timestamp) -> pd.DataFrame:
+    """Before `at` only `first` rendered; from 5 s after it on, `joined` took at least a third of the images."""
+    rows = read_manifest(OutputStore(settings.output_root), batch)
+    assert rows is not None
+    assert set(rows[rows["queued_at"] < at]["server"]) == {first}
+    later = rows[rows["queued_at"] > at + pd.Timedelta(seconds=_TAKES_EFFECT_S)]
+    assert len(later) > 0, "the batch ended before the change could be seen; make it longer"
+    assert (later["server"] == joined).sum() >= len(later) // 3, later["server"].value_counts()
+    return rows
+
+
 async def test_server_added_to_the_fleet_file_takes_prompts_within_5_s(
     batch_settings: Settings, comfy_fleet: SuiteFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -57,13 +68,8 @@ async def test_server_added_to_the_fleet_file_takes_prompts_within_5_s(
     added_at = pd.Timestamp.now(tz="UTC")
     report = await running
 
-    rows = read_manifest(OutputStore(settings.output_root), "live-add")
-    assert rows is not None
     assert report.done == 30
-    assert set(rows[rows["queued_at"] < added_at]["server"]) == {first}
-    later = rows[rows["queued_at"] > added_at + pd.Timedelta(seconds=_TAKES_EFFECT_S)]
-    assert len(later) > 0, "the batch ended before the change could be seen; make it longer"
-    assert (later["server"] == second).sum() >= len(later) // 3, later["server"].value_counts()
+    _assert_joined(settings, "live-add", first=first, joined=second, at=added_at)
 
 
 async def test_server_removed_from_the_fleet_file_hands_back_its_queued_prompt(
@@ -115,13 +121,8 @@ async def test_server_block_saved_mid_batch_takes_prompts_within_5_s(
     finally:
         await delete_servers(["studio-b"])
 
-    rows = read_manifest(OutputStore(settings.output_root), "live-block")
-    assert rows is not None
     assert report.done == 30
-    assert set(rows[rows["queued_at"] < added_at]["server"]) == {first}
-    later = rows[rows["queued_at"] > added_at + pd.Timedelta(seconds=_TAKES_EFFECT_S)]
-    assert len(later) > 0, "the batch ended before the change could be seen; make it longer"
-    assert (later["server"] == "studio-b").sum() >= len(later) // 3, later["server"].value_counts()
+    rows = _assert_joined(settings, "live-block", first=first, joined="studio-b", at=added_at)
     assert second not in set(rows["server"])  # the block's name, not the URL's
 
 
