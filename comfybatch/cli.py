@@ -5,19 +5,19 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from cyclopts import App, Parameter
 from pydantic import ValidationError
 
 from comfybatch.comfy.client import ComfyClient
-from comfybatch.comfy.intake import decode_workflow, detect_format, load_workflow
+from comfybatch.comfy.intake import detect_format, load_workflow
 from comfybatch.comfy.object_info import ObjectInfo
 from comfybatch.comfy.preflight import check_workflow
 from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.deployments import commands as platform_commands
 from comfybatch.errors import ComfyBatchError, ConfigError, WorkflowRejected
-from comfybatch.models import TEMPLATES_DIR, BatchSpec, template_names
+from comfybatch.models import BatchSpec, read_template
 from comfybatch.problems import validation_text
 
 app = App(name="comfybatch", help="Turn ComfyUI servers into a batch image factory.")
@@ -151,17 +151,7 @@ def _check_request(spec: BatchSpec) -> None:
     """
     from comfybatch.expansion import expand_batch
 
-    source: Path | dict[str, Any]
-    if isinstance(spec.workflow, dict):
-        source = spec.workflow
-    elif (TEMPLATES_DIR / f"{spec.workflow}.json").is_file():
-        source = TEMPLATES_DIR / f"{spec.workflow}.json"
-    elif spec.workflow.endswith(".json") and Path(spec.workflow).is_file():
-        source = Path(spec.workflow)
-    else:
-        offered = ", ".join(template_names())
-        raise ConfigError(f"workflow {spec.workflow!r} is neither a template ({offered}) nor a .json file")
-    data = decode_workflow(source)
+    data = read_template(spec.workflow)
     if detect_format(data) == "api":
         expand_batch(spec, ApiWorkflow(data))
 

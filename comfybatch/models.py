@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, WithJsonSchema, field_validator
 from pydantic_core import PydanticCustomError
 
-from comfybatch.comfy.intake import detect_format
+from comfybatch.comfy.intake import decode_workflow, detect_format
 from comfybatch.comfy.workflow import ApiWorkflow
-from comfybatch.errors import WorkflowFormatError
+from comfybatch.errors import ConfigError, WorkflowFormatError
 from comfybatch.notify.targets import url_problem
 from comfybatch.problems import NAME_RULE, field_words
 from comfybatch.values import BUILTIN_RULES, InvalidValue, apply_rule, control_character, non_finite
@@ -48,6 +48,24 @@ class Sweep(BaseModel):
 def template_names() -> list[str]:
     """The bundled workflow templates (`comfybatch/templates/<name>.json`), by name."""
     return sorted(path.stem for path in TEMPLATES_DIR.glob("*.json"))
+
+
+def read_template(source: str | dict[str, Any]) -> Any:
+    """A workflow as `BatchSpec.workflow` names it: a template name (`comfybatch/templates/<name>.json`), a JSON
+    file path, or an inline graph, decoded (not yet checked as a graph).
+
+    Raises:
+        ConfigError naming the templates on offer; WorkflowFormatError naming a file that is not JSON.
+    """
+    if isinstance(source, dict):
+        return source
+    candidate = TEMPLATES_DIR / f"{source}.json"
+    if candidate.is_file():
+        return decode_workflow(candidate)
+    path = Path(source)
+    if path.suffix == ".json" and path.is_file():
+        return decode_workflow(path)  # a broken file is a WorkflowFormatError naming it, not a JSONDecodeError
+    raise ConfigError(f"workflow {source!r} is neither a template ({', '.join(template_names())}) nor a JSON file")
 
 
 def _workflow_schema() -> dict[str, Any]:

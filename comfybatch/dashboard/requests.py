@@ -15,9 +15,8 @@ from comfybatch.errors import (
     WorkflowError,
     WorkflowRejected,
 )
-from comfybatch.flows.plan import read_template
 from comfybatch.inputs import UPLOADS_FOLDER, InputPolicy
-from comfybatch.models import BatchSpec, template_names
+from comfybatch.models import BatchSpec, read_template, template_names
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.problems import field_words
 from comfybatch.settings import Settings

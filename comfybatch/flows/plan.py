@@ -4,7 +4,6 @@ import asyncio
 import statistics
 from collections import defaultdict
 from collections.abc import Awaitable, Collection, Coroutine, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,12 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from comfybatch.blocks.connection import client_for, session_for
 from comfybatch.blocks.fleet import configured_servers, load_fleet
 from comfybatch.blocks.server import ServerConfig
-from comfybatch.comfy.intake import decode_workflow, detect_format, load_workflow
+from comfybatch.comfy.intake import detect_format, load_workflow
 from comfybatch.comfy.object_info import ObjectInfo
 from comfybatch.comfy.preflight import check_workflow, split_problems
 from comfybatch.comfy.workflow import ApiWorkflow
-from comfybatch.errors import ComfyBatchError, ConfigError, NodeProblem, PlatformUnavailable
-from comfybatch.models import TEMPLATES_DIR, JobResult, JobSpec
+from comfybatch.errors import ComfyBatchError, NodeProblem, PlatformUnavailable
+from comfybatch.models import JobResult, JobSpec, read_template
 from comfybatch.problems import unreachable_line, why_unreachable
 from comfybatch.settings import Settings
 
@@ -66,24 +65,6 @@ class FleetPlan(BaseModel):
         if self.estimate_s is not None:
             lines.append(f"- estimated run time: {self.estimate_s / 60:.1f} min")
         return lines
-
-
-def read_template(source: str | dict[str, Any]) -> Any:
-    """A template name (`comfybatch/templates/<name>.json`), a JSON file path, or an inline graph.
-
-    Raises:
-        ConfigError naming the templates on offer.
-    """
-    if isinstance(source, dict):
-        return source
-    candidate = TEMPLATES_DIR / f"{source}.json"
-    if candidate.is_file():
-        return decode_workflow(candidate)
-    path = Path(source)
-    if path.suffix == ".json" and path.is_file():
-        return decode_workflow(path)  # a broken file is a WorkflowFormatError naming it, not a JSONDecodeError
-    offered = sorted(p.stem for p in TEMPLATES_DIR.glob("*.json"))
-    raise ConfigError(f"workflow {source!r} is neither a template ({', '.join(offered)}) nor a JSON file")
 
 
 async def probe_fleet(

@@ -21,8 +21,8 @@ from playwright.sync_api import Browser, Page, expect
 from comfybatch.blocks.server import name_from_url
 from comfybatch.dashboard.app import create_app
 from comfybatch.dashboard.launcher import Launcher
-from comfybatch.flows.plan import read_template
 from comfybatch.local.fleet import free_port
+from comfybatch.models import read_template
 from comfybatch.settings import Settings
 from comfybatch.testing.live_app import serve_in_thread
 from tests.browser.conftest import Tab, batch_name, new_tab

@@ -13,9 +13,8 @@ from comfybatch.comfy.parameters import InputPath
 from comfybatch.comfy.preflight import check_workflow, split_problems
 from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.expansion import expand_batch
-from comfybatch.flows.plan import TEMPLATES_DIR, read_template
 from comfybatch.local.checkpoint import TINY_CHECKPOINT
-from comfybatch.models import BatchSpec
+from comfybatch.models import TEMPLATES_DIR, BatchSpec, read_template
 from tests.conftest import FleetServer
 from tests.support import graphs
 

@@ -11,8 +11,7 @@ from PIL import Image
 
 from comfybatch.blocks.server import name_from_url
 from comfybatch.flows.batch import generate_batch
-from comfybatch.flows.plan import read_template
-from comfybatch.models import BatchSpec
+from comfybatch.models import BatchSpec, read_template
 from comfybatch.outputs.manifest import read_manifest
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.settings import Settings

@@ -2,7 +2,8 @@
 
 import json
 
-from comfybatch.flows.plan import TEMPLATES_DIR, template_classes
+from comfybatch.flows.plan import template_classes
+from comfybatch.models import TEMPLATES_DIR
 from tests.support import graphs
 
 

@@ -4,7 +4,6 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -17,12 +16,12 @@ from comfybatch.dashboard.launcher import Launcher
 from comfybatch.dashboard.metrics import CONTENT_TYPE, gauge
 from comfybatch.dashboard.schemas import Health, ServerList, ServerStatus, WorkflowList
 from comfybatch.errors import ComfyBatchError
+from comfybatch.models import template_names
 from comfybatch.problems import why_unreachable
 from comfybatch.settings import Settings
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["meta"])
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
 _HEALTH_TIMEOUT_S = 3.0
 _KNOWN_WHY = frozenset({"timed out", "connection refused", "connection dropped"})
 
@@ -30,7 +29,7 @@ _KNOWN_WHY = frozenset({"timed out", "connection refused", "connection dropped"}
 @router.get("/api/workflows")
 async def list_workflows(_key: KeyName) -> WorkflowList:
     """The names of the bundled workflow templates."""
-    return WorkflowList(workflows=sorted(path.stem for path in TEMPLATES_DIR.glob("*.json")))
+    return WorkflowList(workflows=template_names())
 
 
 async def fleet_servers(settings: Settings, launcher: Launcher) -> list[ServerConfig]:
