@@ -1,7 +1,7 @@
 """Draining servers: no new prompts go to them, the ones in flight finish (`comfybatch fleet drain NAME`).
 
 The set lives in one Prefect variable, so it holds for every fleet source and every running batch: each batch's
-broker reads it every `DRAIN_POLL_S`, well within the 5 s a change must take to reach running batches.
+fleet watch (`flows/fleet_watch.py`) reads it every 2 s, well within the 5 s a change must take to reach them.
 """
 
 from prefect.client.orchestration import PrefectClient, get_client
@@ -9,8 +9,6 @@ from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.exceptions import ObjectAlreadyExists
 
 from comfybatch.models import DRAINING_VARIABLE
-
-DRAIN_POLL_S = 2.0
 
 
 async def draining_servers(client: PrefectClient | None = None) -> frozenset[str]:

@@ -1,6 +1,7 @@
 """A running batch follows its fleet: a server added or enabled (a `ComfyUI Server` block, `comfybatch.toml`)
 starts taking prompts, one removed or disabled takes no new prompt and hands back the prompts still waiting in
-its queue, within `FLEET_POLL_S` plus a probe. Draining (`comfybatch fleet drain`) is the broker's own poll.
+its queue, and one drained (`comfybatch fleet drain`) takes no new prompt, within `FLEET_POLL_S` (plus a probe for
+a server joining).
 
 A server that was down when the batch started is in the fleet but not in the batch: it joins once it answers.
 """
@@ -12,6 +13,7 @@ from collections.abc import Callable, Collection, Sequence
 
 import httpx
 
+from comfybatch.blocks.drain import draining_servers
 from comfybatch.blocks.fleet import configured_servers, fleet_now, saved_servers, sync_limits
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.errors import ComfyBatchError
@@ -50,8 +52,10 @@ class FleetWatch:
     async def check(self, grow: Callable[[int], None]) -> None:
         """One look at the fleet: servers gone are removed, new or changed ones probed and added."""
         broker = self._context.broker
+        saved, draining = await asyncio.gather(saved_servers(), draining_servers())
+        broker.set_draining(draining)
         # With `only` (`BatchSpec.servers`, `comfybatch run --server`), the named servers, `cli` blocks included.
-        fleet = fleet_now(configured_servers(self._settings), await saved_servers(), only=sorted(self._only))
+        fleet = fleet_now(configured_servers(self._settings), saved, only=sorted(self._only))
         for name in [name for name in broker.servers if name not in fleet and not broker.is_removed(name)]:
             await broker.remove_server(name)
             moved = await self._context.in_flight.move_queued(broker.servers[name])

@@ -26,7 +26,7 @@ from uuid import UUID
 import httpx
 from prefect.exceptions import ObjectAlreadyExists
 
-from comfybatch.blocks.drain import DRAIN_POLL_S, draining_servers
+from comfybatch.blocks.drain import draining_servers
 from comfybatch.blocks.server import ServerConfig
 from comfybatch.errors import ConfigError
 from comfybatch.tasks.first_leases import FirstLeases
@@ -199,11 +199,14 @@ class SlotBroker:
         return name in self._draining or name in self._removed or time.monotonic() < self._down_until[name]
 
     async def _read_draining(self) -> None:
+        """The drain list as the batch starts; the fleet watch (`flows/fleet_watch.py`) keeps it current."""
         try:
-            draining = await draining_servers()
-        except httpx.HTTPError as exc:  # Prefect briefly away: keep the last view
+            self.set_draining(await draining_servers())
+        except httpx.HTTPError as exc:  # Prefect briefly away: the fleet watch reads it again soon
             logger.warning("draining servers not read: %s", exc)
-            return
+
+    def set_draining(self, draining: frozenset[str]) -> None:
+        """`comfybatch fleet drain` says these servers take no new prompts (their prompts in flight finish)."""
         if draining - self._draining:
             logger.info("draining %s: no new prompts go there", ", ".join(sorted(draining - self._draining)))
         if self._draining - draining:
@@ -453,12 +456,9 @@ class SlotBroker:
 
     async def _housekeeping(self) -> None:
         """Give back leases nobody here needs, renew the rest, keep the priority board current."""
-        last_renewal = last_drain_read = time.monotonic()
+        last_renewal = time.monotonic()
         while True:
             await asyncio.sleep(_BOARD_EVERY_S)
-            if time.monotonic() - last_drain_read >= DRAIN_POLL_S:
-                last_drain_read = time.monotonic()
-                await self._read_draining()
             if self._board is not None:
                 try:
                     await self._board.sync(self._waiting)
