@@ -16,9 +16,6 @@ from comfybatch.values import BUILTIN_RULES, InvalidValue, apply_rule, control_c
 
 BATCH_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # in words: problems.NAME_RULE
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
-# The Prefect variable listing the servers being drained (`comfybatch fleet drain`): read by running batches'
-# brokers and by the dashboard, whatever the fleet's source (blocks, environment, comfybatch.toml).
-DRAINING_VARIABLE = "comfybatch_draining"
 
 
 class SeedPolicy(StrEnum):

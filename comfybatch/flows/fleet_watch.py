@@ -21,6 +21,7 @@ from comfybatch.flows.plan import plan_fleet, probe_fleet
 from comfybatch.models import JobSpec
 from comfybatch.settings import Settings
 from comfybatch.tasks.job import JobContext
+from comfybatch.tasks.leases import prefect_client
 
 FLEET_POLL_S = 2.0
 logger = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ class FleetWatch:
     async def check(self, grow: Callable[[int], None]) -> None:
         """One look at the fleet: servers gone are removed, new or changed ones probed and added."""
         broker = self._context.broker
-        saved, draining = await asyncio.gather(saved_servers(), draining_servers())
+        async with prefect_client() as client:  # one client for both reads
+            saved, draining = await asyncio.gather(saved_servers(client), draining_servers(client))
         broker.set_draining(draining)
         # With `only` (`BatchSpec.servers`, `comfybatch run --server`), the named servers, `cli` blocks included.
         fleet = fleet_now(configured_servers(self._settings), saved, only=sorted(self._only))
