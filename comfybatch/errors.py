@@ -99,7 +99,8 @@ class IdempotencyKeyReused(BatchRequestError):
 
 
 class RequestTooLarge(BatchRequestError):
-    """Raised when a request is larger than the platform can store as run parameters."""
+    """Raised when a request body or upload is over its size limit, or a batch request is larger than the platform
+    can store as run parameters."""
 
     http_status = 413
 

@@ -89,7 +89,7 @@ async def run_on_platform(spec: BatchSpec, *, api_url: str, timeout_s: float = 1
     from prefect.deployments import arun_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from comfybatch.deployments.catalog import GENERATE_BATCH
+    from comfybatch.deployments.names import GENERATE_BATCH
 
     console = Console(stderr=True)
     with temporary_settings(updates={PREFECT_API_URL: api_url}):

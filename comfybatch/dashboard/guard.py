@@ -21,7 +21,8 @@ JSON_BODIES = frozenset({"/api/batches", "/api/validate"})
 class ApiGuard:
     """401 without a valid key; 415 / 413 for JSON routes sent something else or too much.
 
-    The only place an HTTP request's key is checked: routes read the key's name it stores (`KeyName`).
+    Where an HTTP request's key is checked: routes read the key's name it stores (`KeyName`), which checks the
+    header itself only for a request the guard did not see.
     """
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:

@@ -45,7 +45,7 @@ from comfybatch.blocks.server import ServerConfig
 from comfybatch.dashboard.cache import SharedFetches
 from comfybatch.dashboard.events import history_filter
 from comfybatch.dashboard.schemas import TERMINAL_STATES
-from comfybatch.deployments.catalog import GENERATE_BATCH  # the catalogue loads no flow on import
+from comfybatch.deployments.names import GENERATE_BATCH  # no Prefect flow machinery at the dashboard's start
 from comfybatch.errors import (
     BatchConflict,
     BatchNotFound,

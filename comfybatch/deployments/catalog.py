@@ -9,10 +9,10 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.deployments.runner import RunnerDeployment
 
+from comfybatch.deployments.names import GENERATE_BATCH, SCHEDULED_PRODUCTION
 from comfybatch.settings import Settings
 
-GENERATE_BATCH = "generate-batch/generate-batch"
-SCHEDULED_PRODUCTION = "process-inbox/scheduled-production"
+__all__ = ["GENERATE_BATCH", "SCHEDULED_PRODUCTION", "Served", "catalog"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Served:
 def catalog(settings: Settings) -> list[Served]:
     """`generate-batch` (on demand: Prefect UI form, REST API, dashboard), its `render-shard` children and
     `scheduled-production`."""
-    # Imported here, not at the top: the dashboard imports this module for GENERATE_BATCH, and never the flows.
+    # Imported here, not at the top: `comfybatch serve` and `prefect.yaml`'s generator need them, nothing else.
     from comfybatch.flows.batch import generate_batch
     from comfybatch.flows.inbox import process_inbox
     from comfybatch.flows.shard import render_shard
