@@ -49,6 +49,9 @@ _RETRYABLE_MARK = "Encountered retryable exception in request"
 _API_FRAME = re.compile(r'prefect/server/api/(?!server\.py)(\w+)\.py", line \d+, in (\w+)')
 DIRECT_LANES = 2  # the minimal direct feeder: one prompt running per server, one queued behind it
 NONCE_INPUT = "2.inputs.nonce"
+# ComfyUI's prompt worker runs gc.collect() after a prompt once this long has passed since the last one (main.py,
+# gc_collect_interval): a pause of ~0.3 s per server, all servers together when they run in step.
+COMFY_GC_INTERVAL_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class Phase:
     nonce_prefix: str = ""
     error: str | None = None
     prefect_503s: Counter[str] = field(default_factory=Counter)
+    first_contact_setup_s: float | None = None  # comfybatch: the set-up of the fleet's first batch (`first_contact`)
 
     @property
     def makespan_s(self) -> float:
@@ -340,14 +344,39 @@ async def warm_up(bench: Bench) -> None:
     await asyncio.gather(*(one(url) for url in bench.urls))
 
 
+async def gc_in_step(bench: Bench, *, last_prompt_at: float) -> None:
+    """Start the next phase on the same garbage-collection schedule as every other: wait out ComfyUI's interval
+    since the last prompt, then one warm-up prompt per server, after which each server collects. The phase then
+    meets its servers' next collection COMFY_GC_INTERVAL_S in, as every phase does; without this a phase shorter
+    than the interval was lucky or not by where it fell."""
+    await asyncio.sleep(max(0.0, last_prompt_at + COMFY_GC_INTERVAL_S + 0.5 - time.time()))
+    await warm_up(bench)
+    await asyncio.sleep(1.0)  # the collection runs after the warm-up prompt has answered: let it end first
+
+
+def first_contact(bench: Bench) -> float:
+    """A first batch in its own process (`_first_batch.py`), so that the measured one runs on a fleet the Prefect
+    server has seen before; returns that first batch's set-up (call -> first prompt queued)."""
+    env = {**os.environ, "PREFECT_API_URL": bench.prefect.api_url, "PREFECT_HOME": str(bench.root / "prefect-client")}
+    found = subprocess.run([sys.executable, str(BENCH_DIR / "_first_batch.py"), str(2 * len(bench.servers))],
+                           env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    if found.returncode != 0:
+        raise RuntimeError(f"the first batch failed: {found.stderr[-2000:]}")
+    return float(json.loads(found.stdout.strip().splitlines()[-1])["first_contact_setup_s"])
+
+
 async def direct_then_comfybatch(
     bench: Bench, *, delay_s: float, images: int, run_id: str, spy: Any | None = None
 ) -> tuple[Phase, Phase]:
-    """Warm every server up, feed it directly, then run the same images through comfybatch (sampled by `spy`)."""
-    print("  warming up every server ...", flush=True)
-    await warm_up(bench)
+    """A first batch so the fleet is known to Prefect, then direct feeding, then the same images through comfybatch
+    (sampled by `spy`), each phase starting on the same ComfyUI garbage-collection schedule."""
+    print("  a first batch in its own process, so the Prefect server knows the fleet ...", flush=True)
+    first_setup_s = await asyncio.to_thread(first_contact, bench)
+    print(f"  (its set-up, the fleet's first contact: {first_setup_s:.2f} s)", flush=True)
+    await gc_in_step(bench, last_prompt_at=time.time())
     print(f"  direct feeding: {images} images ...", flush=True)
     direct = await feed_directly(bench, delay_s=delay_s, images=images, run_id=run_id)
+    await gc_in_step(bench, last_prompt_at=direct.returned_at)
     print(f"  comfybatch generate_batch: {images} images ...", flush=True)
     if spy is not None:
         spy.start({"client": os.getpid(), "prefect-server": bench.cpu_groups()["prefect-server"][0]})
@@ -356,6 +385,7 @@ async def direct_then_comfybatch(
     finally:
         if spy is not None:
             spy.stop()
+    flow.first_contact_setup_s = first_setup_s
     return direct, flow
 
 

@@ -35,6 +35,7 @@ from _common import (
     delay_graph,
     direct_then_comfybatch,
     gap_ms,
+    gc_in_step,
     p95,
     wait_prefect_idle,
 )
@@ -120,6 +121,7 @@ async def measure(bench: Bench, scenario: Scenario, spy: SpyRecorder | None) -> 
                                                 run_id=run_id, spy=spy)  # fmt: skip
     waited = await wait_prefect_idle(bench)
     print(f"  (Prefect server worked off its backlog in {waited:.0f} s)", flush=True)
+    await gc_in_step(bench, last_prompt_at=flow.returned_at)
     print(f"  peer comfy-api-simplified: {scenario.images} images ...", flush=True)
     peer = await asyncio.to_thread(feed_peer, bench, delay_s=scenario.delay_s, images=scenario.images, run_id=run_id)
     return [direct, flow, peer]
@@ -142,6 +144,7 @@ def report(phases: list[Phase], runs: dict[str, list[NodeRun]], scenario: Scenar
     row("first submit -> last finish [s]", "{:.2f}", lambda p: p.span_s)
     row("set-up: call -> first submit [s]", "{:.2f}", lambda p: p.first_submit - p.called_at)
     row("wrap-up: last finish -> return [s]", "{:.2f}", lambda p: p.returned_at - p.last_finish)
+    row("first contact's set-up (fleet new to Prefect) [s]", "{:.2f}", lambda p: p.first_contact_setup_s)
     servers = scenario.servers
     row("server busy (node journal / span)", "{:.1%}", lambda p: busy_fraction(runs[p.name], servers, p.span_s))
     row("idle gap between prompts, mean [ms]", "{:.0f}", lambda p: gap_ms(runs[p.name], statistics.fmean))
@@ -168,6 +171,9 @@ def figures(phases: list[Phase], scenario: Scenario, *, quick: bool, number: int
         "makespan_s": {p.name: round(p.makespan_s, 3) for p in phases},
         "done": {p.name: len(p.prompts) for p in phases},
         "utilisation": round(utilisation, 4), "vs_peer": round(vs_peer, 4),
+        "setup_s": round(flow.first_submit - flow.called_at, 3),
+        "wrapup_s": round(flow.returned_at - flow.last_finish, 3),
+        "first_contact_setup_s": flow.first_contact_setup_s,
         "target_utilisation": scenario.target_utilisation, "target_vs_peer": scenario.target_vs_peer, "met": met,
         "errors": {p.name: p.error for p in phases if p.error},
     }  # fmt: skip

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import os
 import tomllib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 
 import httpx
@@ -221,9 +221,14 @@ def _config(name: str, data: dict[str, Any]) -> ServerConfig:
     return ComfyUIServer.model_validate(data).config(name)
 
 
-async def load_fleet(settings: Settings, *, only: Sequence[str] = ()) -> list[ServerConfig]:
+async def load_fleet(
+    settings: Settings, *, only: Sequence[str] = (), writes_beside: bool = False
+) -> list[ServerConfig]:
     """The fleet of `select_fleet`, after writing the configured servers to blocks and deleting the blocks an
     earlier configuration wrote (only where this process has a configuration: a bare shell deletes nothing).
+
+    With `writes_beside` (a batch) those block writes run in the background: the batch's fleet is the configuration
+    it just read, and the blocks only show it elsewhere. `background_settled` waits for them.
 
     Raises:
         ConfigError when the fleet is empty or `only` names an unknown server.
@@ -231,8 +236,11 @@ async def load_fleet(settings: Settings, *, only: Sequence[str] = ()) -> list[Se
     configured = configured_servers(settings)
     saved = await saved_servers()
     if configured:
-        await _save_blocks(configured, saved=saved)  # nothing to write for a fleet seen before
-        await delete_servers(stale_servers(configured, saved))
+        writes = _write_configuration(configured, saved)  # nothing to write for a fleet seen before
+        if writes_beside:
+            _in_background(writes)
+        else:
+            await writes
     fleet = select_fleet(configured, saved, only=only)
     if not fleet:
         raise ConfigError(
@@ -242,9 +250,28 @@ async def load_fleet(settings: Settings, *, only: Sequence[str] = ()) -> list[Se
     targets = list({server.name: server for server in [*configured, *fleet]}.values())
     if _limits_known(targets):
         # Seen before: check in the background (a limit deleted meanwhile is re-created by the broker on use).
-        task = asyncio.create_task(_check_limits(targets))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        _in_background(_check_limits(targets))
     else:
         await sync_limits(targets)
     return fleet
+
+
+async def background_settled(timeout_s: float = 10.0) -> None:
+    """Wait (at most `timeout_s`) for this process's background fleet writes: a batch's last step, since its
+    process may end right after."""
+    if pending := list(_background):
+        await asyncio.wait(pending, timeout=timeout_s)
+
+
+def _in_background(writes: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.create_task(writes)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def _write_configuration(configured: Sequence[ServerConfig], saved: Sequence[ServerConfig]) -> None:
+    try:
+        await _save_blocks(configured, saved=saved)
+        await delete_servers(stale_servers(configured, saved))
+    except (httpx.HTTPError, OSError) as exc:  # the next load writes them again
+        logger.warning("ComfyUI Server blocks not written: %r", exc)

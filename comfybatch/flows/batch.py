@@ -14,6 +14,7 @@ from prefect.artifacts import (
 from prefect.context import FlowRunContext
 from pydantic import JsonValue
 
+from comfybatch.blocks.fleet import background_settled
 from comfybatch.comfy.follow import Timeouts
 from comfybatch.errors import ConfigError
 from comfybatch.flows.ending import Ending, record_ending
@@ -70,11 +71,12 @@ async def generate_batch(spec: BatchSpec) -> BatchReport:
     if spec.dry_run:
         return await _dry_run(spec, settings, store, folder.relpath)
     async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(background_settled)  # last out: the fleet's block writes, done beside the batch
         # The first prompts' leases are taken while the fleet is probed and the jobs planned.
         first_leases = await stack.enter_async_context(FirstLeases.configured(settings, only=spec.servers))
         # The claim's settle wait overlaps the fleet's probes.
         (servers, probes, infos), folder = await beside(
-            load_and_probe(settings, only=spec.servers, classes=template_classes(spec.workflow)),
+            load_and_probe(settings, only=spec.servers, classes=template_classes(spec.workflow), writes_beside=True),
             stack.enter_async_context(claimed(store, folder, run=run_id or f"local-{uuid.uuid4()}")),
         )
         # Webhooks hear the run's events from here on; leaving waits a few seconds at most for their receivers.
@@ -130,6 +132,7 @@ async def _render(
     ending = Ending(spec, store, batch_dir, expansion.jobs, results, skipped=len(stored), plan=plan,
                     duplicates=expansion.duplicates, journal=journal)  # fmt: skip
     shards = await plan_shards(spec, settings, expansion.jobs, runnable, batch_dir=batch_dir, run_id=run_id)
+    finishing: asyncio.Task[BatchReport] | None = None
     try:
         if shards:  # child flow runs on the work pool render; this run follows them and writes the one ending
             await give_back(first_leases)
@@ -148,13 +151,19 @@ async def _render(
                           settings=settings, watch=watch),
                     _publish_plan(spec, plan, len(expansion.jobs), expansion.duplicates, required=False),
                 )  # fmt: skip
+                # The record is written while the broker gives its leases and its demand back: those writes may
+                # each wait for SQLite's lock while the Prefect server records the batch's last task runs.
+                finishing = asyncio.create_task(ending.finish())
     except BaseException as exc:
+        if finishing is not None:  # the broker's exit failed: the record is written as an early end instead
+            finishing.cancel()
+            await asyncio.gather(finishing, return_exceptions=True)
         # Cancelled, stopped or crashed: what exists is recorded before the run goes (never at success only).
         await asyncio.shield(ending.early(exc, run_id=run_id))
         if isinstance(exc, BaseExceptionGroup) and exc.subgroup(CancelRequested) is not None:
             await _await_the_runner()
         raise
-    return await ending.finish()
+    return await (finishing or ending.finish())
 
 
 async def _await_the_runner() -> None:

@@ -33,7 +33,7 @@ from comfybatch.errors import BatchIncomplete
 from comfybatch.flows.plan import FleetPlan
 from comfybatch.models import BatchReport, BatchSpec, JobResult, JobSpec
 from comfybatch.notify.webhooks import BatchWebhooks
-from comfybatch.outputs.contact_sheet import preview_data_uri, write_contact_sheets
+from comfybatch.outputs.contact_sheet import write_contact_sheets
 from comfybatch.outputs.identity import run_folder
 from comfybatch.outputs.manifest import write_manifest
 from comfybatch.outputs.storage import OutputStore
@@ -123,11 +123,10 @@ class Ending:
         report = BatchReport(
             name=spec.name, total=len(self.jobs), done=done, failed=len(failures), skipped=self.skipped,
             cancelled=cancelled, duplicates=self.duplicates, output=store.uri(self.batch_dir), manifest=manifest,
-            contact_sheets=sheets, failures=failures[:_FAILURES_KEPT],
+            contact_sheets=sheets.uris, failures=failures[:_FAILURES_KEPT],
             plan=self.plan.summary_lines() if self.plan else [], ended=ended, gpu_seconds=round(gpu_seconds, 3),
         )  # fmt: skip
-        preview = await asyncio.to_thread(preview_data_uri, store, sheets[0]) if sheets else None
-        await _publish_results(spec, results, report, preview=preview, run_id=self.run_id)
+        await _publish_results(spec, results, report, preview=sheets.preview, run_id=self.run_id)
         emit_batch_event(spec.name, "finished", done=done, failed=len(failures), skipped=self.skipped,
                          cancelled=cancelled, ended=ended, output=report.output, manifest=manifest,
                          gpu_seconds=report.gpu_seconds,

@@ -170,17 +170,18 @@ def estimate_run_s(count: int, prompt_seconds: Sequence[float], *, servers: int)
 
 
 async def load_and_probe(
-    settings: Settings, *, only: Sequence[str], classes: Collection[str] | None = None
+    settings: Settings, *, only: Sequence[str], classes: Collection[str] | None = None, writes_beside: bool = False
 ) -> tuple[list[ServerConfig], list[ServerProbe], dict[str, ObjectInfo]]:
     """The fleet and what each server says. Configured servers are probed while the fleet syncs to Prefect
     (block and limit writes), so the two round trips overlap; servers known only from blocks are probed after.
+    `writes_beside`: see `load_fleet`.
 
     Raises:
         ConfigError when the fleet is empty or no server answers.
     """
     configured = [server for server in configured_servers(settings) if not only or server.name in only]
     servers, (early_probes, infos) = await beside(
-        load_fleet(settings, only=only), probe_fleet(configured, classes=classes)
+        load_fleet(settings, only=only, writes_beside=writes_beside), probe_fleet(configured, classes=classes)
     )
     by_name = {probe.name: probe for probe, server in zip(early_probes, configured, strict=True) if server in servers}
     late_probes, late_infos = await probe_fleet([server for server in servers if server.name not in by_name],

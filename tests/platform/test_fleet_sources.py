@@ -1,6 +1,7 @@
 """Blocks carry their source: a reconfigured platform forgets the servers of its earlier configuration."""
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -8,8 +9,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import BlockDocumentUpdate
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from comfybatch.blocks.fleet import load_fleet, saved_servers
-from comfybatch.blocks.server import ComfyUIServer
+from comfybatch.blocks import fleet as fleet_module
+from comfybatch.blocks.fleet import background_settled, load_fleet, saved_servers
+from comfybatch.blocks.server import ComfyUIServer, ServerConfig
 from comfybatch.local.prefect_server import LocalPrefectServer
 from comfybatch.settings import Settings
 from comfybatch.tasks.dispatch import SlotBroker
@@ -77,3 +79,27 @@ async def test_a_limit_deleted_after_the_fleet_was_seen_is_made_again_by_the_fir
         async with get_client() as client:
             limit = await client.read_global_concurrency_limit_by_name("comfy:127-0-0-1-8")
         assert (limit.limit, limit.active_slots) == (fleet[0].slots, 1)
+
+
+async def test_a_batch_s_block_writes_run_beside_it_and_are_settled_before_it_ends(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    """`writes_beside` (a batch's load) gives the configured fleet at once; `background_settled`, the batch's last
+    step, returns only once the configured servers are saved as blocks."""
+    settings = Settings(comfyui_urls="http://127.0.0.1:9", config_file=tmp_path / "absent.toml")
+    written = asyncio.Event()
+    real_save = fleet_module._save_blocks
+
+    async def slow_save(servers: Sequence[ServerConfig], *, saved: Sequence[ServerConfig]) -> None:
+        await asyncio.sleep(0.5)  # a Prefect server busy writing: the load must not wait for it
+        await real_save(servers, saved=saved)
+        written.set()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fleet_module, "_save_blocks", slow_save)
+        fleet = await load_fleet(settings, writes_beside=True)
+        assert "127-0-0-1-9" in [server.name for server in fleet]  # beside blocks other tests made in the UI
+        assert not written.is_set()
+        await background_settled()
+    assert written.is_set()
+    assert "127-0-0-1-9" in {server.name for server in await saved_servers()}

@@ -76,7 +76,7 @@ def test_contact_sheet_draws_the_first_frame_of_the_first_image_not_a_video(work
     ]  # fmt: skip
     job = JobSpec(batch="clips", index=0, key="k0", item=0, values={}, seed=None, label="clip", workflow=workflow)
 
-    [uri] = write_contact_sheets(store, "clips", [JobResult(job=job, status="done", attempts=1, files=files)])
+    [uri] = write_contact_sheets(store, "clips", [JobResult(job=job, status="done", attempts=1, files=files)]).uris
 
     with Image.open(io.BytesIO(store.read_bytes("clips/contact_sheet.png"))) as sheet:
         pixels = np.asarray(sheet.convert("RGB"))

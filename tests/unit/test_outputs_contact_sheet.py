@@ -11,7 +11,7 @@ from PIL import Image
 from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.models import JobResult, JobSpec, JobStatus, StoredFile
 from comfybatch.outputs._draw import ALERT
-from comfybatch.outputs.contact_sheet import contact_sheet, preview_data_uri, write_contact_sheets, xy_grid
+from comfybatch.outputs.contact_sheet import contact_sheet, write_contact_sheets, xy_grid
 from comfybatch.outputs.storage import OutputStore
 
 TEMPLATE = Path(__file__).parents[2] / "comfybatch" / "templates" / "txt2img-tiny.json"
@@ -151,7 +151,7 @@ def test_write_contact_sheets_writes_sheet_and_xy_grid(store: OutputStore, workf
         {}, x_name="cfg", y_name="sampler", x_values=[4, 7, 9], y_values=["euler", "ddim"], thumb_px=THUMB
     )
 
-    uris = write_contact_sheets(store, "cats", results, sweep_axes=["cfg", "sampler"], thumb_px=THUMB)
+    uris = write_contact_sheets(store, "cats", results, sweep_axes=["cfg", "sampler"], thumb_px=THUMB).uris
 
     assert uris == [store.uri("cats/contact_sheet.png"), store.uri("cats/xy_grid.png")]
     assert Image.open(io.BytesIO(store.read_bytes("cats/xy_grid.png"))).size == expected.size
@@ -161,7 +161,7 @@ def test_write_contact_sheets_without_two_axes_writes_only_sheet(store: OutputSt
     """Without exactly two sweep axes, only the contact sheet is written."""
     results = [_stored_result(store, workflow, 0, RED, cfg=4)]
 
-    uris = write_contact_sheets(store, "cats", results, sweep_axes=["cfg"], thumb_px=THUMB)
+    uris = write_contact_sheets(store, "cats", results, sweep_axes=["cfg"], thumb_px=THUMB).uris
 
     assert (uris, store.exists("cats/xy_grid.png")) == ([store.uri("cats/contact_sheet.png")], False)
 
@@ -188,15 +188,16 @@ def test_write_contact_sheets_caps_at_400_tiles(store: OutputStore, workflow: Ap
     assert sheet.height > full.height
 
 
-def test_preview_data_uri_is_a_small_jpeg(store: OutputStore) -> None:
-    """A stored sheet becomes a data: URI of a JPEG no wider than the limit."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (1600, 900), (10, 20, 30)).save(buffer, format="PNG")
-    uri = store.write_bytes("b/contact_sheet.png", buffer.getvalue())
+def test_contact_sheet_preview_is_a_small_jpeg_of_the_sheet(store: OutputStore, workflow: ApiWorkflow) -> None:
+    """The sheet's preview is a data: URI of a JPEG no larger than the limit, with the sheet's proportions."""
+    results = [_stored_result(store, workflow, index, GREEN) for index in range(6)]
 
-    preview = preview_data_uri(store, uri, max_px=400)
+    preview = write_contact_sheets(store, "cats", results, thumb_px=64, preview_px=100).preview
 
-    assert preview is not None
     assert preview.startswith("data:image/jpeg;base64,")
+    sheet = Image.open(io.BytesIO(store.read_bytes("cats/contact_sheet.png")))
     with Image.open(io.BytesIO(base64.b64decode(preview.split(",", 1)[1]))) as image:
-        assert image.size == (400, 225)
+        assert max(image.size) == 100
+        assert abs(image.width / image.height - sheet.width / sheet.height) < 0.05
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+        assert (np.abs(pixels - GREEN).max(axis=-1) < 40).any()  # the tiles show, through JPEG's rounding
