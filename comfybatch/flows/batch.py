@@ -32,6 +32,7 @@ from comfybatch.flows.shards import give_back, plan_shards, render_in_shards
 from comfybatch.flows.workers import CancelRequested, Fleet, drain, failed, planned, recoverable, watched
 from comfybatch.models import BatchReport, BatchSpec
 from comfybatch.notify.webhooks import BatchWebhooks
+from comfybatch.outputs.contact_sheet import Thumbnails
 from comfybatch.outputs.identity import BatchFolder, claimed, find_folder, remember_request, request_identity
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.records import JobJournal, write_plan
@@ -118,6 +119,7 @@ async def _render(
         await journal.finished(result)
     results += invalid
     runnable = deque(job for job in todo if job.key not in plan.invalid)
+    shards = await plan_shards(spec, settings, expansion.jobs, runnable, batch_dir=batch_dir, run_id=run_id)
     reachable = [server for server in servers if server.name in infos]
     broker = SlotBroker(reachable, batch=spec.name, priority=spec.priority, run_id=run_id, first_leases=first_leases)
     context = JobContext(
@@ -127,11 +129,12 @@ async def _render(
         eligible=plan.eligible, versions={p.name: p.comfyui_version or "" for p in probes},
         recoverable={key: record for key, record in records.items() if recoverable(record)},
         input_policy=input_policy_of_run(settings), warm_routing=settings.warm_routing,
+        thumbnails=Thumbnails(expansion.jobs) if not shards else None,
     )  # fmt: skip
     emit_batch_event(spec.name, "started", total=len(expansion.jobs), skipped=len(results), by=_submitted_by())
     ending = Ending(spec, store, batch_dir, expansion.jobs, results, skipped=len(stored), plan=plan,
-                    duplicates=expansion.duplicates, journal=journal)  # fmt: skip
-    shards = await plan_shards(spec, settings, expansion.jobs, runnable, batch_dir=batch_dir, run_id=run_id)
+                    duplicates=expansion.duplicates, journal=journal, thumbnails=context.thumbnails)  # fmt: skip
+
     finishing: asyncio.Task[BatchReport] | None = None
     try:
         if shards:  # child flow runs on the work pool render; this run follows them and writes the one ending

@@ -33,7 +33,7 @@ from comfybatch.errors import BatchIncomplete
 from comfybatch.flows.plan import FleetPlan
 from comfybatch.models import BatchReport, BatchSpec, JobResult, JobSpec
 from comfybatch.notify.webhooks import BatchWebhooks
-from comfybatch.outputs.contact_sheet import write_contact_sheets
+from comfybatch.outputs.contact_sheet import Thumbnails, write_contact_sheets
 from comfybatch.outputs.identity import run_folder
 from comfybatch.outputs.manifest import write_manifest
 from comfybatch.outputs.storage import OutputStore
@@ -51,10 +51,12 @@ class Ending:
     def __init__(
         self, spec: BatchSpec, store: OutputStore, batch_dir: str, jobs: list[JobSpec], results: list[JobResult], *,
         skipped: int, plan: FleetPlan | None, duplicates: int, journal: JobJournal, run_id: UUID | None = None,
+        thumbnails: Thumbnails | None = None,
     ) -> None:  # fmt: skip
         self.spec, self.store, self.batch_dir, self.jobs, self.results = spec, store, batch_dir, jobs, results
         self.skipped, self.plan, self.duplicates, self.journal = skipped, plan, duplicates, journal
         self.run_id = run_id  # outside the run's own context (the runner's hooks), artifacts name their run
+        self.thumbnails = thumbnails  # the sheet's tiles made as the images landed (this process's jobs only)
 
     async def finish(self) -> BatchReport:
         """The record of a run that went to the end.
@@ -110,11 +112,14 @@ class Ending:
         spec, store = self.spec, self.store
         results = sorted(results, key=lambda result: result.job.index)
         axes = list(spec.sweep.axes) if len(spec.sweep.axes) == 2 and not spec.sweep.zipped else []
+        if self.thumbnails is not None:
+            await self.thumbnails.settled()
         # Manifest and sheets side by side: the batch's return waits for the slower only.
         manifest_uris, sheets = await asyncio.gather(
             asyncio.to_thread(write_manifest, store, self.batch_dir, results),
-            asyncio.to_thread(write_contact_sheets, store, self.batch_dir, results, sweep_axes=axes),
-        )
+            asyncio.to_thread(write_contact_sheets, store, self.batch_dir, results, sweep_axes=axes,
+                              thumbnails=self.thumbnails),
+        )  # fmt: skip
         manifest = list(manifest_uris)
         failures = [(r.job.job_key, r.error or "failed") for r in results if r.status == "failed"]
         done = sum(1 for r in results if r.status == "done") - self.skipped

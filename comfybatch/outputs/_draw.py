@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-TileImage = bytes | Path | None
+TileImage = bytes | Path | Image.Image | None  # an Image: a thumbnail `shrink` made
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 Color = tuple[int, int, int]
 
@@ -92,9 +92,10 @@ def draw_lines(
 def paste_tile(canvas: Image.Image, tile: Tile, origin: tuple[int, int], size: int) -> None:
     """Draw `tile` as a `size` px square at `origin`: the letterboxed thumbnail or a placeholder."""
     source = tile.load()
-    thumb, problem = (None, tile.placeholder) if source is None else _thumbnail(source, size)
+    shrunk, problem = (None, tile.placeholder) if source is None else shrink(source, size)
     box = Image.new("RGB", (size, size), BOX)
-    if thumb is not None:
+    if shrunk is not None:
+        thumb = _filling(shrunk, size)
         box.paste(thumb, ((size - thumb.width) // 2, (size - thumb.height) // 2))
         thumb.close()
     else:
@@ -102,16 +103,16 @@ def paste_tile(canvas: Image.Image, tile: Tile, origin: tuple[int, int], size: i
     canvas.paste(box, origin)
 
 
-def _thumbnail(source: bytes | Path, size: int) -> tuple[Image.Image | None, str]:
-    """An RGB thumbnail within `size` x `size` (aspect kept), or None and why: missing or unreadable."""
+def shrink(source: bytes | Path | Image.Image, size: int) -> tuple[Image.Image | None, str]:
+    """An RGB thumbnail within `size` x `size` (aspect kept, transparency on the letterbox colour), or None and why:
+    missing or unreadable. An image given is taken as one this made already."""
+    if isinstance(source, Image.Image):
+        return source.copy(), ""
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             image.draft("RGB", (size, size))  # JPEG: decode at reduced scale, cheaper for big renders
             image.thumbnail((size, size), Image.Resampling.LANCZOS)
             rgba = image.convert("RGBA")
-        if max(rgba.size) * 2 <= size:  # small renders (previews, tests) fill the tile, pixels kept sharp
-            factor = size // max(rgba.size)
-            rgba = rgba.resize((rgba.width * factor, rgba.height * factor), Image.Resampling.NEAREST)
     except FileNotFoundError:
         return None, "missing"
     except (OSError, ValueError, Image.DecompressionBombError):
@@ -119,6 +120,15 @@ def _thumbnail(source: bytes | Path, size: int) -> tuple[Image.Image | None, str
     flat = Image.new("RGB", rgba.size, BOX)
     flat.paste(rgba, mask=rgba.getchannel("A"))  # transparent parts show the letterbox colour
     return flat, ""
+
+
+def _filling(thumb: Image.Image, size: int) -> Image.Image:
+    """Small renders (previews, tests) fill the tile, their pixels kept sharp; others as they are."""
+    if max(thumb.size) * 2 > size:
+        return thumb
+    factor = size // max(thumb.size)
+    with thumb:
+        return thumb.resize((thumb.width * factor, thumb.height * factor), Image.Resampling.NEAREST)
 
 
 def _placeholder(box: Image.Image, text: str) -> None:

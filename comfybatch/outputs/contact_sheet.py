@@ -1,17 +1,19 @@
 """Contact sheets and XY grids of a batch's images: Pillow only, one source image open at a time."""
 
+import asyncio
 import base64
 import io
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 from PIL import Image, ImageDraw
 from pydantic import JsonValue
 
 from comfybatch.errors import StorageError
-from comfybatch.models import JobResult
+from comfybatch.models import JobResult, JobSpec
 from comfybatch.outputs import _draw
 from comfybatch.outputs._draw import Tile, TileImage
 from comfybatch.outputs.manifest import media_type_of
@@ -67,6 +69,41 @@ def xy_grid(
     )
 
 
+class Thumbnails:
+    """Contact-sheet tiles made while a batch runs, as its images land, one at a time on a thread of their own: the
+    batch's end then pastes them instead of decoding every image (about 19 ms for a 1024 px PNG, so 7.5 s for a
+    full sheet). Holds the tiles of the first MAX_TILES jobs only: at most 400 thumbnails of 256 px, under 80 MB."""
+
+    def __init__(self, jobs: Sequence[JobSpec], *, thumb_px: int = 256) -> None:
+        self.thumb_px = thumb_px
+        self._wanted = {job.key for job in sorted(jobs, key=lambda job: job.index)[:MAX_TILES]}
+        self._made: dict[str, Image.Image] = {}  # image URI -> its tile
+        self._pending: set[asyncio.Future[None]] = set()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="comfybatch-tiles")
+
+    def landed(self, store: OutputStore, result: JobResult) -> None:
+        """Make `result`'s tile soon if the sheet shows it; never waited for here (the job's slot goes on)."""
+        if result.job.key not in self._wanted or (uri := _first_image(result)) is None:
+            return
+        made = asyncio.get_running_loop().run_in_executor(self._executor, self._make, store, uri)
+        self._pending.add(made)
+        made.add_done_callback(self._pending.discard)
+
+    def tile(self, uri: str) -> Image.Image | None:
+        return self._made.get(uri)
+
+    async def settled(self) -> None:
+        """Wait for the tiles still being made (the sheet is drawn next); none are made after."""
+        await asyncio.gather(*self._pending, return_exceptions=True)  # an unreadable image is read again, and says so
+        self._executor.shutdown(wait=False)
+
+    def _make(self, store: OutputStore, uri: str) -> None:
+        source = _read(store, uri)
+        thumb, _ = _draw.shrink(source, self.thumb_px) if source is not None else (None, "")
+        if thumb is not None:
+            self._made[uri] = thumb
+
+
 class ContactSheets(NamedTuple):
     uris: list[str]
     preview: str  # the contact sheet as a small JPEG `data:` URI, for markdown the Prefect UI shows inline
@@ -80,6 +117,7 @@ def write_contact_sheets(
     sweep_axes: Sequence[str] = (),
     thumb_px: int = 256,
     preview_px: int = 720,
+    thumbnails: Thumbnails | None = None,
 ) -> ContactSheets:
     """Write `<batch_dir>/contact_sheet.png` and, for exactly two `sweep_axes`, `xy_grid.png`; return their URIs
     and the sheet's preview (made from the sheet in memory: reading a 5,000 px PNG back costs a third of a second).
@@ -92,12 +130,14 @@ def write_contact_sheets(
     """
     batch_dir = check_relpath(batch_dir)
     ordered = sorted(results, key=lambda result: result.job.index)
-    tiles = [_job_tile(store, result) for result in ordered[:MAX_TILES]]
+    made = thumbnails if thumbnails is not None and thumbnails.thumb_px == thumb_px else None
+    tiles = [_job_tile(store, result, made) for result in ordered[:MAX_TILES]]
     sheet = _sheet(tiles, total=len(ordered), thumb_px=thumb_px, columns=None)
     preview = _preview_data_uri(sheet, max_px=preview_px)
     uris = [store.write_bytes(f"{batch_dir}/{CONTACT_SHEET}", _png(sheet))]
     if len(sweep_axes) == 2:
-        grid = _batch_xy_grid(store, ordered, x_name=sweep_axes[0], y_name=sweep_axes[1], thumb_px=thumb_px)
+        grid = _batch_xy_grid(store, ordered, x_name=sweep_axes[0], y_name=sweep_axes[1], thumb_px=thumb_px,
+                              thumbnails=made)  # fmt: skip
         uris.append(store.write_bytes(f"{batch_dir}/{XY_GRID}", _png(grid)))
     return ContactSheets(uris, preview)
 
@@ -184,8 +224,9 @@ def _xy_footer(axes: tuple[Sequence[JsonValue], Sequence[JsonValue]], shown: tup
 
 
 def _batch_xy_grid(
-    store: OutputStore, ordered: Sequence[JobResult], *, x_name: str, y_name: str, thumb_px: int
-) -> Image.Image:
+    store: OutputStore, ordered: Sequence[JobResult], *, x_name: str, y_name: str, thumb_px: int,
+    thumbnails: Thumbnails | None,
+) -> Image.Image:  # fmt: skip
     """The XY grid of a batch: per cell the first job with an image, else the first job's placeholder."""
     axes: tuple[dict[str, JsonValue], dict[str, JsonValue]] = ({}, {})  # canonical text -> value, in sweep order
     cells: dict[tuple[str, str], tuple[bool, JobResult]] = {}
@@ -203,7 +244,7 @@ def _batch_xy_grid(
 
     def cell(x: JsonValue, y: JsonValue) -> Tile:
         found = cells.get((_canonical(x), _canonical(y)))
-        return missing if found is None else _job_tile(store, found[1])
+        return missing if found is None else _job_tile(store, found[1], thumbnails)
 
     return _xy(
         cell,
@@ -214,13 +255,15 @@ def _batch_xy_grid(
     )
 
 
-def _job_tile(store: OutputStore, result: JobResult) -> Tile:
+def _job_tile(store: OutputStore, result: JobResult, thumbnails: Thumbnails | None = None) -> Tile:
     job = result.job
     seed = "no seed" if job.seed is None else f"seed {job.seed}"
     label = f"#{job.index + 1}  {seed}\n{job.label or 'item'}"  # numbered from 1, as the page and task runs
     uri = _first_image(result)
     if uri is None:
         return Tile(_draw.given(None), label, placeholder="no image" if result.status == "done" else result.status)
+    if thumbnails is not None and (made := thumbnails.tile(uri)) is not None:
+        return Tile(_draw.given(made), label)
     return Tile(lambda: _read(store, uri), label, placeholder="missing")
 
 

@@ -28,6 +28,7 @@ from comfybatch.errors import (
 )
 from comfybatch.inputs import InputPolicy
 from comfybatch.models import JobResult, JobSpec
+from comfybatch.outputs.contact_sheet import Thumbnails
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.pipeline import execute_job
 from comfybatch.problems import why_unreachable
@@ -59,7 +60,7 @@ class JobContext:
     def __init__(
         self, *, broker: SlotBroker, store: OutputStore, journal: JobJournal, batch_dir: str, timeouts: Timeouts,
         eligible: dict[str, tuple[str, ...]], recoverable: dict[str, JobRecord], versions: dict[str, str],
-        input_policy: InputPolicy, warm_routing: bool,
+        input_policy: InputPolicy, warm_routing: bool, thumbnails: Thumbnails | None = None,
     ) -> None:  # fmt: skip
         self.broker = broker
         self.store = store
@@ -71,6 +72,7 @@ class JobContext:
         self.versions = versions
         self.input_policy = input_policy  # the run's: an API request's inputs stay confined at upload time too
         self.warm_routing = warm_routing
+        self.thumbnails = thumbnails  # the contact sheet's tiles, made as images land
         self.in_flight = InFlight()  # what a server leaving the fleet hands back
         self._models: dict[str, frozenset[str]] = {}
 
@@ -151,6 +153,8 @@ async def _run_on(job: JobSpec, slot: Slot, context: JobContext, attempt: int, *
                 on_event=_progress_reporter(job, server.name, tracked), input_policy=context.input_policy,
             ), tracked, server=server.name)  # fmt: skip
     context.broker.mark_up(server.name)
+    if context.thumbnails is not None:
+        context.thumbnails.landed(context.store, result)
     _log_rendered(job, result)
     seconds = result.finished_at - result.started_at if result.finished_at and result.started_at else None
     emit_item_event(job, "done", server=server.name, prompt_id=result.prompt_id, seconds=seconds,

@@ -11,7 +11,7 @@ from PIL import Image
 from comfybatch.comfy.workflow import ApiWorkflow
 from comfybatch.models import JobResult, JobSpec, JobStatus, StoredFile
 from comfybatch.outputs._draw import ALERT
-from comfybatch.outputs.contact_sheet import contact_sheet, write_contact_sheets, xy_grid
+from comfybatch.outputs.contact_sheet import Thumbnails, contact_sheet, write_contact_sheets, xy_grid
 from comfybatch.outputs.storage import OutputStore
 
 TEMPLATE = Path(__file__).parents[2] / "comfybatch" / "templates" / "txt2img-tiny.json"
@@ -201,3 +201,22 @@ def test_contact_sheet_preview_is_a_small_jpeg_of_the_sheet(store: OutputStore, 
         assert abs(image.width / image.height - sheet.width / sheet.height) < 0.05
         pixels = np.asarray(image.convert("RGB")).astype(int)
         assert (np.abs(pixels - GREEN).max(axis=-1) < 40).any()  # the tiles show, through JPEG's rounding
+
+
+@pytest.mark.anyio
+async def test_tiles_made_as_images_land_are_pasted_without_reading_the_images_again(
+    store: OutputStore, workflow: ApiWorkflow
+) -> None:
+    """An image's tile is made when its job lands; the sheet drawn at the end uses it, so an image gone from the
+    store by then still shows (without the tiles it is a "missing" placeholder)."""
+    results = [_stored_result(store, workflow, 0, GREEN), _stored_result(store, workflow, 1, BLUE)]
+    thumbnails = Thumbnails([result.job for result in results], thumb_px=64)
+    thumbnails.landed(store, results[0])
+    await thumbnails.settled()
+    store.delete("cats/0.png")
+    store.delete("cats/1.png")
+
+    write_contact_sheets(store, "cats", results, thumb_px=64, thumbnails=thumbnails)
+
+    sheet = Image.open(io.BytesIO(store.read_bytes("cats/contact_sheet.png")))
+    assert (_has_color(sheet, GREEN), _has_color(sheet, BLUE), _has_placeholder(sheet)) == (True, False, True)
