@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+from prefect.client.schemas.objects import StateType
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
@@ -88,6 +91,7 @@ class Phase:
     error: str | None = None
     prefect_503s: Counter[str] = field(default_factory=Counter)
     first_contact_setup_s: float | None = None  # comfybatch: the set-up of the fleet's first batch (`first_contact`)
+    running_at: float | None = None  # comfybatch: when its flow run entered Running
 
     @property
     def makespan_s(self) -> float:
@@ -458,7 +462,18 @@ async def run_comfybatch(
             spans.append(PromptSpan(str(row.server), *(t.timestamp() for t in times)))
     phase = Phase("comfybatch", called_at, returned_at, spans, cpu, nonce_prefix=prefix, error=error)
     phase.prefect_503s = bench.prefect_503s(log_before, bench.prefect_log_size())
+    phase.running_at = await running_at(spec.name)
     return phase, spec.name
+
+
+async def running_at(run_name: str) -> float | None:
+    """When the flow run named `run_name` entered Running, by the Prefect server's clock (this machine's)."""
+    async with get_client() as client:
+        runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_name])))
+        if not runs:
+            return None
+        states = await client.read_flow_run_states(runs[0].id)
+    return min((state.timestamp.timestamp() for state in states if state.type == StateType.RUNNING), default=None)
 
 
 def busy_fraction(runs: list[NodeRun], servers: int, span_s: float) -> float | None:

@@ -143,6 +143,7 @@ def report(phases: list[Phase], runs: dict[str, list[NodeRun]], scenario: Scenar
     row("ideal / makespan", "{:.1%}", lambda p: ideal / p.makespan_s)
     row("first submit -> last finish [s]", "{:.2f}", lambda p: p.span_s)
     row("set-up: call -> first submit [s]", "{:.2f}", lambda p: p.first_submit - p.called_at)
+    row("flow run Running -> first submit [s]", "{:.2f}", lambda p: p.running_at and p.first_submit - p.running_at)
     row("wrap-up: last finish -> return [s]", "{:.2f}", lambda p: p.returned_at - p.last_finish)
     row("first contact's set-up (fleet new to Prefect) [s]", "{:.2f}", lambda p: p.first_contact_setup_s)
     servers = scenario.servers
@@ -172,6 +173,7 @@ def figures(phases: list[Phase], scenario: Scenario, *, quick: bool, number: int
         "done": {p.name: len(p.prompts) for p in phases},
         "utilisation": round(utilisation, 4), "vs_peer": round(vs_peer, 4),
         "setup_s": round(flow.first_submit - flow.called_at, 3),
+        "running_to_first_submit_s": round(flow.first_submit - flow.running_at, 3) if flow.running_at else None,
         "wrapup_s": round(flow.returned_at - flow.last_finish, 3),
         "first_contact_setup_s": flow.first_contact_setup_s,
         "target_utilisation": scenario.target_utilisation, "target_vs_peer": scenario.target_vs_peer, "met": met,
