@@ -13,7 +13,6 @@ when the run has ended, and the log then closes with one `run.<state>` message n
 import asyncio
 import bisect
 import contextlib
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from prefect.events.clients import PrefectEventSubscriber
 from prefect.events.filters import (
     EventAnyResourceFilter,
     EventFilter,
@@ -34,9 +32,8 @@ from prefect.events.schemas.events import Event
 
 from comfybatch.dashboard.metrics import EventMetrics
 from comfybatch.dashboard.schemas import TERMINAL_STATES
+from comfybatch.prefect_events import follow_events
 from comfybatch.tasks.events import FINAL_EVENT
-
-logger = logging.getLogger(__name__)
 
 EVENT_PREFIXES = ["comfybatch.", "prefect.flow-run."]
 BATCH_FLOW = "generate-batch"  # the flow of every batch run (`launcher.GENERATE_BATCH`'s flow part)
@@ -46,8 +43,6 @@ _HISTORY_MARGIN = timedelta(minutes=1)  # clocks of the Prefect server and its c
 _LONG_AGO = timedelta(minutes=2)  # beyond the storage lag and any clock difference
 # Prefect's event persister stores what it received at least every 5 s: a history read sooner may lack the newest.
 _PERSIST_LAG_S = 6.0
-_RECONNECT_PAUSE_S = 1.0
-_RECONNECT_MAX_PAUSE_S = 30.0
 
 History = Callable[[UUID, datetime], Awaitable[list[Event]]]
 
@@ -263,23 +258,12 @@ class EventHub:
 
     async def _subscribe(self) -> None:
         event_filter = EventFilter(event=EventNameFilter(prefix=EVENT_PREFIXES, exclude_prefix=_NOT_STATES))
-        pause = _RECONNECT_PAUSE_S
-        while True:
-            try:
-                async with PrefectEventSubscriber(
-                    self.api_url, filter=event_filter, reconnection_attempts=5, reconnect_on_clean_close=True
-                ) as subscriber:
-                    self.subscribed.set()
-                    pause = _RECONNECT_PAUSE_S
-                    async for event in subscriber:
-                        self.ingest(event)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the Prefect server went away: keep trying, the logs stay
-                logger.warning("Prefect event stream lost (%s: %s); reconnecting in %g s", type(exc).__name__,
-                               exc, pause)  # fmt: skip
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, _RECONNECT_MAX_PAUSE_S)
+
+        async def ingest(event: Event) -> None:
+            self.ingest(event)
+
+        # The logs stay while the Prefect server is away.
+        await follow_events(event_filter, ingest, api_url=self.api_url, on_subscribed=self.subscribed.set)
 
     async def log(self, run_id: UUID, created: datetime) -> BatchLog:
         """The batch's log, read back from Prefect's history the first time."""

@@ -2,18 +2,21 @@
 
 A triggered batch waits for three things before its first prompt: the runner noticing the new flow run (it
 polls every `poll_s`), the run's process starting, and that process loading the flow. All three are kept short:
-- a sub-second poll (one cheap query to the Prefect server each time);
+- the runner looks for runs as soon as Prefect announces a new one (`wake.py`), besides its sub-second poll;
 - the flows are added to the runner as flow objects (`Runner.aadd_flow`), so a run starts through Prefect's
   direct starter with the flow in hand, not `python -m prefect.engine` re-reading the deployment and importing
   its entrypoint (`aserve` of RunnerDeployments does the latter);
 - that process is forked from a server that has already imported Prefect and comfybatch (`_warm_process`).
 """
 
+import asyncio
+
 from prefect.runner import Runner
 
 from comfybatch.blocks.fleet import load_fleet
 from comfybatch.deployments._warm_process import use_warm_processes
 from comfybatch.deployments.catalog import catalog
+from comfybatch.deployments.wake import start_announced_runs
 from comfybatch.errors import ConfigError
 from comfybatch.settings import get_settings
 
@@ -39,6 +42,9 @@ async def serve_deployments(*, limit: int = 4, poll_s: float = DEFAULT_POLL_S, w
     for served in catalog(settings):
         await runner.aadd_flow(served.flow, **served.options)
     names = ", ".join(f"{served.flow.name}/{served.options['name']}" for served in catalog(settings))
-    print(f"serving {names} (polling every {poll_s:g} s, {'warm forked' if warm else 'cold spawned'} runs)",
-          flush=True)  # fmt: skip
-    await runner.start()
+    print(f"serving {names} (polling every {poll_s:g} s and woken by new runs, "
+          f"{'warm forked' if warm else 'cold spawned'} runs)", flush=True)  # fmt: skip
+    async with asyncio.TaskGroup() as group:
+        waking = group.create_task(start_announced_runs(runner))
+        await runner.start()
+        waking.cancel()
