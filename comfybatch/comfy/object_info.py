@@ -113,6 +113,12 @@ class ObjectInfo:
         self._raw: dict[str, Mapping[str, Any]] = {k: v for k, v in raw.items() if isinstance(v, Mapping)}
         self._classes: dict[str, NodeClass] = {}
 
+    def __eq__(self, other: object) -> bool:
+        """The same catalogue: servers that answer alike accept the same graphs."""
+        return isinstance(other, ObjectInfo) and self._raw == other._raw
+
+    __hash__ = None  # type: ignore[assignment]  # mutable caches inside: compare, do not hash
+
     @classmethod
     def from_json(cls, text: str | bytes) -> "ObjectInfo":
         """Parse `/object_info` JSON text.

@@ -86,6 +86,12 @@ class ApiWorkflow:
         """
         return str(self._nodes[node_id]["class_type"])
 
+    def string_inputs(self, node_id: str) -> list[tuple[str, str]]:
+        """Node `node_id`'s inputs whose values are strings, as (name, value): read without copying the graph (a
+        batch's planning reads them for every job on every server)."""
+        inputs = self._nodes[node_id].get("inputs", {})
+        return [(name, value) for name, value in inputs.items() if isinstance(value, str)]
+
     def get_input(self, node_id: str, input_name: str, default: Any = None) -> Any:
         """A copy of one input's value (a literal or a link), or `default`."""
         return copy.deepcopy(self._nodes.get(node_id, {}).get("inputs", {}).get(input_name, default))

@@ -111,19 +111,28 @@ def plan_fleet(
     jobs: Sequence[JobSpec], probes: list[ServerProbe], infos: dict[str, ObjectInfo],
     history: Sequence[JobResult] = (), slots: dict[str, int] | None = None,
 ) -> FleetPlan:  # fmt: skip
-    """Check each distinct graph shape once per server against its `/object_info`."""
+    """Check each distinct graph shape once per group of servers with the same `/object_info` (a fleet of alike
+    servers is one group: 2,000 jobs on 8 servers were 16,000 checks)."""
     eligible: dict[str, list[str]] = defaultdict(list)
     invalid: dict[str, str] = {}
+    alike: list[tuple[ObjectInfo, list[str]]] = []
     for server, info in infos.items():
-        verdicts: dict[tuple[Any, ...], str | None] = {}
+        group = next((names for known, names in alike if known == info), None)
+        if group is None:
+            alike.append((info, [server]))
+        else:
+            group.append(server)
+    for info, names in alike:
+        problems: dict[tuple[Any, ...], list[NodeProblem]] = {}
         for job in jobs:
             shape = _shape(job.workflow, info)
-            if shape not in verdicts:
-                verdicts[shape] = _verdict(check_workflow(job.workflow, info), server)
-            if (why := verdicts[shape]) is None:
-                eligible[job.key].append(server)
-            elif job.key not in invalid or why.startswith("workflow"):
-                invalid[job.key] = why
+            if shape not in problems:
+                problems[shape] = check_workflow(job.workflow, info)
+            for server in names:
+                if (why := _verdict(problems[shape], server)) is None:
+                    eligible[job.key].append(server)
+                elif job.key not in invalid or why.startswith("workflow"):
+                    invalid[job.key] = why
     per_server = {server: sum(server in names for names in eligible.values()) for server in infos}
     return FleetPlan(
         servers=probes, eligible={job.key: tuple(eligible.get(job.key, ())) for job in jobs},
@@ -141,8 +150,8 @@ def _shape(workflow: ApiWorkflow, info: ObjectInfo) -> tuple[Any, ...]:
         shape.append((node_id, class_type))
         if not info.has_class(class_type):
             continue
-        for name, value in workflow.nodes[node_id]["inputs"].items():
-            if isinstance(value, str) and info.combo_options(class_type, name) is not None:
+        for name, value in workflow.string_inputs(node_id):
+            if info.combo_options(class_type, name) is not None:
                 shape.append((node_id, name, value))
     return tuple(shape)
 
