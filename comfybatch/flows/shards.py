@@ -151,7 +151,7 @@ async def render_in_shards(
                     else:
                         ended[entry.shard.number] = run
         except BaseException:
-            await asyncio.shield(_cancel_all(client, [entry.flow_run_id for entry in running.values()]))
+            await asyncio.shield(cancel_shards(client, [entry.flow_run_id for entry in running.values()]))
             raise
     await relay.relay()  # the last images, before the batch's end is told
     await _collect(shards, ended, jobs, journal, results)
@@ -208,7 +208,7 @@ async def _stop_earlier(client: PrefectClient, parent_run: str) -> None:
     if not ids:
         return
     get_run_logger().warning("%d shard run(s) of an earlier execution still going; cancelling them first", len(ids))
-    await _cancel_all(client, ids)
+    await cancel_shards(client, ids)
     deadline = time.monotonic() + _STOP_WAIT_S
     while ids and time.monotonic() < deadline:
         await asyncio.sleep(_FOLLOW_S)
@@ -225,11 +225,18 @@ async def _read_runs(client: PrefectClient, ids: list[UUID]) -> list[FlowRun]:
         return []
 
 
-async def _cancel_all(client: PrefectClient, flow_run_ids: Sequence[UUID]) -> None:
-    """Ask the workers to stop the shards still going (their runs' states say Cancelling)."""
+async def cancel_shards(client: PrefectClient, flow_run_ids: Sequence[UUID]) -> None:
+    """Ask the workers to stop the shards still going (their runs' states say Cancelling); one not started yet is
+    Cancelled at once. Never forced: a shard that ended meanwhile keeps its state (Prefect refuses Cancelling after
+    a final state; forced, a Completed shard became Cancelling for good, with no process left to end it)."""
+    known = {run.id: run for run in await _read_runs(client, list(flow_run_ids))}
     for flow_run_id in flow_run_ids:
+        state = known[flow_run_id].state if flow_run_id in known else None
+        if state is not None and state.type in _FINAL:
+            continue
+        stop = Cancelled if state is not None and state.type == StateType.SCHEDULED else Cancelling
         with contextlib.suppress(Exception):  # best effort: Prefect's cancellation cleanup cancels subflows too
-            await client.set_flow_run_state(flow_run_id, Cancelling(message="the batch's run ended"), force=True)
+            await client.set_flow_run_state(flow_run_id, stop(message="the batch's run ended"))
 
 
 async def _collect(

@@ -53,8 +53,9 @@ def _shard_runs(api: str, batch: str) -> list[dict[str, Any]]:
 def test_cancelled_sharded_batch_stops_its_shards_and_resumes_when_run_again(
     platform_prefect: LocalPrefectServer, served: tuple[ServeProcess, Path, list[str]]
 ) -> None:
-    """Cancelling the batch's run cancels its three shards and writes its manifest (done and not rendered); the same
-    request run again renders only the rest in new shards, and the batch completes with every image once."""
+    """Cancelling the batch's run cancels its shards still going (one that finished all its images first stays
+    Completed) and writes its manifest (done and not rendered); the same request run again renders only the rest in
+    new shards, and the batch completes with every image once."""
     api, (serve, out, servers) = platform_prefect.api_url, served
     spec = delay_spec("sharded-cancel", seconds=0.5, count=36, servers=servers, shard_size=12)
     first = _start(api, spec)
@@ -74,7 +75,8 @@ def test_cancelled_sharded_batch_stops_its_shards_and_resumes_when_run_again(
 
     assert cancelled["state_type"] == "CANCELLED"
     assert len(shards) == 3
-    assert {run["state_type"] for run in shards} == {"CANCELLED"}
+    assert {run["state_type"] for run in shards} <= {"CANCELLED", "COMPLETED"}
+    assert "CANCELLED" in {run["state_type"] for run in shards}
     assert stopped is not None
     assert len(stopped) == 36
     assert set(stopped["status"]) <= {"done", "cancelled"}, stopped[stopped["status"] == "failed"].to_dict("records")
