@@ -123,13 +123,14 @@ def plan_fleet(
         else:
             group.append(server)
     for info, names in alike:
-        problems: dict[tuple[Any, ...], list[NodeProblem]] = {}
+        verdicts: dict[tuple[Any, ...], list[tuple[str, str | None]]] = {}  # shape -> (server, why not) each
         for job in jobs:
             shape = _shape(job.workflow, info)
-            if shape not in problems:
-                problems[shape] = check_workflow(job.workflow, info)
-            for server in names:
-                if (why := _verdict(problems[shape], server)) is None:
+            if shape not in verdicts:
+                problems = check_workflow(job.workflow, info)
+                verdicts[shape] = [(server, _verdict(problems, server)) for server in names]
+            for server, why in verdicts[shape]:
+                if why is None:
                     eligible[job.key].append(server)
                 elif job.key not in invalid or why.startswith("workflow"):
                     invalid[job.key] = why
