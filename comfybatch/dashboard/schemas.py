@@ -40,6 +40,9 @@ class BatchStatus(BatchStarted):
     """A batch with counts from its job journal."""
 
     state_name: str = ""
+    state_at: str | None = Field(
+        None, description="When the run entered `state` (ISO 8601): a client keeps the newer of it and a `run.*` event."
+    )
     counts: BatchCounts = Field(default_factory=BatchCounts)
     submitted_by: str | None = None
     cancelled_by: str | None = None

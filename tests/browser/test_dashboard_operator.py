@@ -290,6 +290,40 @@ def test_batch_view_says_it_is_loading_until_the_status_arrives(
     assert tab.errors == []
 
 
+def test_a_status_read_older_than_the_run_s_end_does_not_take_the_badge_back_to_running(
+    open_tab: Callable[..., Tab], live_dashboard: str
+) -> None:
+    """Status reads answered while the batch ran, delivered only after the page showed COMPLETED (a slow answer, or
+    the server's one-second shared read), leave the badge COMPLETED."""
+    batch_id = create_batch(live_dashboard, _quick_spec(_name("stale"), 6, seconds=2.0))
+    tab = open_tab()
+    page = tab.page
+    passed: list[str] = []
+    stale: list[tuple[Route, Any]] = []
+
+    def delay_running_answers(route: Route) -> None:
+        """The view's first read passes; later answers that say the run is not over are held back."""
+        answer = route.fetch()
+        state = answer.json()["state"]
+        if passed and state not in ("COMPLETED", "FAILED", "CANCELLED", "CRASHED"):
+            stale.append((route, answer))
+        else:
+            passed.append(state)
+            route.fulfill(response=answer)
+
+    page.route(re.compile(rf"/api/batches/{batch_id}$"), delay_running_answers)
+    page.goto(f"/#/batches/{batch_id}")
+    _wait_state(page, "COMPLETED")
+    assert stale, f"no status read was answered while the batch ran (answers passed: {passed})"
+    for route, answer in stale:
+        route.fulfill(response=answer)
+    page.wait_for_timeout(1_000)  # the stale answers applied (or not)
+
+    expect(page.get_by_test_id("batch-state")).to_have_attribute("data-state", "COMPLETED", timeout=1)
+    expect(page.get_by_test_id("eta")).to_have_text("finished")
+    assert tab.errors == []
+
+
 def test_fleet_panel_marks_a_draining_server(browser: Browser, dashboard_platform: DashboardPlatform) -> None:
     """A server taken out of rotation with `comfybatch fleet drain` says so in the fleet panel; the other does not."""
     drained, other = (name_from_url(server.url) for server in dashboard_platform.fleet.servers[:2])

@@ -22,6 +22,8 @@ from tests.support import batches
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, PREFECT_SOCKETS]
 _TAKES_EFFECT_S = 5.0  # the bound for a fleet change to reach running batches
+# 20 s on one server: the change (3 s in, later when the loop is busy starting the batch) leaves well over 5 s of work
+_JOINED_COUNT = 40
 
 
 def _fleet_file(path: Path, urls: list[str], *, slots: int) -> None:
@@ -61,14 +63,14 @@ async def test_server_added_to_the_fleet_file_takes_prompts_within_5_s(
     fleet_file = tmp_path / "comfybatch.toml"
     _fleet_file(fleet_file, urls[:1], slots=1)
     settings = _use_fleet_file(monkeypatch, fleet_file)
-    spec = batches.delay_spec("live-add", seconds=0.5, count=30, servers=[])
+    spec = batches.delay_spec("live-add", seconds=0.5, count=_JOINED_COUNT, servers=[])
     running = asyncio.create_task(generate_batch(spec))
     await asyncio.sleep(3.0)
     _fleet_file(fleet_file, urls, slots=1)
     added_at = pd.Timestamp.now(tz="UTC")
     report = await running
 
-    assert report.done == 30
+    assert report.done == _JOINED_COUNT
     _assert_joined(settings, "live-add", first=first, joined=second, at=added_at)
 
 
@@ -111,7 +113,7 @@ async def test_server_block_saved_mid_batch_takes_prompts_within_5_s(
     monkeypatch.setenv("COMFYUI_URLS", urls[0])
     get_settings.cache_clear()
     settings = get_settings()
-    spec = batches.delay_spec("live-block", seconds=0.5, count=30, servers=[])
+    spec = batches.delay_spec("live-block", seconds=0.5, count=_JOINED_COUNT, servers=[])
     running = asyncio.create_task(generate_batch(spec))
     await asyncio.sleep(3.0)
     await ComfyUIServer(url=urls[1], slots=1).asave("studio-b", overwrite=True)
@@ -121,7 +123,7 @@ async def test_server_block_saved_mid_batch_takes_prompts_within_5_s(
     finally:
         await delete_servers(["studio-b"])
 
-    assert report.done == 30
+    assert report.done == _JOINED_COUNT
     rows = _assert_joined(settings, "live-block", first=first, joined="studio-b", at=added_at)
     assert second not in set(rows["server"])  # the block's name, not the URL's
 

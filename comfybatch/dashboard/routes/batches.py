@@ -267,6 +267,7 @@ async def _status(run: FlowRun, request: Request, launcher: Launcher, hub: Event
         _no_servers() if ended else launcher.draining_servers(shared=True),
     )  # fmt: skip
     return BatchStatus(batch_id=str(run.id), name=spec.name, state=state, state_name=state_name,
+                       state_at=run.state.timestamp.isoformat() if run.state else None,
                        links=_links(request, run, launcher), counts=counts, submitted_by=tagged(run.tags, SUBMITTED_BY),
                        cancelled_by=_cancelled_by(reason), reason=reason, servers=dict(servers),
                        eta_s=_eta(records, counts, run), planned=jobs is not None,

@@ -3,7 +3,7 @@
 import { api } from "../api.js";
 import { $, h } from "../dom.js";
 import { duration, rememberServerNames, safeHttpUrl, serverName, serverNames } from "../format.js";
-import { STATUS_POLL_MS, TERMINAL_RUN } from "./states.js";
+import { STATUS_POLL_MS, TERMINAL_RUN, stateTime } from "./states.js";
 
 const SUMMARY_MS = 250;
 
@@ -28,7 +28,16 @@ export class BatchStatus {
 
   /** @this {BatchView} */
   async refreshStatus() {
-    this.status = await api("GET", `/api/batches/${this.id}`);
+    const asked = ++this.statusAsked;
+    const status = await api("GET", `/api/batches/${this.id}`);
+    if (asked < this.statusShown || this.disposed) return;
+    this.statusShown = asked;
+    // The server may answer from a read a moment old: a state the stream reported since then stays.
+    if (this.status && stateTime(this.status) > stateTime(status)) {
+      const { state, state_name, state_at } = this.status;
+      Object.assign(status, { state, state_name, state_at });
+    }
+    this.status = status;
     this.etaReadAt = performance.now();
     if (this.status.planned !== false) this.replan();
     this.setTotal(this.status.counts?.total ?? 0);

@@ -3,7 +3,7 @@
 import { apiKey, askForKey } from "../api.js";
 import { $ } from "../dom.js";
 import { mediaOfFile } from "../format.js";
-import { TERMINAL_ITEM } from "./states.js";
+import { TERMINAL_ITEM, stateTime } from "./states.js";
 
 /** @typedef {import("./view.js").BatchView} BatchView */
 
@@ -106,7 +106,10 @@ export class BatchStream {
     if (type.startsWith("item.")) {
       this.applyItem(type.slice(5), message);
     } else if (type.startsWith("run.")) {
-      if (this.status) Object.assign(this.status, { state: message.state, state_name: message.state_name });
+      const at = { state_at: message.occurred };
+      if (this.status && stateTime(at) >= stateTime(this.status)) { // a replayed older state never goes back
+        Object.assign(this.status, { state: message.state, state_name: message.state_name, ...at });
+      }
       this.renderHead();
       if (this.runEnded()) this.refreshStatus().catch(() => {});
     } else if (type === "batch.cancel-requested") {

@@ -39,6 +39,8 @@ export class BatchView {
     this.renderQueued = false;
     this.painted = false;
     this.status = null;
+    this.statusAsked = 0; // status reads sent, numbered
+    this.statusShown = 0; // the number of the read `status` came from: an older answer arriving later is dropped
     this.lastSeq = 0;
     this.attempt = 0;
     this.socket = null;
