@@ -21,3 +21,8 @@ def tagged(tags: Iterable[str], prefix: str) -> str | None:
 
 def without(tags: Iterable[str], prefix: str) -> list[str]:
     return [kept for kept in tags if not kept.startswith(prefix)]
+
+
+def resuming(tags: Iterable[str], run_id: object) -> list[str]:
+    """The tags of a new run that resumes the ended run `run_id`: its own, with `resumed-from:` naming that run."""
+    return [*without(tags, RESUMED_FROM), tag(RESUMED_FROM, run_id)]

@@ -58,7 +58,7 @@ from comfybatch.models import BatchSpec, JobSpec
 from comfybatch.outputs.identity import RUNS_FOLDER, find_folder, request_identity, run_folder
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.records import JobJournal, JobRecord, read_plan
-from comfybatch.run_tags import RESUMED_FROM, SUBMITTED_BY, tag, without
+from comfybatch.run_tags import RESUMED_FROM, SUBMITTED_BY, resuming, tag
 from comfybatch.settings import Settings
 
 BATCH_COUNT_LIMIT = 200  # the Prefect API's page cap: `/metrics` counts the newest this many batches
@@ -88,8 +88,16 @@ def _ended(run: FlowRun) -> BatchConflict | None:
     return BatchConflict(f"batch {run.id} has already ended ({run.state_type.value}): there is nothing to cancel")
 
 
-def left_before(record: JobRecord, since: float) -> bool:
-    """A failed or cancelled record an earlier run of the batch left (a resume renders the item again)."""
+def this_run(records: dict[str, JobRecord], run: FlowRun) -> dict[str, JobRecord]:
+    """The journal as `run` sees it: a failed or cancelled record that an earlier run of the batch left is work this
+    one (a resume) renders again, so it counts as not started yet rather than as this run's failure."""
+    if run.created is None:
+        return records
+    since = run.created.timestamp()
+    return {key: record for key, record in records.items() if not _left_before(record, since)}
+
+
+def _left_before(record: JobRecord, since: float) -> bool:
     result = record.result
     return result is not None and result.status in ("failed", "cancelled") and (result.finished_at or 0.0) < since
 
@@ -341,7 +349,7 @@ class Launcher:
             raise BatchConflict(f"batch {spec.name} ({flow_run_id}) is {state}: cancel it or let it end first")
         if spec.dry_run:
             raise BatchConflict(f"batch {spec.name} ({flow_run_id}) was a dry run: it renders nothing to resume")
-        tags = [*without(run.tags, RESUMED_FROM), tag(RESUMED_FROM, run.id)]
+        tags = resuming(run.tags, run.id)
         async with self._client() as client:
             resumed = await client.create_flow_run_from_deployment(
                 await self._deployment_id(client), parameters={"spec": run.parameters.get("spec")}, name=run.name,
@@ -559,9 +567,8 @@ class Launcher:
         """
         run_id = run.id
         known = self._journals.get(run_id)
-        if known is not None and run.created is not None:
-            since = run.created.timestamp()
-            known = {key: record for key, record in known.items() if not left_before(record, since)}
+        if known is not None:
+            known = this_run(known, run)
         # Read afresh every time (only unfinished records cost a file read): a page reloaded mid-batch must never see
         # an item older than the events it already showed, so no shared, seconds-old answer here.
         records = await JobJournal(self.store_of(spec), await self.batch_dir(spec, run_id)).load(known)

@@ -19,7 +19,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelled
 
 from comfybatch.deployments.catalog import GENERATE_BATCH
-from comfybatch.run_tags import RESUMED_FROM, tag, without
+from comfybatch.run_tags import resuming
 
 STOP_REASON = "cancelled by comfybatch stop: the platform stopped during the batch; run it again to resume"
 RESTART_REASON = (
@@ -85,7 +85,7 @@ async def resume(handover: Handover, runs: Sequence[FlowRun]) -> list[FlowRun]:
         async with get_client() as client:
             deployment = await client.read_deployment_by_name(GENERATE_BATCH)
             for run in runs:
-                tags = [*without(run.tags, RESUMED_FROM), tag(RESUMED_FROM, run.id)]
+                tags = resuming(run.tags, run.id)
                 created.append(await client.create_flow_run_from_deployment(
                     deployment.id, parameters=run.parameters, name=run.name, tags=tags,
                 ))  # fmt: skip

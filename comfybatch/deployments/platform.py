@@ -156,7 +156,7 @@ def wait_for_http(url: str, *, component: Component, what: str, timeout_s: float
     """
     started = time.monotonic()
     if poll_http(url, alive=lambda: _starting_or_alive(component, started), timeout_s=timeout_s) != "ready":
-        raise ConfigError(f"{what} did not start; last lines of {component.log}:\n{_tail(Path(component.log))}")
+        raise ConfigError(f"{what} did not start; last lines of {component.log}:\n{log_tail(Path(component.log))}")
 
 
 def poll_http(url: str, *, alive: Callable[[], bool], timeout_s: float, ready: Callable[[int], bool] = _serves,
@@ -187,7 +187,7 @@ def wait_for_deployment(api_url: str, name: str, *, timeout_s: float = 90.0, ser
                         alive=lambda: serve is None or _starting_or_alive(serve, started), interval_s=0.5)  # fmt: skip
     if outcome == "ready":
         return
-    tail = _tail(Path(serve.log)) if serve is not None else ""
+    tail = log_tail(Path(serve.log)) if serve is not None else ""
     raise ConfigError(f"the deployments did not come up (no {name} after {timeout_s:g} s)\n{tail}")
 
 
@@ -196,8 +196,11 @@ def _starting_or_alive(component: Component, since: float) -> bool:
     return is_alive(component) or time.monotonic() - since < _EXEC_GRACE_S
 
 
-def _tail(log: Path, lines: int = 30) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.is_file() else ""
+def log_tail(log: Path, lines: int = 40) -> str:
+    """The last `lines` of a process's log, for an error that says why it did not start."""
+    if not log.is_file():
+        return "(no log)"
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def server_health(url: str) -> str:

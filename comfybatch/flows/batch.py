@@ -76,14 +76,16 @@ async def generate_batch(spec: BatchSpec) -> BatchReport:
         # The first prompts' leases are taken while the fleet is probed and the jobs planned.
         first_leases = await stack.enter_async_context(FirstLeases.configured(settings, only=spec.servers))
         # The claim's settle wait overlaps the fleet's probes.
+        classes = template_classes(spec.workflow)  # read once: the probes and the fleet watch ask only for these
         (servers, probes, infos), folder = await beside(
-            load_and_probe(settings, only=spec.servers, classes=template_classes(spec.workflow), writes_beside=True),
+            load_and_probe(settings, only=spec.servers, classes=classes, writes_beside=True),
             stack.enter_async_context(claimed(store, folder, run=run_id or f"local-{uuid.uuid4()}")),
         )
         # Webhooks hear the run's events from here on; leaving waits a few seconds at most for their receivers.
         await stack.enter_async_context(BatchWebhooks.for_run(spec, settings, run_id=run_id, output=store.uri(
             folder.relpath), tags=run.flow_run.tags if run and run.flow_run else ()))  # fmt: skip
-        return await _render(spec, settings, store, folder, identity, (servers, probes, infos), run_id, first_leases)
+        return await _render(spec, settings, store, folder, identity, (servers, probes, infos), run_id, first_leases,
+                             classes=classes)  # fmt: skip
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -97,7 +99,7 @@ async def _dry_run(spec: BatchSpec, settings: Settings, store: OutputStore, batc
 
 async def _render(
     spec: BatchSpec, settings: Settings, store: OutputStore, folder: BatchFolder, identity: dict[str, JsonValue],
-    fleet: Fleet, run_id: str, first_leases: FirstLeases,
+    fleet: Fleet, run_id: str, first_leases: FirstLeases, *, classes: frozenset[str] | None,
 ) -> BatchReport:  # fmt: skip
     servers, probes, infos = fleet
     batch_dir = folder.relpath
@@ -146,8 +148,7 @@ async def _render(
             )  # fmt: skip
         else:
             # The plan artifact is written beside the first jobs: a slow Prefect write must not delay the first prompt.
-            watch = FleetWatch(settings, context, expansion.jobs, only=spec.servers,
-                               classes=template_classes(spec.workflow))  # fmt: skip
+            watch = FleetWatch(settings, context, expansion.jobs, only=spec.servers, classes=classes)
             async with broker:
                 await beside(
                     drain(spec, runnable, context, results, total=len(expansion.jobs), run_id=run_id,

@@ -21,7 +21,7 @@ from typing import Self
 
 import httpx
 
-from comfybatch.deployments.platform import poll_http
+from comfybatch.deployments.platform import log_tail, poll_http
 from comfybatch.local.checkpoint import ensure_tiny_checkpoint
 from comfybatch.local.install import ComfyInstall, ensure_comfyui
 
@@ -51,12 +51,6 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], *, what: str, time
         raise ServerStartError(f"{what} exited during start-up\n{log_tail(log)}")
     if outcome == "timed out":
         raise ServerStartError(f"{what} not ready after {timeout_s:g} s\n{log_tail(log)}")
-
-
-def log_tail(log: Path, lines: int = 40) -> str:
-    if not log.exists():
-        return "(no log)"
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
 @dataclass

@@ -12,8 +12,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from comfybatch.deployments.platform import log_tail
 from comfybatch.deployments.workpool import POOL
-from comfybatch.local.fleet import die_with_parent, log_tail
+from comfybatch.local.fleet import die_with_parent
 
 REPO = Path(__file__).resolve().parents[2]
 AUTOMATIONS = (REPO / "deploy" / "crash-zombies.yaml", REPO / "deploy" / "rerun-crashed.yaml")

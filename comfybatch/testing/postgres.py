@@ -21,7 +21,8 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import quote
 
-from comfybatch.local.fleet import free_port, log_tail
+from comfybatch.deployments.platform import log_tail
+from comfybatch.local.fleet import free_port
 
 INSTALL_HINT = "apt-get install postgresql"
 DEBIAN_ROOT = Path("/usr/lib/postgresql")

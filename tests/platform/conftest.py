@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from comfybatch.local.fleet import die_with_parent, log_tail
+from comfybatch.deployments.platform import log_tail
+from comfybatch.local.fleet import die_with_parent
 from comfybatch.local.prefect_server import LocalPrefectServer
 from comfybatch.testing.cluster import child_map
 from tests.conftest import SuiteFleet

@@ -14,7 +14,7 @@ from prefect.client.schemas.objects import FlowRun
 
 from comfybatch.dashboard.deps import HubDep, KeyName, LauncherDep, SettingsDep
 from comfybatch.dashboard.events import EventHub
-from comfybatch.dashboard.launcher import CANCELLED_BY, Launcher, left_before
+from comfybatch.dashboard.launcher import CANCELLED_BY, Launcher, this_run
 from comfybatch.dashboard.requests import check_api_request
 from comfybatch.dashboard.schemas import (
     TERMINAL_STATES,
@@ -61,15 +61,6 @@ def _item_state(record: JobRecord | None, *, ended: bool) -> str:
     """The item's state from its journal record; once the run has ended, what never finished was not rendered."""
     state = "queued" if record is None else (record.result.status if record.result else "submitted")
     return "cancelled" if ended and state in ("queued", "submitted") else state
-
-
-def _this_run(records: dict[str, JobRecord], run: FlowRun) -> dict[str, JobRecord]:
-    """The journal as this run sees it: a failed or cancelled record that an earlier run of the batch left is work
-    this one (a resume) renders again, so it counts as not started yet rather than as this run's failure."""
-    if run.created is None:
-        return records
-    since = run.created.timestamp()
-    return {key: record for key, record in records.items() if not left_before(record, since)}
 
 
 def _ended(run: FlowRun) -> bool:
@@ -205,7 +196,7 @@ async def _summary(launcher: Launcher, run: FlowRun) -> BatchSummary:
         )
     except ComfyBatchError:  # an unreadable spec or store: the row still lists the run
         return summary
-    summary.counts = _counts(jobs, _this_run(records, run), spec, ended=_ended(run))
+    summary.counts = _counts(jobs, this_run(records, run), spec, ended=_ended(run))
     return summary
 
 
@@ -243,7 +234,7 @@ def _settled(run: FlowRun) -> bool:
 
 async def _status(run: FlowRun, request: Request, launcher: Launcher, hub: EventHub) -> BatchStatus:
     spec = launcher.spec_of(run)
-    records = _this_run(await launcher.records(spec, run), run)
+    records = this_run(await launcher.records(spec, run), run)
     jobs = await launcher.plan(spec, run.id)
     ended = _ended(run)
     counts = _counts(jobs, records, spec, ended=ended)
@@ -325,7 +316,7 @@ async def list_items(
     """Every job of the batch in order, queued ones included, with what its journal recorded."""
     run = await launcher.get(batch_id)
     spec = launcher.spec_of(run)
-    records = _this_run(await launcher.records(spec, run), run)
+    records = this_run(await launcher.records(spec, run), run)
     jobs = await launcher.plan(spec, run.id)
     planned: list[tuple[str, JobSpec | None]] = (
         [(job.key, job) for job in jobs] if jobs is not None else [(key, None) for key in sorted(records)]
@@ -400,7 +391,7 @@ async def resume_batch(
         jobs, records = await asyncio.gather(
             launcher.plan(spec, run.id), launcher.records(spec, run)
         )
-        counts = _counts(jobs, _this_run(records, run), spec, ended=True)
+        counts = _counts(jobs, this_run(records, run), spec, ended=True)
         left = None if counts.total is None else counts.total - counts.done
         if left == 0:
             raise BatchConflict(f"every item of batch {spec.name} is done: there is nothing left to render")
