@@ -355,6 +355,7 @@ class Launcher:
                 await self._deployment_id(client), parameters={"spec": run.parameters.get("spec")}, name=run.name,
                 idempotency_key=tag(RESUMED_FROM, run.id), tags=tags,
             )  # fmt: skip
+        self._recent.forget(("resumed-as", run.id))  # a read shared from before the resume would hide the new run
         if resumed.id not in self._resumed:  # a repeated ask (same idempotency key) is recorded once
             self._resumed.add(resumed.id)
             await self.record(resumed, "resumed", by=resumed_by, resumed_from=str(run.id))

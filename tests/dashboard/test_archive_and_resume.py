@@ -17,7 +17,7 @@ from comfybatch.blocks.server import name_from_url
 from comfybatch.client import AsyncComfyBatchClient, ComfyBatchClient
 from comfybatch.dashboard.app import create_app
 from comfybatch.dashboard.launcher import Launcher
-from tests.dashboard.conftest import API_KEY, AUTH, DashboardPlatform, RenderedBatches, wait_finished
+from tests.dashboard.conftest import API_KEY, AUTH, DashboardPlatform, RenderedBatches, tiny_spec, wait_finished
 from tests.support import graphs
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
@@ -135,6 +135,30 @@ async def test_retry_failed_resumes_the_batch_rendering_only_its_failed_item(
     assert (await client.get(after[0]["image"], headers=AUTH)).content == kept
     assert nothing_left.status_code == 409
     assert "nothing left" in nothing_left.json()["detail"]
+
+
+async def test_an_ended_batch_names_its_resumed_run_at_once_after_a_shared_read(
+    client: httpx.AsyncClient, dashboard_platform: DashboardPlatform
+) -> None:
+    """A read of "resumed as" made just before the resume, shared with other readers for a moment, does not hide the
+    new run: the ended batch names it on the next read."""
+    name = f"dash-resumed-as-{uuid.uuid4().hex[:6]}"
+    created = await client.post("/api/batches", json=tiny_spec(name, "a lighthouse"), headers=AUTH)
+    assert created.status_code == 202, created.text
+    batch_id = uuid.UUID((await wait_finished(client, created.json()["batch_id"]))["batch_id"])
+    settings = dashboard_platform.settings()
+    launcher = Launcher(settings, api_url=dashboard_platform.api_url)
+    launcher.open()  # as the served app does: reads are shared
+    try:
+        run = await launcher.get(batch_id)
+        before = await launcher.resumed_as(run)
+        resumed = await launcher.resume(batch_id, "tester")
+        after = await launcher.resumed_as(run)
+    finally:
+        await launcher.aclose()
+
+    assert before is None
+    assert after == resumed.id
 
 
 async def test_resumed_item_image_is_served_once_rendered_even_after_an_early_read(
