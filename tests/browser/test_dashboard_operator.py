@@ -23,6 +23,7 @@ from comfybatch.blocks.drain import set_draining
 from comfybatch.blocks.server import name_from_url
 from comfybatch.dashboard.app import create_app
 from comfybatch.dashboard.launcher import Launcher
+from comfybatch.dashboard.schemas import TERMINAL_STATES
 from comfybatch.local.fleet import free_port
 from comfybatch.testing.live_app import serve_in_thread
 from tests.browser.conftest import Tab, batch_name, create_batch, new_tab
@@ -305,7 +306,7 @@ def test_a_status_read_older_than_the_run_s_end_does_not_take_the_badge_back_to_
         """The view's first read passes; later answers that say the run is not over are held back."""
         answer = route.fetch()
         state = answer.json()["state"]
-        if passed and state not in ("COMPLETED", "FAILED", "CANCELLED", "CRASHED"):
+        if passed and state not in TERMINAL_STATES:
             stale.append((route, answer))
         else:
             passed.append(state)
