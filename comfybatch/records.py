@@ -56,7 +56,7 @@ class JobJournal:
     async def load(self, known: Mapping[str, JobRecord] | None = None) -> dict[str, JobRecord]:
         """Every readable record; unreadable ones (a torn write on a crash) are ignored.
 
-        Finished records in `known` are taken as they are (a finished job's record never changes), so
+        Finished records in `known` are taken as they are (pass only those that no longer change: a done job's), so
         a reader that polls a big batch reads only the files of jobs still in flight.
         """
         return await asyncio.to_thread(self._load_sync, known or {})

@@ -70,8 +70,9 @@ _JOURNALS_KEPT = 64
 _SETTLED_KEPT = 256
 CANCELLED_BY = "cancelled by "  # a cancel's message: who asked, then any explanation after ": "
 _STARTED_KEPT = 10_000
-_POLL_TTL_S = 1.0  # how stale a polled run or list may be while many clients poll
-_FINAL_TTL_S = 3600.0
+# How stale a polled run or list may be while many clients poll. An ended run too: Prefect's "Retry" and the rerun
+# automation of a crashed batch (deploy/rerun-crashed.yaml) run it again in place.
+_POLL_TTL_S = 1.0
 T = TypeVar("T")
 _DEPLOYMENT_TTL_S = 30.0  # a re-served deployment gets a new id; within this a request may see the old one
 
@@ -111,12 +112,13 @@ class Launcher:
         self.deployment = deployment
         # A run's stored plan never changes once written: parsed once, kept for the newest runs read.
         self._plans: LRUCache[UUID, list[JobSpec]] = LRUCache(maxsize=_PLANS_KEPT)
-        # Answers about runs that ended a while ago (their record no longer changes until someone resumes them),
-        # by what the answer depends on: a status read of a finished 100,000-image batch costs a lookup.
+        # Answers about runs that ended a while ago (their record no longer changes until someone resumes them or
+        # runs them again in place), by what the answer depends on: a status read of a finished 100,000-image batch
+        # costs a lookup.
         self.settled: LRUCache[Hashable, Any] = LRUCache(maxsize=_SETTLED_KEPT)
         self._journals: LRUCache[UUID, dict[str, JobRecord]] = LRUCache(maxsize=_JOURNALS_KEPT)
         self._folders: dict[UUID, str] = {}  # new_version runs: the version folder each claimed
-        self._endings: dict[UUID, str] = {}  # ended runs: why
+        self._endings: dict[UUID, str] = {}  # why a run ended, by its final state (a run can end again in place)
         # idempotency key -> the run it created and the fingerprint of the body it was created from
         self._started: LRUCache[str, tuple[UUID, str]] = LRUCache(maxsize=_STARTED_KEPT)
         self._creating: dict[str, tuple[str, asyncio.Future[tuple[FlowRun, str]]]] = {}
@@ -276,10 +278,7 @@ class Launcher:
         Raises:
             BatchNotFound: no such flow run, or not one of `generate-batch`.
         """
-        run = await self._shared(("run", flow_run_id), lambda: self._read_run(flow_run_id))
-        if run.state_type is not None and run.state_type.value in TERMINAL_STATES:
-            self._recent.keep(("run", flow_run_id), _FINAL_TTL_S)  # a finished run no longer changes
-        return run
+        return await self._shared(("run", flow_run_id), lambda: self._read_run(flow_run_id))
 
     async def _read_run(self, flow_run_id: UUID) -> FlowRun:
         async with self._client() as client:
@@ -530,13 +529,13 @@ class Launcher:
             return None
         if state.type != StateType.CANCELLED or (state.message or "").startswith(CANCELLED_BY):
             return state.message or state.name
-        if (known := self._endings.get(run.id)) is not None:
+        if (known := self._endings.get(state.id)) is not None:
             return known
         async with self._client() as client:
             history = await client.read_flow_run_states(run.id)
         asked = [s.message for s in history if s.message and s.message.startswith(CANCELLED_BY)]
         message = asked[-1] if asked else (state.message or state.name or "cancelled")
-        self._endings[run.id] = message  # an ended run's history no longer changes
+        self._endings[state.id] = message  # the history up to this state no longer changes
         return message
 
     async def check_identity(self, spec: BatchSpec) -> None:
@@ -562,18 +561,17 @@ class Launcher:
     async def records(self, spec: BatchSpec, run: FlowRun) -> dict[str, JobRecord]:
         """The batch's job journal as `run` reads it, by item key (empty before the first job was submitted).
 
-        Finished records read before for the run are reused: polling a big batch reads only new files. A failed or
-        cancelled record an earlier run left before this one was created is read again every time: this run (a
-        resume) rewrites it, and a reused copy would hide its new files (every reader, images included).
+        Done records read before for the run are reused: polling a big batch reads only new files. A failed or
+        cancelled record is read again every time: a resume or the run executed again in place (Prefect's Retry, a
+        crashed run rescheduled) renders it again, and a reused copy would hide its new files (every reader, images
+        included).
         """
-        run_id = run.id
-        known = self._journals.get(run_id)
-        if known is not None:
-            known = this_run(known, run)
+        known = self._journals.get(run.id, {})
+        done = {key: record for key, record in known.items() if record.result and record.result.status == "done"}
         # Read afresh every time (only unfinished records cost a file read): a page reloaded mid-batch must never see
         # an item older than the events it already showed, so no shared, seconds-old answer here.
-        records = await JobJournal(self.store_of(spec), await self.batch_dir(spec, run_id)).load(known)
-        self._journals[run_id] = records
+        records = await JobJournal(self.store_of(spec), await self.batch_dir(spec, run.id)).load(done)
+        self._journals[run.id] = records
         return records
 
     async def read_file(self, spec: BatchSpec, relpath: str) -> bytes:

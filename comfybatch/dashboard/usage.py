@@ -44,8 +44,9 @@ class _Rendered:
     gpu_seconds: float
 
 
-# What each ended run rendered: its journal no longer changes for it, so a quota check reads it once.
-_ENDED_RUNS: LRUCache[UUID, list[_Rendered]] = LRUCache(maxsize=4096)
+# What each ended run rendered, by execution: its journal no longer changes for it until it runs again in place
+# (Prefect's Retry; a crashed run rescheduled), so a quota check reads it once.
+_ENDED_RUNS: LRUCache[tuple[UUID, int], list[_Rendered]] = LRUCache(maxsize=4096)
 
 
 async def key_usage(launcher: Launcher, key: str, since: datetime, until: datetime) -> KeyUsage:
@@ -70,7 +71,7 @@ async def key_usage(launcher: Launcher, key: str, since: datetime, until: dateti
 
 async def _rendered_by(launcher: Launcher, run: FlowRun) -> list[_Rendered]:
     """The images `run` rendered: done records of its batch that finished while it ran."""
-    if (known := _ENDED_RUNS.get(run.id)) is not None:
+    if (known := _ENDED_RUNS.get((run.id, run.run_count))) is not None:
         return known
     try:
         spec = launcher.spec_of(run)
@@ -87,7 +88,7 @@ async def _rendered_by(launcher: Launcher, run: FlowRun) -> list[_Rendered]:
         and result.finished_at is not None and begin <= result.finished_at <= end
     ]  # fmt: skip
     if run.end_time is not None and run.state_type is not None and run.state_type.value in TERMINAL_STATES:
-        _ENDED_RUNS[run.id] = rendered
+        _ENDED_RUNS[run.id, run.run_count] = rendered
     return rendered
 
 

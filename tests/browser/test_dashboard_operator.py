@@ -27,7 +27,7 @@ from comfybatch.dashboard.schemas import TERMINAL_STATES
 from comfybatch.local.fleet import free_port
 from comfybatch.testing.live_app import serve_in_thread
 from tests.browser.conftest import Tab, batch_name, create_batch, new_tab
-from tests.dashboard.conftest import AUTH, DashboardPlatform
+from tests.dashboard.conftest import AUTH, DashboardPlatform, flaky_spec
 from tests.support import graphs
 
 pytestmark = pytest.mark.timeout(300)
@@ -74,15 +74,6 @@ def _save_doc(shot: Path, name: str) -> None:
     if os.environ.get("COMFYBATCH_SAVE_SCREENSHOT") == "1":
         DOCS.mkdir(exist_ok=True)
         shutil.copyfile(shot, DOCS / name)
-
-
-def _flaky_spec(name: str, platform: DashboardPlatform, state_dir: Path) -> dict[str, Any]:
-    """Two items on one server: the first passes, the second fails all 3 attempts of a run and passes the 4th."""
-    graph = graphs.through("ComfybatchFlaky", graphs.unique(name), key="unused", failures=0, state_dir=str(state_dir))
-    return {"name": name, "workflow": graph, "servers": [name_from_url(platform.fleet.servers[0].url)],
-            "bindings": {"nonce": "2.inputs.nonce", "failures": "2.inputs.failures", "fkey": "2.inputs.key"},
-            "sweep": {"zipped": [{"nonce": [f"{name}-a", f"{name}-b"], "failures": [0, 3],
-                                  "fkey": [f"{name}-a", f"{name}-b"]}]}}  # fmt: skip
 
 
 def _quick_spec(name: str, count: int, *, seconds: float = 0.05) -> dict[str, Any]:
@@ -186,7 +177,7 @@ def test_failed_batch_shows_why_and_retry_failed_renders_the_failed_item(
     """A batch with a failing item ends FAILED and says why, the item shows its error; "Retry failed" opens the same
     batch's new run, which renders only that item and links back to the first run."""
     name = _name("retry")
-    first_id = create_batch(live_dashboard, _flaky_spec(name, dashboard_platform, tmp_path))
+    first_id = create_batch(live_dashboard, flaky_spec(name, dashboard_platform, tmp_path))
     tab = open_tab()
     page = tab.page
 

@@ -2,7 +2,7 @@
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +13,9 @@ import httpx
 import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventOccurredFilter
+from prefect.states import AwaitingRetry
 
+from comfybatch.blocks.server import name_from_url
 from comfybatch.dashboard.app import create_app
 from comfybatch.dashboard.launcher import GENERATE_BATCH, Launcher
 from comfybatch.local.prefect_server import LocalPrefectServer
@@ -21,7 +23,7 @@ from comfybatch.settings import Settings
 from comfybatch.testing.live_app import serve_in_thread
 from tests.conftest import SuiteFleet
 from tests.platform.conftest import TERMINAL, ServeProcess, platform_prefect, serve_env, serving
-from tests.support.graphs import delay, unique
+from tests.support.graphs import delay, through, unique
 
 __all__ = ["platform_prefect"]
 
@@ -77,6 +79,34 @@ def tiny_spec(name: str, *prompts: str) -> dict[str, Any]:
     """A batch of the tiny template at one step: seconds on the test fleet."""
     return {"name": name, "workflow": "txt2img-tiny", "prompts": list(prompts), "defaults": {"steps": 1}}
 
+
+
+def flaky_spec(name: str, platform: DashboardPlatform, state_dir: Path) -> dict[str, Any]:
+    """Two items on one server: the first passes, the second fails all 3 attempts of a run and passes the 4th."""
+    graph = through("ComfybatchFlaky", unique(name), key="unused", failures=0, state_dir=str(state_dir))
+    return {"name": name, "workflow": graph, "servers": [name_from_url(platform.fleet.servers[0].url)],
+            "bindings": {"nonce": "2.inputs.nonce", "failures": "2.inputs.failures", "fkey": "2.inputs.key"},
+            "sweep": {"zipped": [{"nonce": [f"{name}-a", f"{name}-b"], "failures": [0, 3],
+                                  "fkey": [f"{name}-a", f"{name}-b"]}]}}  # fmt: skip
+
+
+async def retried_in_place(
+    http: httpx.AsyncClient, platform: DashboardPlatform, state_dir: Path,
+    between: Callable[[], Awaitable[None]] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """A `flaky_spec` batch that ends FAILED, then is retried in place as Prefect's Retry does (the same run scheduled
+    again), which renders the failed item: its status after each ending. `between` runs after the first."""
+    name = f"dash-retried-{uuid.uuid4().hex[:6]}"
+    created = await http.post("/api/batches", json=flaky_spec(name, platform, state_dir), headers=AUTH)
+    assert created.status_code == 202, created.text
+    batch_id = created.json()["batch_id"]
+    first = await wait_finished(http, batch_id)
+    if between is not None:
+        await between()
+    async with PrefectClient(platform.api_url) as prefect:
+        await prefect.set_flow_run_state(uuid.UUID(batch_id), AwaitingRetry(scheduled_time=datetime.now(UTC)),
+                                         force=True)  # fmt: skip
+    return first, await wait_finished(http, batch_id)
 
 async def prefect_history(api_url: str, batch_id: str) -> tuple[list[str], list[str]]:
     """The run's state types and its stored event names, as Prefect's own client reads them."""

@@ -7,30 +7,25 @@ import os
 import uuid
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import anyio
 import httpx
 import pytest
 
-from comfybatch.blocks.server import name_from_url
 from comfybatch.client import AsyncComfyBatchClient, ComfyBatchClient
 from comfybatch.dashboard.app import create_app
 from comfybatch.dashboard.launcher import Launcher
-from tests.dashboard.conftest import API_KEY, AUTH, DashboardPlatform, RenderedBatches, tiny_spec, wait_finished
-from tests.support import graphs
+from tests.dashboard.conftest import (
+    API_KEY,
+    AUTH,
+    DashboardPlatform,
+    RenderedBatches,
+    flaky_spec,
+    tiny_spec,
+    wait_finished,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
-
-
-def flaky_spec(name: str, platform: DashboardPlatform, state_dir: Path) -> dict[str, Any]:
-    """Two items on one server: the first passes, the second fails all 3 attempts of a run and passes the 4th."""
-    graph = graphs.through("ComfybatchFlaky", graphs.unique(name), key="unused", failures=0, state_dir=str(state_dir))
-    server = name_from_url(platform.fleet.servers[0].url)
-    return {"name": name, "workflow": graph, "servers": [server],
-            "bindings": {"nonce": "2.inputs.nonce", "failures": "2.inputs.failures", "fkey": "2.inputs.key"},
-            "sweep": {"zipped": [{"nonce": [f"{name}-a", f"{name}-b"], "failures": [0, 3],
-                                  "fkey": [f"{name}-a", f"{name}-b"]}]}}  # fmt: skip
 
 
 def _asgi(platform: DashboardPlatform) -> httpx.ASGITransport:

@@ -5,21 +5,32 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from uuid import UUID
 
 import anyio
 import httpx
 import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import State
-from prefect.states import Scheduled
+from prefect.states import AwaitingRetry, Cancelled, Cancelling, Completed, Failed, Running, Scheduled
 
 from comfybatch.dashboard.app import create_app
-from comfybatch.dashboard.launcher import GENERATE_BATCH, Launcher
+from comfybatch.dashboard.launcher import _POLL_TTL_S, CANCELLED_BY, GENERATE_BATCH, Launcher
 from comfybatch.settings import Settings
-from tests.dashboard.conftest import API_KEY, AUTH, DashboardPlatform, RenderedBatches, tiny_spec
+from tests.dashboard.conftest import (
+    API_KEY,
+    AUTH,
+    DashboardPlatform,
+    RenderedBatches,
+    retried_in_place,
+    tiny_spec,
+    wait_finished,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
 _REQUEST_LINE = re.compile(rb"(GET|POST|PUT|PATCH|DELETE) (/\S*) HTTP/1\.[01]\r\n")
@@ -163,3 +174,104 @@ async def test_a_settled_batch_status_is_answered_without_reading_its_record_aga
     assert read_before >= 1
     assert len(loads) == read_before
     assert second.json() == first.json()
+
+
+
+@dataclass
+class EndedBatch:
+    """A batch that ended, its status read through a served dashboard (shared reads, settled answers kept)."""
+
+    http: httpx.AsyncClient
+    prefect: PrefectClient
+    run_id: UUID
+    ended: dict[str, Any]
+
+    async def read_after(self, *states: State[Any]) -> dict[str, Any]:
+        """Set the run's states in turn as Prefect's Retry, a runner or an automation would, and read the status once
+        a read shared before has expired."""
+        for state in states:
+            await self.prefect.set_flow_run_state(self.run_id, state, force=True)
+        await anyio.sleep(_POLL_TTL_S + 0.5)
+        status: dict[str, Any] = (await self.http.get(f"/api/batches/{self.run_id}", headers=AUTH)).json()
+        return status
+
+
+@asynccontextmanager
+async def ended_batch(platform: DashboardPlatform, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[EndedBatch]:
+    from comfybatch.dashboard.routes import batches
+
+    monkeypatch.setattr(batches, "_SETTLE_AFTER", timedelta(0))  # an ended status is kept from its first read
+    settings = platform.settings()
+    app = create_app(settings, Launcher(settings, api_url=platform.api_url))
+    async with (
+        app.router.lifespan_context(app),  # as served: reads are shared between requests
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dashboard", timeout=60) as http,
+        PrefectClient(platform.api_url) as prefect,
+    ):
+        spec = tiny_spec(f"dash-again-{uuid.uuid4().hex[:6]}", "a kite")
+        created = await http.post("/api/batches", json=spec, headers=AUTH)
+        assert created.status_code == 202, created.text
+        await wait_finished(http, created.json()["batch_id"])
+        run_id = UUID(created.json()["batch_id"])
+        ended = (await http.get(f"/api/batches/{run_id}", headers=AUTH)).json()  # read, shared and kept
+        try:
+            yield EndedBatch(http, prefect, run_id, ended)
+        finally:
+            await prefect.set_flow_run_state(run_id, Completed(), force=True)  # as it ended
+
+
+def _not_due() -> State[Any]:
+    """Scheduled again in place, as Prefect's Retry does, but not due for a day: no runner takes it in the test."""
+    return AwaitingRetry(scheduled_time=datetime.now(UTC) + timedelta(days=1))
+
+
+async def test_an_ended_batch_run_again_in_place_shows_its_new_state(
+    dashboard_platform: DashboardPlatform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ended batch whose run is scheduled again in place (Prefect's Retry; the rerun automation of a crashed
+    batch) shows its new state a moment later, though its ended status was read, shared and kept before."""
+    async with ended_batch(dashboard_platform, monkeypatch) as batch:
+        again = await batch.read_after(_not_due())
+
+    assert batch.ended["state"] == "COMPLETED"
+    assert (again["state"], again["state_name"]) == ("SCHEDULED", "AwaitingRetry")
+
+
+async def test_an_ended_batch_that_ends_again_in_place_shows_its_new_ending(
+    dashboard_platform: DashboardPlatform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ended batch run again in place that ends again answers with its new ending, not the status kept from its
+    first one."""
+    async with ended_batch(dashboard_platform, monkeypatch) as batch:
+        await batch.read_after(_not_due())
+        ended_again = await batch.read_after(Failed(message="the second execution failed"))
+
+    assert batch.ended["state"] == "COMPLETED"
+    assert (ended_again["state"], ended_again["reason"]) == ("FAILED", "the second execution failed")
+
+
+async def test_a_batch_cancelled_again_after_running_again_in_place_names_who_cancelled_it_last(
+    dashboard_platform: DashboardPlatform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why a cancelled batch ended names who asked (read from the run's history, as the runner's Cancelled state has
+    its own words); run again in place and cancelled again, it names the second one."""
+    async with ended_batch(dashboard_platform, monkeypatch) as batch:
+        first = await batch.read_after(Cancelling(message=f"{CANCELLED_BY}alice"), Cancelled(message="stopped"))
+        await batch.read_after(_not_due())
+        # Running again: Prefect cancels a run that has not started at once, without the request's words.
+        second = await batch.read_after(Running(), Cancelling(message=f"{CANCELLED_BY}bob"),
+                                        Cancelled(message="stopped"))  # fmt: skip
+
+    assert (first["state"], first["reason"]) == ("CANCELLED", f"{CANCELLED_BY}alice")
+    assert (second["state"], second["reason"]) == ("CANCELLED", f"{CANCELLED_BY}bob")
+
+
+async def test_a_failed_batch_retried_in_place_shows_the_item_its_retry_rendered(
+    client: httpx.AsyncClient, dashboard_platform: DashboardPlatform, tmp_path: Path
+) -> None:
+    """A failed batch retried in place (Prefect's Retry: the same run scheduled again) renders its failed item: its
+    status says so, although the item's failed record was read, and kept as finished, when the run first ended."""
+    first, again = await retried_in_place(client, dashboard_platform, tmp_path)
+
+    assert (first["state"], first["counts"]["done"], first["counts"]["failed"]) == ("FAILED", 1, 1)
+    assert (again["state"], again["counts"]["done"], again["counts"]["failed"]) == ("COMPLETED", 2, 0)

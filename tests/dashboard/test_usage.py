@@ -5,6 +5,8 @@ import re
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -13,7 +15,7 @@ import pytest
 from comfybatch.dashboard.app import create_app
 from comfybatch.dashboard.launcher import Launcher
 from comfybatch.settings import Settings
-from tests.dashboard.conftest import API_KEY, AUTH, DashboardPlatform, slow_spec, wait_finished
+from tests.dashboard.conftest import API_KEY, AUTH, DashboardPlatform, retried_in_place, slow_spec, wait_finished
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(240)]
 GPU_SAMPLE = re.compile(r'^comfybatch_gpu_seconds_total\{key="ci",server="(?P<server>[^"]+)"\} (?P<value>\S+)$', re.M)
@@ -95,3 +97,22 @@ async def test_daily_gpu_quota_refuses_new_batches_naming_the_numbers(dashboard_
     assert "GPU-seconds today (UTC)" in refused.text
     assert f"daily quota of {quota:,.1f} GPU-seconds" in refused.text
     assert int(refused.headers["retry-after"]) > 0
+
+
+async def test_a_batch_retried_in_place_counts_the_image_its_retry_rendered(
+    dashboard_platform: DashboardPlatform, tmp_path: Path
+) -> None:
+    """A failed batch retried in place (Prefect's Retry: the same run scheduled again) renders its failed item; the
+    key's usage counts that image too, though the run's images were counted when it first ended."""
+    began = datetime.now(UTC)
+    period = {"from": _iso(began), "to": _iso(began + timedelta(days=1))}
+    async with dashboard_platform.client() as http:
+        usage: list[dict[str, Any]] = []
+
+        async def count() -> None:
+            usage.append((await http.get("/api/usage", params=period, headers=AUTH)).json())
+
+        await retried_in_place(http, dashboard_platform, tmp_path, between=count)
+        await count()
+
+    assert usage[1]["images"] == usage[0]["images"] + 1

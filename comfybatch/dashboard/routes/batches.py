@@ -217,8 +217,8 @@ async def get_batch(batch_id: UUID, request: Request, launcher: LauncherDep, hub
     """A batch's state, counts, progress per server, ETA and first failures (from its job journal)."""
     run = await launcher.get(batch_id)
     settled = None
-    if _settled(run):  # its hooks have written the record: the answer stays true until the batch is resumed
-        settled = ("status", run.id, await launcher.resumed_as(run), str(request.base_url))
+    if _settled(run):  # its hooks have written the record: the answer stays true until the batch runs again
+        settled = ("status", run.id, run.state_id, await launcher.resumed_as(run), str(request.base_url))
         if (known := launcher.settled.get(settled)) is not None:
             return cast(BatchStatus, known)
     status = await _status(run, request, launcher, hub)
