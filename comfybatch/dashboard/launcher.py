@@ -7,6 +7,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -65,6 +66,7 @@ BATCH_COUNT_LIMIT = 200  # the Prefect API's page cap: `/metrics` counts the new
 ACTIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
 logger = logging.getLogger(__name__)
 _HAS_PROCESS = {StateType.RUNNING, StateType.PAUSED}  # a cancel goes through Cancelling: the runner stops it
+_EXECUTING = {StateType.RUNNING, StateType.CANCELLING}  # the flow may still write records
 _PLANS_KEPT = 64
 _JOURNALS_KEPT = 64
 _SETTLED_KEPT = 256
@@ -103,6 +105,24 @@ def _left_before(record: JobRecord, since: float) -> bool:
     return result is not None and result.status in ("failed", "cancelled") and (result.finished_at or 0.0) < since
 
 
+
+@dataclass(frozen=True)
+class _JournalRead:
+    """A run's journal as last read during one execution, and when that execution began as first seen executing
+    (None: seen only before or after it executed, when nothing writes)."""
+
+    records: dict[str, JobRecord]
+    since: float | None
+
+
+def _unchanging(record: JobRecord, since: float | None) -> bool:
+    """Whether a finished record read before still holds: a done one always (nothing renders it again); a failed
+    or cancelled one unless it is older than the execution that began at `since`, which renders it again."""
+    result = record.result
+    if result is None:
+        return False
+    return result.status == "done" or since is None or (result.finished_at or 0.0) >= since
+
 class Launcher:
     """Start, list, read and cancel batches: flow runs of `generate-batch`, outputs in the store."""
 
@@ -116,7 +136,7 @@ class Launcher:
         # runs them again in place), by what the answer depends on: a status read of a finished 100,000-image batch
         # costs a lookup.
         self.settled: LRUCache[Hashable, Any] = LRUCache(maxsize=_SETTLED_KEPT)
-        self._journals: LRUCache[UUID, dict[str, JobRecord]] = LRUCache(maxsize=_JOURNALS_KEPT)
+        self._journals: LRUCache[tuple[UUID, int], _JournalRead] = LRUCache(maxsize=_JOURNALS_KEPT)
         self._folders: dict[UUID, str] = {}  # new_version runs: the version folder each claimed
         self._endings: dict[UUID, str] = {}  # why a run ended, by its final state (a run can end again in place)
         # idempotency key -> the run it created and the fingerprint of the body it was created from
@@ -561,17 +581,22 @@ class Launcher:
     async def records(self, spec: BatchSpec, run: FlowRun) -> dict[str, JobRecord]:
         """The batch's job journal as `run` reads it, by item key (empty before the first job was submitted).
 
-        Done records read before for the run are reused: polling a big batch reads only new files. A failed or
-        cancelled record is read again every time: a resume or the run executed again in place (Prefect's Retry, a
-        crashed run rescheduled) renders it again, and a reused copy would hide its new files (every reader, images
-        included).
+        Records read before during the same execution of the run are reused while they cannot change
+        (`_unchanging`): polling a big batch reads only new files. A failed or cancelled record an earlier run or
+        execution left is read again while this one executes: it renders that item again (a resume, Prefect's Retry,
+        a crashed run rescheduled), and a reused copy would hide its new files (every reader, images included).
         """
-        known = self._journals.get(run.id, {})
-        done = {key: record for key, record in known.items() if record.result and record.result.status == "done"}
+        execution = (run.id, run.run_count)  # Prefect counts a run's executions: its Retry runs the same run again
+        read = self._journals.get(execution)
+        since = read.since if read is not None else None
+        if since is None and run.state is not None and run.state.type in _EXECUTING:
+            since = run.state.timestamp.timestamp()
+        known = {} if read is None else {key: record for key, record in read.records.items()
+                                         if _unchanging(record, since)}  # fmt: skip
         # Read afresh every time (only unfinished records cost a file read): a page reloaded mid-batch must never see
         # an item older than the events it already showed, so no shared, seconds-old answer here.
-        records = await JobJournal(self.store_of(spec), await self.batch_dir(spec, run.id)).load(done)
-        self._journals[run.id] = records
+        records = await JobJournal(self.store_of(spec), await self.batch_dir(spec, run.id)).load(known)
+        self._journals[execution] = _JournalRead(records, since)
         return records
 
     async def read_file(self, spec: BatchSpec, relpath: str) -> bytes:
