@@ -6,8 +6,14 @@ from pathlib import Path
 from typing import Any
 
 from comfybatch.local.fleet import LocalComfyServer
-from comfybatch.models import BatchSpec, Sweep
+from comfybatch.models import BatchSpec, JobSpec, Sweep
 from comfybatch.testing.fleet import journal_path
+
+
+def journal_job(index: int, batch: str = "b") -> JobSpec:
+    """Job `k<index>` of a one-node graph: for the journal and what reads it (no server runs it)."""
+    graph = {"1": {"class_type": "EmptyImage", "inputs": {}}}
+    return JobSpec(batch=batch, index=index, key=f"k{index}", item=index, values={}, workflow=graph)
 
 
 def through_graph(node: str, **inputs: Any) -> dict[str, Any]:

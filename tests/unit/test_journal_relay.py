@@ -7,16 +7,12 @@ import pytest
 
 from comfybatch.flows import relay as relay_module
 from comfybatch.flows.relay import JournalRelay
-from comfybatch.models import JobResult, JobSpec, StoredFile
+from comfybatch.models import JobResult, StoredFile
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.records import JobJournal
+from tests.support.batches import journal_job
 
 pytestmark = pytest.mark.anyio
-GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {}}}
-
-
-def _job(index: int) -> JobSpec:
-    return JobSpec(batch="b", index=index, key=f"k{index}", item=index, values={}, workflow=GRAPH)
 
 
 async def test_each_recorded_state_is_told_once_and_earlier_ones_never(
@@ -28,7 +24,7 @@ async def test_each_recorded_state_is_told_once_and_earlier_ones_never(
     monkeypatch.setattr(relay_module, "emit_item_event",
                         lambda job, state, **payload: told.append((job.key, state, payload)))  # fmt: skip
     journal = JobJournal(OutputStore(str(tmp_path)), "b")
-    jobs = [_job(i) for i in range(3)]
+    jobs = [journal_job(i) for i in range(3)]
     await journal.finished(JobResult(job=jobs[0], status="done", server="s"))
     relay = JournalRelay(journal, jobs)
     await relay.start()

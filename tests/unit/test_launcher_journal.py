@@ -10,17 +10,13 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.states import Running
 
 from comfybatch.dashboard.launcher import Launcher
-from comfybatch.models import BatchSpec, JobResult, JobSpec
+from comfybatch.models import BatchSpec, JobResult
 from comfybatch.outputs.storage import OutputStore
 from comfybatch.records import JobJournal
 from comfybatch.settings import Settings
+from tests.support.batches import journal_job
 
 pytestmark = pytest.mark.anyio
-GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {}}}
-
-
-def _job(index: int) -> JobSpec:
-    return JobSpec(batch="b", index=index, key=f"k{index}", item=index, values={}, workflow=GRAPH)
 
 
 async def test_an_execution_reads_again_only_the_failed_records_an_earlier_one_left(
@@ -31,9 +27,9 @@ async def test_an_execution_reads_again_only_the_failed_records_an_earlier_one_l
     store = OutputStore(str(tmp_path))
     journal = JobJournal(store, "b")
     began = time.time()
-    await journal.finished(JobResult(job=_job(0), status="done", finished_at=began - 60))
-    await journal.finished(JobResult(job=_job(1), status="failed", finished_at=began - 30))  # the earlier execution
-    await journal.finished(JobResult(job=_job(2), status="failed", finished_at=began + 5))  # this one
+    await journal.finished(JobResult(job=journal_job(0), status="done", finished_at=began - 60))
+    await journal.finished(JobResult(job=journal_job(1), status="failed", finished_at=began - 30))  # earlier execution
+    await journal.finished(JobResult(job=journal_job(2), status="failed", finished_at=began + 5))  # this execution
     launcher = Launcher(Settings(output_root=str(tmp_path)))
     run = FlowRun(flow_id=uuid4(), name="b", run_count=2, state=Running(timestamp=datetime.fromtimestamp(began, UTC)))
     spec = BatchSpec(name="b", workflow="txt2img-tiny")
