@@ -105,7 +105,6 @@ def _left_before(record: JobRecord, since: float) -> bool:
     return result is not None and result.status in ("failed", "cancelled") and (result.finished_at or 0.0) < since
 
 
-
 @dataclass(frozen=True)
 class _JournalRead:
     """A run's journal as last read during one execution, and when that execution began as first seen executing
@@ -122,6 +121,7 @@ def _unchanging(record: JobRecord, since: float | None) -> bool:
     if result is None:
         return False
     return result.status == "done" or since is None or (result.finished_at or 0.0) >= since
+
 
 class Launcher:
     """Start, list, read and cancel batches: flow runs of `generate-batch`, outputs in the store."""
